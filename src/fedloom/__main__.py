@@ -1,0 +1,5 @@
+import sys
+
+from fedloom.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""FedAvg (McMahan et al., 2017): average local models weighted by their example counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedloom.algorithms.aggregate import example_weighted_params
+from fedloom.algorithms.base import PLAIN, LocalSpec
+from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.core.validate import Problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FedAvgOptions:
+    """``server_lr`` scales the step from the global model towards the average (1 = FedAvg)."""
+
+    server_lr: float = 1.0
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.server_lr > 0, "server_lr", self.server_lr, "must be > 0")
+        p.raise_if_any()
+
+
+class FedAvg:
+    """Federated averaging.
+
+    Example:
+        >>> algo = FedAvg()
+        >>> state = algo.init(torch.zeros(3))
+        >>> state.round
+        0
+    """
+
+    name = "fedavg"
+    local: LocalSpec = PLAIN
+
+    def __init__(self, options: FedAvgOptions | None = None) -> None:
+        self.options = options or FedAvgOptions()
+
+    def init(self, params: torch.Tensor) -> ServerState:
+        return ServerState(round=0, params=params.clone())
+
+    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
+                  client: ClientConfig) -> list[Downlink]:
+        return [Downlink(round=round, client_id=c, params=state.params, config=client)
+                for c in cohort]
+
+    def aggregate(self, round: int, state: ServerState,
+                  results: Sequence[ClientResult]) -> ServerState:
+        if not results:
+            return ServerState(round=round, params=state.params, extras=state.extras)
+        average = example_weighted_params(results)
+        lr = self.options.server_lr
+        params = average if lr == 1.0 else torch.lerp(state.params, average, lr)
+        return ServerState(round=round, params=params, extras=state.extras)

@@ -1,0 +1,1 @@
+"""Core data: flat parameter layouts, typed packages, generators, metrics, errors."""

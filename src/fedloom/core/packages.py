@@ -1,0 +1,92 @@
+"""Typed packages exchanged between the server and its clients.
+
+The downlink carries the global parameters and what the client needs to train; the uplink
+(:class:`ClientResult`) carries the client's new local parameters, its example count and metrics.
+A client that fails is a :class:`ClientFailure` value in the round's results, never an exception
+that escapes the round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from fedloom.core.metrics import Mean
+from fedloom.core.validate import Problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """How a client trains locally: the ``client`` section of a run config.
+
+    ``steps`` (when set) fixes the number of local SGD steps, cycling through fresh shuffles of
+    the client's data; otherwise the client runs ``epochs`` passes. ``batch_size`` 0 means the
+    whole local dataset in one batch (full-batch gradient descent).
+    """
+
+    epochs: int = 1
+    steps: int | None = None
+    batch_size: int = 10
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        p.check(self.steps is None or self.steps >= 1, "steps", self.steps,
+                "must be >= 1 or null (then epochs decide)")
+        p.check(self.batch_size >= 0, "batch_size", self.batch_size,
+                "must be >= 0 (0 = full batch)")
+        p.check(self.lr > 0, "lr", self.lr, "must be > 0")
+        p.check(0 <= self.momentum < 1, "momentum", self.momentum, "must be in [0, 1)")
+        p.check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerState:
+    """The server's state after a round: global parameters plus algorithm-specific tensors."""
+
+    round: int
+    params: torch.Tensor
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Downlink:
+    """What one client receives for one round. ``params`` is shared by the cohort: read only."""
+
+    round: int
+    client_id: int
+    params: torch.Tensor
+    config: ClientConfig
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientResult:
+    """What one client sends back: its new local parameters (flat) and how it got them."""
+
+    round: int
+    client_id: int
+    params: torch.Tensor
+    num_examples: int
+    num_steps: int
+    metrics: Mapping[str, Mean] = field(default_factory=dict)
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientFailure:
+    """A client that did not produce a usable result, with the stage where it failed."""
+
+    round: int
+    client_id: int
+    stage: str
+    message: str
+
+
+Outcome = ClientResult | ClientFailure

@@ -1,0 +1,80 @@
+"""Configuration of the federated dataset: which data, how it is split over clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fedloom.core.validate import Problems
+
+
+class DatasetName(StrEnum):
+    MNIST = "mnist"
+    FASHION_MNIST = "fashion_mnist"
+    SYNTHETIC = "synthetic"  # FedProx Synthetic(alpha, beta)
+    SYNTHETIC_IID = "synthetic_iid"  # FedProx's IID synthetic variant
+    LEAF_SYNTHETIC = "leaf_synthetic"
+
+
+SYNTHETIC_NAMES = frozenset(
+    {DatasetName.SYNTHETIC, DatasetName.SYNTHETIC_IID, DatasetName.LEAF_SYNTHETIC}
+)
+
+
+class PartitionKind(StrEnum):
+    IID = "iid"
+    DIRICHLET = "dirichlet"  # label skew, Dir(alpha) proportions per class
+    SHARDS = "shards"  # sort by label, equal shards, k per client (FedAvg's pathological split)
+    QUANTITY = "quantity"  # lognormal client sizes, IID labels
+    NATURAL = "natural"  # the generator's own users (synthetic datasets only)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DataConfig:
+    """The ``data`` section of a run config.
+
+    ``partition`` defaults to ``natural`` for the synthetic datasets and ``iid`` otherwise;
+    ``alpha`` is the Dirichlet concentration (default 0.5) or Synthetic's alpha (default 1.0).
+    """
+
+    name: DatasetName = DatasetName.MNIST
+    dir: str | None = None
+    num_clients: int = 100
+    partition: PartitionKind | None = None
+    alpha: float | None = None
+    beta: float = 1.0
+    shards_per_client: int = 2
+    quantity_sigma: float = 1.0
+    min_examples: int = 1
+    num_features: int = 60
+    num_classes: int = 10
+    num_clusters: int = 2
+    test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        synthetic = self.name in SYNTHETIC_NAMES
+        if self.partition is None:
+            default = PartitionKind.NATURAL if synthetic else PartitionKind.IID
+            object.__setattr__(self, "partition", default)
+        if self.alpha is None:
+            object.__setattr__(self, "alpha", 1.0 if synthetic else 0.5)
+        p = Problems()
+        p.check(self.num_clients >= 1, "num_clients", self.num_clients, "must be >= 1")
+        p.check(self.partition != PartitionKind.NATURAL or synthetic, "partition",
+                str(self.partition), "'natural' exists only for the synthetic datasets")
+        assert self.alpha is not None
+        if self.partition == PartitionKind.DIRICHLET:
+            p.check(self.alpha > 0, "alpha", self.alpha, "Dirichlet concentration must be > 0")
+        elif synthetic:
+            p.check(self.alpha >= 0, "alpha", self.alpha, "Synthetic's alpha must be >= 0")
+        p.check(self.beta >= 0, "beta", self.beta, "must be >= 0")
+        p.check(self.shards_per_client >= 1, "shards_per_client", self.shards_per_client,
+                "must be >= 1")
+        p.check(self.quantity_sigma >= 0, "quantity_sigma", self.quantity_sigma, "must be >= 0")
+        p.check(self.min_examples >= 0, "min_examples", self.min_examples, "must be >= 0")
+        p.check(self.num_features >= 1, "num_features", self.num_features, "must be >= 1")
+        p.check(self.num_classes >= 2, "num_classes", self.num_classes, "must be >= 2")
+        p.check(self.num_clusters >= 1, "num_clusters", self.num_clusters, "must be >= 1")
+        p.check(0 < self.test_fraction < 1, "test_fraction", self.test_fraction,
+                "must be in (0, 1)")
+        p.raise_if_any()

@@ -1,0 +1,61 @@
+"""Datasets as tensors with per-client index arrays; batches are index_selects."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArrayData:
+    """Examples held as one tensor of inputs and one of int64 labels.
+
+    Images stay uint8 in memory and are normalised per batch: ``(x / 255 - mean) / std``.
+    Float features are used as they are.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"x has {self.x.shape[0]} rows but y has {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs (float32, normalised) and labels at ``idx``."""
+        x = self.x.index_select(0, idx)
+        if x.dtype == torch.uint8:
+            x = x.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        return x, self.y.index_select(0, idx)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FederatedData:
+    """A dataset split over clients.
+
+    Attributes:
+        train: all training examples; ``client_train[k]`` indexes client k's share.
+        test: the central test set.
+        client_test: per-client index arrays into ``test`` (natural splits), or None.
+    """
+
+    name: str
+    train: ArrayData
+    test: ArrayData
+    client_train: tuple[torch.Tensor, ...]
+    client_test: tuple[torch.Tensor, ...] | None
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_train)
+
+    def num_examples(self, client_id: int) -> int:
+        return int(self.client_train[client_id].shape[0])

@@ -1,0 +1,1 @@
+"""The server runtime: the round loop and what turns a config into a run directory."""

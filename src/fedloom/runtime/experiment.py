@@ -1,0 +1,92 @@
+"""From a :class:`RunConfig` to a finished run directory.
+
+A run directory holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per
+round, the source of truth), ``model.safetensors`` (the final global model) and ``metrics.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedloom.algorithms import build_algorithm
+from fedloom.config import RunConfig, config_to_yaml
+from fedloom.core.errors import ConfigError
+from fedloom.data import load_federated
+from fedloom.models import model_factory
+from fedloom.reporting.plot import plot_metrics
+from fedloom.runtime.simulation import History, Simulation
+from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def build_simulation(cfg: RunConfig, *, sinks: list[Sink] | None = None) -> Simulation:
+    """Load the data and build every component the config names."""
+    data = load_federated(cfg.data, seed=cfg.seed)
+    if cfg.cohort.size > data.num_clients:
+        raise ConfigError(f"cohort.size = {cfg.cohort.size}: the data has only "
+                          f"{data.num_clients} clients")
+    model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
+    return Simulation(
+        data=data, model_fn=model_fn,
+        algorithm=build_algorithm(cfg.algorithm.name, cfg.algorithm.options),
+        client=cfg.client, rounds=cfg.rounds, cohort_size=cfg.cohort.size, seed=cfg.seed,
+        fleet=cfg.fleet.kind.value, eval_every=cfg.eval.every,
+        eval_batch_size=cfg.eval.batch_size, threads=cfg.fleet.threads, sinks=sinks or [],
+    )
+
+
+def default_out(cfg: RunConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    history: History
+    out: Path
+
+
+def prepare_out(out: Path) -> Path:
+    if (out / "metrics.jsonl").exists():
+        raise ConfigError(f"out = {str(out)!r}: already holds a run (metrics.jsonl); "
+                          "choose another out=... or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_model(sim: Simulation, out: Path) -> Path:
+    from safetensors.torch import save_file
+
+    path = out / "model.safetensors"
+    tensors = {k: v.contiguous() for k, v in sim.layout.unflatten(sim.state.params).items()}
+    save_file(tensors, str(path), metadata={"round": str(sim.state.round)})
+    return path
+
+
+def run_experiment(cfg: RunConfig, *, console: bool = True) -> RunResult:
+    """Run a config end to end, writing its run directory.
+
+    On Ctrl-C or an error mid-run the directory still gets the model of the last completed
+    round and the plot of the rounds done.
+    """
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    sim = build_simulation(cfg)
+    prepare_out(out)
+    (out / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+    jsonl = JsonlSink(out / "metrics.jsonl")
+    sim.sinks.append(jsonl)
+    if console:
+        sim.sinks.append(ConsoleSink(cfg.rounds, title=cfg.name))
+    try:
+        history = sim.run()
+    finally:
+        for sink in sim.sinks:
+            sink.close()
+        save_model(sim, out)
+        rows = read_jsonl(out / "metrics.jsonl")
+        if rows:
+            plot_metrics(rows, out / "metrics.png", title=cfg.name)
+    return RunResult(history=history, out=out)

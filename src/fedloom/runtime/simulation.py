@@ -1,0 +1,183 @@
+"""The round loop, once: sample, configure, fit on the fleet, aggregate, evaluate, log.
+
+Example:
+    >>> from fedloom import ClientConfig, DataConfig, FedAvg, ModelConfig, Simulation
+    >>> from fedloom import load_federated, model_factory
+    >>> data = load_federated(DataConfig(name="synthetic", num_clients=10), seed=0)
+    >>> model_fn = model_factory(ModelConfig(name="logreg"), data.input_shape, data.num_classes)
+    >>> sim = Simulation(data=data, model_fn=model_fn, algorithm=FedAvg(), rounds=2,
+    ...                  cohort_size=5, client=ClientConfig(lr=0.01, batch_size=10))
+    >>> history = sim.run()
+    >>> [row["round"] for row in history.rows]
+    [1, 2]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from fedloom.algorithms.base import Algorithm
+from fedloom.client.trainer import LocalTrainer, LossFn
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import combine
+from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Outcome, ServerState
+from fedloom.data.dataset import FederatedData
+from fedloom.evaluation import CentralEvaluator
+from fedloom.fleets.base import Fleet
+from fedloom.fleets.serial import SerialFleet
+from fedloom.models import ModelFn, init_module
+from fedloom.runtime.sinks import Row, Sink
+from fedloom.sampling import Sampler, UniformSampler
+
+log = logging.getLogger(__name__)
+
+FleetFactory = Callable[[LocalTrainer], Fleet]
+FLEETS: dict[str, FleetFactory] = {"serial": SerialFleet}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    """What a run produced: one metrics row per round and the final server state."""
+
+    rows: tuple[Row, ...]
+    final: ServerState
+    layout: ParamLayout
+
+    def series(self, key: str) -> list[float | int | None]:
+        return [row.get(key) for row in self.rows]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The final global model as named tensors (load it with ``model.load_state_dict``)."""
+        return self.layout.unflatten(self.final.params)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (all cores when None), restoring the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def split_outcomes(outcomes: Sequence[Outcome], size: int) -> tuple[list[ClientResult],
+                                                                   list[ClientFailure]]:
+    """Usable results sorted by client id, and failures (including updates that fail checks)."""
+    ok: list[ClientResult] = []
+    failed: list[ClientFailure] = []
+    for o in outcomes:
+        if isinstance(o, ClientFailure):
+            failed.append(o)
+        elif o.params.shape != (size,):
+            failed.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
+                                        message=f"update has shape {tuple(o.params.shape)}, "
+                                                f"expected ({size},)"))
+        elif not bool(torch.isfinite(o.params).all()):
+            failed.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
+                                        message="update contains NaN or infinite values"))
+        else:
+            ok.append(o)
+    ok.sort(key=lambda r: r.client_id)
+    return ok, failed
+
+
+class Simulation:
+    """A federated simulation: the server loop over a fleet of simulated clients.
+
+    Args:
+        data: the federated dataset.
+        model_fn: builds the model; the initial global model is drawn from ``seed``.
+        algorithm: the server and client halves (e.g. :class:`fedloom.FedAvg`).
+        client: local training hyperparameters sent to every client.
+        rounds: number of rounds.
+        cohort_size: clients per round (uniform sampling without replacement).
+        fleet: a registered fleet name or a :class:`Fleet`.
+        eval_every: evaluate the global model centrally every this many rounds (and at the end).
+        threads: torch threads while running (None: all cores).
+    """
+
+    def __init__(self, *, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm,
+                 client: ClientConfig, rounds: int, cohort_size: int, seed: int = 0,
+                 fleet: str | Fleet = "serial", sampler: Sampler | None = None,
+                 eval_every: int = 1, eval_batch_size: int = 1000, threads: int | None = None,
+                 loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = ()) -> None:
+        if rounds < 1:
+            raise ConfigError(f"rounds = {rounds}: must be >= 1")
+        self.data = data
+        self.model_fn = model_fn
+        self.algorithm = algorithm
+        self.client = client
+        self.rounds = rounds
+        self.seed = seed
+        self.eval_every = eval_every
+        self.threads = threads
+        self.sinks = list(sinks)
+        model = init_module(model_fn, seed)
+        self.layout = ParamLayout.from_module(model)
+        self.initial_params = self.layout.module_to_flat(model)
+        self.sampler = sampler or UniformSampler(num_clients=data.num_clients, size=cohort_size,
+                                                 seed=seed)
+        if isinstance(fleet, str):
+            if fleet not in FLEETS:
+                raise ConfigError(f"fleet.kind = {fleet!r}: must be one of {sorted(FLEETS)}")
+            trainer = LocalTrainer(model_fn=model_fn, train=data.train,
+                                   client_indices=data.client_train, seed=seed,
+                                   local=algorithm.local, loss_fn=loss_fn)
+            self.fleet: Fleet = FLEETS[fleet](trainer)
+        else:
+            self.fleet = fleet
+        self.evaluator = CentralEvaluator(model_fn=model_fn, test=data.test,
+                                          batch_size=eval_batch_size)
+        self.state = algorithm.init(self.initial_params)
+
+    def run(self) -> History:
+        """Run all rounds from the current state; returns the history of this call."""
+        rows: list[Row] = []
+        with torch_threads(self.threads):
+            try:
+                for rnd in range(self.state.round + 1, self.rounds + 1):
+                    self.state, row = self.run_round(rnd, self.state)
+                    rows.append(row)
+                    for sink in self.sinks:
+                        sink.log(row)
+            finally:
+                self.fleet.close()
+        return History(rows=tuple(rows), final=self.state, layout=self.layout)
+
+    def run_round(self, rnd: int, state: ServerState) -> tuple[ServerState, Row]:
+        """One round: the same steps a user-owned loop would take."""
+        start = time.perf_counter()
+        cohort = self.sampler.sample(rnd)
+        tasks = self.algorithm.configure(rnd, state, cohort, self.client)
+        outcomes = self.fleet.fit(rnd, tasks)
+        fit_done = time.perf_counter()
+        ok, failed = split_outcomes(outcomes, self.layout.size)
+        for f in failed:
+            log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
+                        f.message)
+        state = self.algorithm.aggregate(rnd, state, ok)
+        agg_done = time.perf_counter()
+        row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(ok),
+                    "num_failures": len(failed)}
+        train = combine(r.metrics for r in ok)
+        row["train_loss"] = train["train_loss"].value if "train_loss" in train else None
+        if rnd % self.eval_every == 0 or rnd == self.rounds:
+            for key, mean in self.evaluator(state.params).items():
+                row[key] = mean.value
+        else:
+            row["test_loss"] = row["test_accuracy"] = None
+        end = time.perf_counter()
+        row.update(fit_seconds=fit_done - start, aggregate_seconds=agg_done - fit_done,
+                   eval_seconds=end - agg_done, round_seconds=end - start)
+        return state, row

@@ -1,0 +1,79 @@
+"""Where per-round metrics go: JSONL (the source of truth) and the console."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import IO, Protocol
+
+Row = dict[str, float | int | None]
+
+
+class Sink(Protocol):
+    def log(self, row: Row) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _jsonable(value: float | int | None) -> float | int | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlSink:
+    """Appends one JSON object per round and flushes it, so a killed run keeps its rounds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+
+    def log(self, row: Row) -> None:
+        self._file.write(json.dumps({k: _jsonable(v) for k, v in row.items()}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: Path) -> list[Row]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class ConsoleSink:
+    """A progress bar over rounds and one line per evaluated round (rich)."""
+
+    def __init__(self, rounds: int, title: str = "training") -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+        self.console = Console(stderr=True)
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=self.console, transient=False,
+        )
+        self.task = self.progress.add_task(title, total=rounds, status="")
+        self.progress.start()
+
+    def log(self, row: Row) -> None:
+        acc = row.get("test_accuracy")
+        parts = [f"round {row['round']:>4}"]
+        for key, label, fmt in (("test_accuracy", "acc", ".4f"), ("test_loss", "loss", ".4f"),
+                                ("train_loss", "train_loss", ".4f"),
+                                ("round_seconds", "s", ".2f")):
+            value = row.get(key)
+            if isinstance(value, (int, float)):
+                parts.append(f"{label} {value:{fmt}}")
+        if row.get("num_failures"):
+            parts.append(f"failures {row['num_failures']}")
+        if acc is not None:
+            self.progress.console.print("  ".join(parts))
+        status = f"acc {acc:.4f}" if isinstance(acc, float) else ""
+        self.progress.update(self.task, advance=1, status=status)
+
+    def close(self) -> None:
+        self.progress.stop()
