@@ -100,7 +100,11 @@ def _partition(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # key=value overrides may stand anywhere, also after options such as --quiet
+    overrides = [a for a in argv[2:] if "=" in a and not a.startswith("-")]
+    args = _parser().parse_args([a for a in argv if a not in overrides or a in argv[:2]])
+    args.overrides = [*args.overrides, *overrides]
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

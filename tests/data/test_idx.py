@@ -24,7 +24,8 @@ def _header(code: int, dims: tuple[int, ...]) -> bytes:
 
 def test_hand_made_file_is_decoded_big_endian(tmp_path: Path) -> None:
     path = tmp_path / "x-idx2-short"
-    path.write_bytes(_header(0x0B, (2, 2)) + bytes([0x01, 0x00, 0xFF, 0xFF, 0x00, 0x07, 0x80, 0x00]))
+    payload = bytes([0x01, 0x00, 0xFF, 0xFF, 0x00, 0x07, 0x80, 0x00])
+    path.write_bytes(_header(0x0B, (2, 2)) + payload)
     out = read_idx(path)
     assert out.dtype == np.int16 and out.dtype.isnative
     assert out.tolist() == [[256, -1], [7, -32768]]
@@ -136,7 +137,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_parse_names_the_source() -> None:
-    with pytest.raises(DataError, match="^memory: "):
+    with pytest.raises(DataError, match=r"^memory: "):
         parse_idx(b"\x00\x00\x08", source="memory")
 
 

@@ -49,7 +49,9 @@ def test_finds_every_layout_and_both_forms_verify(
         assert read_verified(paths[name], files.sha256[name]) == raw[name]
 
 
-def test_data_dir_comes_before_env(tmp_path: Path, toy: Toy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_dir_comes_before_env(
+    tmp_path: Path, toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files, raw = toy
     _place(tmp_path / "explicit", raw, folder="toy", gz=True)
     _place(tmp_path / "env", raw, folder="toy", gz=True)
@@ -60,7 +62,9 @@ def test_data_dir_comes_before_env(tmp_path: Path, toy: Toy, monkeypatch: pytest
     assert all(p.is_relative_to(tmp_path / "env") for p in paths.values())
 
 
-def test_cwd_shared_data_is_searched(tmp_path: Path, toy: Toy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cwd_shared_data_is_searched(
+    tmp_path: Path, toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     files, raw = toy
     _place(tmp_path / "shared" / "data", raw, folder=None, gz=False)
     (tmp_path / "repo").mkdir()
@@ -114,7 +118,9 @@ def test_missing_files_list_every_place_and_how_to_fix(
     assert "toy-images-idx3-ubyte.gz, toy-labels-idx1-ubyte.gz" in message
 
 
-def test_no_mirrors_is_a_clear_error(tmp_path: Path, toy: Toy, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_mirrors_is_a_clear_error(
+    tmp_path: Path, toy: Toy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FEDLOOM_OFFLINE")
     with pytest.raises(DataError, match="no download mirrors configured"):
         locate_files(toy[0], str(tmp_path), mirrors=())

@@ -48,24 +48,28 @@ def load_federated(cfg: DataConfig, *, seed: int) -> FederatedData:
     """
     if cfg.name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
         train, test = load_idx_dataset(cfg.name, cfg.dir)
-        data = FederatedData(
-            name=str(cfg.name), train=train, test=test, client_train=(), client_test=None,
+        return FederatedData(
+            name=str(cfg.name), train=train, test=test,
+            client_train=_split(cfg, train.y.numpy(), NUM_CLASSES, seed), client_test=None,
             num_classes=NUM_CLASSES, input_shape=IMAGE_SHAPE,
         )
-    else:
-        data = _synthetic(cfg, seed)
-        if cfg.partition == PartitionKind.NATURAL:
-            _check_min_examples([c.numpy() for c in data.client_train], cfg)
-            return data
+    data = _synthetic(cfg, seed)
+    if cfg.partition == PartitionKind.NATURAL:
+        _check_min_examples([c.numpy() for c in data.client_train], cfg)
+        return data
+    client_train = _split(cfg, data.train.y.numpy(), data.num_classes, seed)
+    return dataclasses.replace(data, client_train=client_train, client_test=None)
+
+
+def _split(
+    cfg: DataConfig, labels: np.ndarray, num_classes: int, seed: int
+) -> tuple[torch.Tensor, ...]:
     rng = numpy_generator(seed, 0, SERVER, Purpose.PARTITION)
-    labels = data.train.y.numpy()
     parts = partition_indices(cfg, labels, rng)
     _check_min_examples(parts, cfg)
     logger.info("%s %s split: %s", cfg.name, cfg.partition,
-                summary_line(label_counts(labels, parts, data.num_classes)))
-    return dataclasses.replace(
-        data, client_train=tuple(torch.from_numpy(p) for p in parts), client_test=None
-    )
+                summary_line(label_counts(labels, parts, num_classes)))
+    return tuple(torch.from_numpy(p) for p in parts)
 
 
 def partition_indices(

@@ -1,4 +1,4 @@
-"""Find a dataset's files on disk, verify them, and download them where that is allowed.
+"""Find a dataset's files on disk, and download the missing ones where that is allowed.
 
 Roots are searched in order: the ``data_dir`` argument (the config's ``data.dir``),
 ``$FEDLOOM_DATA``, ``../shared/data`` from the working directory, and ``../shared/data`` next to
@@ -147,7 +147,8 @@ def locate_files(
 
     Raises:
         DataError: a file is missing and cannot be downloaded; the message lists every place
-            searched, every download tried, and how to provide the files.
+            searched, every download tried, and how to provide the files. Downloads stop at the
+            first file that no mirror provides.
     """
     dirs = candidate_dirs(files, search_roots(data_dir))
     found = find_local(files, dirs)
@@ -165,10 +166,10 @@ def locate_files(
         for name in list(missing):
             try:
                 found[name] = download_file(name, files.sha256[name], bases, targets)
-            except DataError as exc:
+            except DataError as exc:  # the mirrors are likely down for all: stop here
                 failures.append(str(exc))
-            else:
-                missing.remove(name)
+                break
+            missing.remove(name)
     if missing:
         raise DataError(_not_found_message(files, missing, dirs, failures))
     return found
