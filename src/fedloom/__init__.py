@@ -15,12 +15,18 @@ The pieces of a run, each usable on its own::
 
 from fedloom.algorithms import Algorithm, FedAvg, FedAvgOptions, LocalSpec
 from fedloom.client.trainer import LocalTrainer
-from fedloom.core.errors import (AggregationError, CheckpointError, ClientError, ConfigError,
-                                 DataError, FedloomError, TransportError)
+from fedloom.core.errors import (
+    AggregationError,
+    CheckpointError,
+    ClientError,
+    ConfigError,
+    DataError,
+    FedloomError,
+    TransportError,
+)
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
-from fedloom.core.packages import (ClientConfig, ClientFailure, ClientResult, Downlink,
-                                   ServerState)
+from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Downlink, ServerState
 from fedloom.data import load_federated
 from fedloom.data.config import DataConfig
 from fedloom.data.dataset import ArrayData, FederatedData
@@ -36,5 +42,6 @@ __all__ = [
     "ClientConfig", "ClientError", "ClientFailure", "ClientResult", "ConfigError", "DataConfig",
     "DataError", "Downlink", "FedAvg", "FedAvgOptions", "FederatedData", "FedloomError", "Fleet",
     "History", "LocalSpec", "LocalTrainer", "Mean", "ModelConfig", "ParamLayout", "SerialFleet",
-    "ServerState", "Simulation", "UniformSampler", "load_federated", "model_factory",
+    "ServerState", "Simulation", "TransportError", "UniformSampler", "load_federated",
+    "model_factory",
 ]

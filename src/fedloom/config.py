@@ -198,6 +198,7 @@ def parse_run_config(data: Mapping[str, Any]) -> RunConfig:
     algorithm = _algorithm_from_mapping(rest.pop("algorithm", {}), p)
     cfg = from_mapping(RunConfig, rest, "", p)
     p.raise_if_any()
+    assert isinstance(cfg, RunConfig)  # from_mapping records a problem whenever it returns _BAD
     return dataclasses.replace(cfg, algorithm=algorithm) if "algorithm" in data else cfg
 
 
@@ -237,7 +238,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     p.raise_if_any()
     container = OmegaConf.to_container(merged, resolve=True)
     assert isinstance(container, dict)
-    return parse_run_config(container)
+    # YAML may hold non-string keys; from_mapping reports them as unknown keys.
+    return parse_run_config(typing.cast("dict[str, Any]", container))
 
 
 def config_to_dict(cfg: Any) -> Any:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
+from tests.conftest import make_image_data
 
 from fedloom import ClientConfig, FedAvg, Simulation
 from fedloom.models import mlp
 from fedloom.runtime.simulation import split_outcomes
-from tests.conftest import make_image_data
 
 
 def _sim() -> Simulation:

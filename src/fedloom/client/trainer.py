@@ -81,27 +81,27 @@ class LocalTrainer:
                               weight_decay=cfg.weight_decay)
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
         indices = self.client_indices[downlink.client_id]
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        seen = 0
-        steps = 0
+        losses: list[torch.Tensor] = []  # summed once at the end: no extra op per step
+        sizes: list[int] = []
         for batch in batch_order(indices, cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps,
                                  generator=gen):
             x, y = self.train.batch(batch)
             loss = loss_fn(model(x), y)
-            loss_sum += loss.detach() * y.shape[0]
+            losses.append(loss.detach())
+            sizes.append(int(y.shape[0]))
             if local.extra_loss is not None:
                 loss = loss + local.extra_loss(self.params, downlink)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)  # = loss.backward(), but typed
             if local.correct_grads is not None:
                 self._correct_grads(local, downlink)
             opt.step()
-            seen += int(y.shape[0])
-            steps += 1
+        loss_sum = float(torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64)) \
+            if losses else 0.0
         result = ClientResult(
             round=downlink.round, client_id=downlink.client_id,
             params=self.bound.read().clone(), num_examples=int(indices.shape[0]),
-            num_steps=steps, metrics={"train_loss": Mean(float(loss_sum), float(seen))},
+            num_steps=len(sizes), metrics={"train_loss": Mean(loss_sum, float(sum(sizes)))},
         )
         return local.finish(result, downlink) if local.finish is not None else result
 

@@ -57,7 +57,9 @@ class ParamLayout:
     def from_module(cls, module: nn.Module, dtype: torch.dtype = torch.float32) -> ParamLayout:
         entries: list[LayoutEntry] = []
         offset = 0
-        named = [(n, t, True) for n, t in module.named_parameters()]
+        named: list[tuple[str, torch.Tensor, bool]] = [
+            (n, t, True) for n, t in module.named_parameters()
+        ]
         named += [(n, t, False) for n, t in module.named_buffers()]
         for name, tensor, trainable in named:
             entry = LayoutEntry(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype,
@@ -99,7 +101,9 @@ class ParamLayout:
 
     def check(self, flat: torch.Tensor) -> None:
         if flat.dim() != 1 or flat.shape[0] != self.size:
-            raise ValueError(f"flat tensor has shape {tuple(flat.shape)}, layout needs ({self.size},)")
+            raise ValueError(
+                f"flat tensor has shape {tuple(flat.shape)}, layout needs ({self.size},)"
+            )
 
     def module_to_flat(self, module: nn.Module) -> torch.Tensor:
         return self.flatten(dict(module.state_dict(keep_vars=False)))

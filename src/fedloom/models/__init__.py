@@ -80,7 +80,10 @@ def model_factory(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: i
 
 
 def init_module(model_fn: ModelFn, seed: int) -> nn.Module:
-    """Build a model with weights drawn from a stream of ``seed``, leaving the global RNG as it was."""
+    """Build a model with weights drawn from a stream of ``seed``.
+
+    The global RNG is left as it was.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, 0, SERVER, Purpose.INIT))
         return model_fn()
