@@ -44,7 +44,9 @@ overrides (dotted key=value, any number):
   cohort.size=N
   client.epochs=E  client.steps=N|null  client.batch_size=B (0 = full batch)  client.lr=X
   client.momentum=X  client.weight_decay=X
-  fleet.kind=serial  fleet.threads=N
+  fleet.kind=serial|thread|process|vectorized|distributed  fleet.workers=N  fleet.threads=N
+  fleet.share_dir=DIR  fleet.chunk=N  fleet.devices=cpu|cuda:0,cuda:1  fleet.vectorize=true
+  fleet.aggregation=exact|reduce
   eval.every=N  eval.batch_size=N
 """
 

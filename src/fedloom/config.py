@@ -28,15 +28,12 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientConfig
 from fedloom.core.validate import Problems
 from fedloom.data.config import DataConfig
+from fedloom.fleets.config import FleetConfig
 from fedloom.models import ModelConfig
 
 
 class SamplerName(StrEnum):
     UNIFORM = "uniform"
-
-
-class FleetKind(StrEnum):
-    SERIAL = "serial"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,20 +46,6 @@ class CohortConfig:
     def __post_init__(self) -> None:
         p = Problems()
         p.check(self.size >= 1, "size", self.size, "must be >= 1")
-        p.raise_if_any()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FleetConfig:
-    """Where clients run. ``threads``: torch threads (null = all cores for the serial fleet)."""
-
-    kind: FleetKind = FleetKind.SERIAL
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        p = Problems()
-        p.check(self.threads is None or self.threads >= 1, "threads", self.threads,
-                "must be >= 1 or null")
         p.raise_if_any()
 
 

@@ -5,31 +5,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import torch
+
+from fedloom.client.spec import ClientSpec
 from fedloom.client.trainer import LocalTrainer
+from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
+from fedloom.fleets.config import FleetConfig
 
 log = logging.getLogger(__name__)
 
 
+def fit_one(trainer: LocalTrainer, task: Downlink) -> Outcome:
+    """Train one client; an exception becomes a :class:`ClientFailure` value."""
+    try:
+        return trainer.fit(task)
+    except Exception as exc:  # a failed client is a value, not an escape from the round
+        log.warning("client %d failed in round %d: %s", task.client_id, task.round, exc)
+        return ClientFailure(round=task.round, client_id=task.client_id, stage="fit",
+                             message=f"{type(exc).__name__}: {exc}")
+
+
 class SerialFleet:
-    """Runs every client of the cohort in turn on one :class:`LocalTrainer`.
+    """Runs every client of the cohort in turn on one :class:`LocalTrainer`."""
 
-    A client that raises becomes a :class:`ClientFailure` in the results; the round goes on.
-    """
-
-    def __init__(self, trainer: LocalTrainer) -> None:
-        self.trainer = trainer
+    def __init__(self, spec: ClientSpec, cfg: FleetConfig | None = None) -> None:
+        cfg = cfg or FleetConfig()
+        self.trainer = spec.trainer(cfg.device_list[0])
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
-        outcomes: list[Outcome] = []
-        for task in sorted(tasks, key=lambda t: t.client_id):
-            try:
-                outcomes.append(self.trainer.fit(task))
-            except Exception as exc:  # a failed client is a value, not an escape from the round
-                log.warning("client %d failed in round %d: %s", task.client_id, round, exc)
-                outcomes.append(ClientFailure(round=round, client_id=task.client_id,
-                                              stage="fit", message=f"{type(exc).__name__}: {exc}"))
-        return outcomes
+        return [fit_one(self.trainer, t) for t in sorted(tasks, key=lambda t: t.client_id)]
+
+    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
+        return None
 
     def close(self) -> None:
         pass

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,23 +25,20 @@ import torch
 from torch.nn import functional as F
 
 from fedloom.algorithms.base import Algorithm
-from fedloom.client.trainer import LocalTrainer, LossFn
+from fedloom.client.spec import ClientSpec
+from fedloom.client.trainer import LossFn
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import combine
 from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Outcome, ServerState
 from fedloom.data.dataset import FederatedData
 from fedloom.evaluation import CentralEvaluator
-from fedloom.fleets.base import Fleet
-from fedloom.fleets.serial import SerialFleet
+from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
 from fedloom.models import ModelFn, init_module
 from fedloom.runtime.sinks import Row, Sink
 from fedloom.sampling import Sampler, UniformSampler
 
 log = logging.getLogger(__name__)
-
-FleetFactory = Callable[[LocalTrainer], Fleet]
-FLEETS: dict[str, FleetFactory] = {"serial": SerialFleet}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,14 +99,15 @@ class Simulation:
         client: local training hyperparameters sent to every client.
         rounds: number of rounds.
         cohort_size: clients per round (uniform sampling without replacement).
-        fleet: a registered fleet name or a :class:`Fleet`.
+        fleet: a fleet kind ("serial", "process", ...), a :class:`FleetConfig`, or a
+            :class:`Fleet` object built by the caller.
         eval_every: evaluate the global model centrally every this many rounds (and at the end).
-        threads: torch threads while running (None: all cores).
+        threads: torch threads of this process while running (None: all cores).
     """
 
     def __init__(self, *, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm,
                  client: ClientConfig, rounds: int, cohort_size: int, seed: int = 0,
-                 fleet: str | Fleet = "serial", sampler: Sampler | None = None,
+                 fleet: str | FleetConfig | Fleet = "serial", sampler: Sampler | None = None,
                  eval_every: int = 1, eval_batch_size: int = 1000, threads: int | None = None,
                  loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = ()) -> None:
         if rounds < 1:
@@ -128,15 +126,17 @@ class Simulation:
         self.initial_params = self.layout.module_to_flat(model)
         self.sampler = sampler or UniformSampler(num_clients=data.num_clients, size=cohort_size,
                                                  seed=seed)
+        self.spec = ClientSpec(model_fn=model_fn, train=data.train,
+                               client_indices=data.client_train, seed=seed,
+                               local=algorithm.local, loss_fn=loss_fn, test=data.test,
+                               eval_batch_size=eval_batch_size)
         if isinstance(fleet, str):
-            if fleet not in FLEETS:
-                raise ConfigError(f"fleet.kind = {fleet!r}: must be one of {sorted(FLEETS)}")
-            trainer = LocalTrainer(model_fn=model_fn, train=data.train,
-                                   client_indices=data.client_train, seed=seed,
-                                   local=algorithm.local, loss_fn=loss_fn)
-            self.fleet: Fleet = FLEETS[fleet](trainer)
-        else:
-            self.fleet = fleet
+            kinds = [k.value for k in FleetKind]
+            if fleet not in kinds:
+                raise ConfigError(f"fleet.kind = {fleet!r}: must be one of {', '.join(kinds)}")
+            fleet = FleetConfig(kind=FleetKind(fleet))
+        self.fleet: Fleet = make_fleet(fleet, self.spec) if isinstance(fleet, FleetConfig) \
+            else fleet
         self.evaluator = CentralEvaluator(model_fn=model_fn, test=data.test,
                                           batch_size=eval_batch_size)
         self.state = algorithm.init(self.initial_params)
@@ -173,7 +173,9 @@ class Simulation:
         train = combine(r.metrics for r in ok)
         row["train_loss"] = train["train_loss"].value if "train_loss" in train else None
         if rnd % self.eval_every == 0 or rnd == self.rounds:
-            for key, mean in self.evaluator(state.params).items():
+            metrics = self.fleet.evaluate(state.params)
+            for key, mean in (metrics if metrics is not None
+                              else self.evaluator(state.params)).items():
                 row[key] = mean.value
         else:
             row["test_loss"] = row["test_accuracy"] = None
