@@ -38,14 +38,18 @@ class SamplerName(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CohortConfig:
-    """``size`` clients take part in each round, chosen by ``sampler``."""
+    """``size`` clients take part in each round, chosen by ``sampler``; a round needs
+    ``min_success`` usable results (null = the whole cohort) or the run stops with the failures."""
 
     size: int = 10
     sampler: SamplerName = SamplerName.UNIFORM
+    min_success: int | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
         p.check(self.size >= 1, "size", self.size, "must be >= 1")
+        p.check(self.min_success is None or 1 <= self.min_success <= self.size, "min_success",
+                self.min_success, f"must be in [1, cohort.size = {self.size}] or null (all)")
         p.raise_if_any()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.conftest import make_image_data
 from torch import nn
 from torch.nn import functional as F
 
@@ -13,6 +12,7 @@ from fedloom.core.rng import Purpose, torch_generator
 from fedloom.data.dataset import FederatedData
 from fedloom.models import mlp
 from fedloom.sampling import UniformSampler
+from tests.conftest import make_image_data
 
 
 def plain_fedavg(data: FederatedData, initial: dict[str, torch.Tensor], cfg: ClientConfig, *,

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from tests.conftest import make_image_data
 
-from fedloom import ClientConfig, FedAvg, Simulation
+from fedloom import ClientConfig, ClientError, ClientResult, Downlink, FedAvg, Simulation
 from fedloom.models import mlp
 from fedloom.runtime.simulation import split_outcomes
+from tests.conftest import make_image_data
 
 
-def _sim() -> Simulation:
+def _sim(min_success: int | None = None) -> Simulation:
     data = make_image_data()
     return Simulation(data=data, model_fn=lambda: mlp((1, 6, 6), 4, 8), algorithm=FedAvg(),
                       client=ClientConfig(lr=0.05, batch_size=4), rounds=3, cohort_size=2,
-                      seed=5)
+                      seed=5, min_success=min_success)
 
 
 def test_user_owned_loop_matches_run() -> None:
@@ -30,16 +31,29 @@ def test_user_owned_loop_matches_run() -> None:
     assert torch.equal(state.params, expected)
 
 
-def test_failed_client_is_a_value_and_the_round_goes_on() -> None:
-    sim = _sim()
+def _make_flaky(sim: Simulation) -> None:
     original = sim.fleet.trainer.fit  # type: ignore[attr-defined]
 
-    def flaky(downlink):  # type: ignore[no-untyped-def]
+    def flaky(downlink: Downlink) -> ClientResult:
         if downlink.client_id == sim.sampler.sample(1)[0]:
             raise RuntimeError("boom")
-        return original(downlink)
+        return original(downlink)  # type: ignore[no-any-return]
 
     sim.fleet.trainer.fit = flaky  # type: ignore[attr-defined]
+
+
+def test_failed_client_is_a_value_and_the_round_goes_on() -> None:
+    sim = _sim(min_success=1)
+    _make_flaky(sim)
     history = sim.run()
     assert history.rows[0]["num_failures"] == 1
     assert history.rows[0]["num_results"] == 1
+
+
+def test_too_few_successes_stop_the_run_keeping_the_last_state() -> None:
+    sim = _sim()
+    _make_flaky(sim)
+    with pytest.raises(ClientError, match=r"only 1 of 2 clients succeeded.*RuntimeError: boom"):
+        sim.run()
+    assert sim.state.round == 0
+

@@ -34,6 +34,7 @@ def build_simulation(cfg: RunConfig, *, sinks: list[Sink] | None = None) -> Simu
         data=data, model_fn=model_fn,
         algorithm=build_algorithm(cfg.algorithm.name, cfg.algorithm.options),
         client=cfg.client, rounds=cfg.rounds, cohort_size=cfg.cohort.size, seed=cfg.seed,
+        min_success=cfg.cohort.min_success,
         fleet=cfg.fleet, eval_every=cfg.eval.every,
         eval_batch_size=cfg.eval.batch_size, threads=cfg.fleet.threads, sinks=sinks or [],
     )

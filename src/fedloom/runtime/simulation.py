@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from fedloom.algorithms.base import Algorithm
 from fedloom.client.spec import ClientSpec
 from fedloom.client.trainer import LossFn
-from fedloom.core.errors import ConfigError
+from fedloom.core.errors import ClientError, ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import combine
 from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Outcome, ServerState
@@ -101,6 +101,9 @@ class Simulation:
         cohort_size: clients per round (uniform sampling without replacement).
         fleet: a fleet kind ("serial", "process", ...), a :class:`FleetConfig`, or a
             :class:`Fleet` object built by the caller.
+        min_success: usable client results a round needs (None: the whole cohort); with fewer
+            the run stops with a :class:`ClientError` listing the failures, keeping the state
+            of the last completed round.
         eval_every: evaluate the global model centrally every this many rounds (and at the end).
         threads: torch threads of this process while running (None: all cores).
     """
@@ -108,7 +111,8 @@ class Simulation:
     def __init__(self, *, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm,
                  client: ClientConfig, rounds: int, cohort_size: int, seed: int = 0,
                  fleet: str | FleetConfig | Fleet = "serial", sampler: Sampler | None = None,
-                 eval_every: int = 1, eval_batch_size: int = 1000, threads: int | None = None,
+                 min_success: int | None = None, eval_every: int = 1,
+                 eval_batch_size: int = 1000, threads: int | None = None,
                  loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = ()) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds = {rounds}: must be >= 1")
@@ -119,6 +123,7 @@ class Simulation:
         self.rounds = rounds
         self.seed = seed
         self.eval_every = eval_every
+        self.min_success = min_success
         self.threads = threads
         self.sinks = list(sinks)
         model = init_module(model_fn, seed)
@@ -166,6 +171,12 @@ class Simulation:
         for f in failed:
             log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
                         f.message)
+        needed = len(cohort) if self.min_success is None else self.min_success
+        if len(ok) < needed:
+            detail = "; ".join(f"client {f.client_id} at {f.stage}: {f.message}" for f in failed)
+            raise ClientError(f"only {len(ok)} of {len(cohort)} clients succeeded, "
+                              f"cohort.min_success needs {needed}: {detail}", round=rnd,
+                              stage="fit")
         state = self.algorithm.aggregate(rnd, state, ok)
         agg_done = time.perf_counter()
         row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(ok),
