@@ -8,7 +8,7 @@ from fedloom.config import RunConfig, config_to_yaml, load_config
 from fedloom.core.errors import ConfigError
 from fedloom.data.config import DatasetName, PartitionKind
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
 
 
 def test_there_are_shipped_configs() -> None:
@@ -64,7 +64,7 @@ def test_all_problems_reported_at_once() -> None:
                      "client.bogus = 1: unknown key",
                      "model.name = 'resnet': must be one of mlp, cnn, logreg",
                      "rounds = 'many': must be of type int",
-                     "algorithm.name = 'nope': must be one of fedavg"):
+                     "algorithm.name = 'nope': must be one of ditto, fedadagrad, fedadam"):
         assert expected in text, text
     assert len(info.value.problems) >= 6
 

@@ -40,7 +40,9 @@ overrides (dotted key=value, any number):
   data.alpha=X (Dirichlet concentration, or Synthetic's alpha)  data.beta=X (Synthetic's beta)
   data.shards_per_client=K  data.quantity_sigma=X  data.min_examples=N
   model.name=mlp|cnn|logreg  model.hidden=N
-  algorithm.name=fedavg  algorithm.server_lr=X
+  algorithm.name=fedavg|fedprox|scaffold|fednova|feddyn|fedavgm|fedadam|fedyogi|fedadagrad
+  algorithm.<option>=X  (server_lr, mu, option, alpha, momentum, beta1, beta2, tau)
+  state_dir=DIR  (per-client algorithm state in memory-mapped files)
   cohort.size=N
   client.epochs=E  client.steps=N|null  client.batch_size=B (0 = full batch)  client.lr=X
   client.momentum=X  client.weight_decay=X

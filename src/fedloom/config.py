@@ -30,35 +30,40 @@ from fedloom.core.validate import Problems
 from fedloom.data.config import DataConfig
 from fedloom.fleets.config import FleetConfig
 from fedloom.models import ModelConfig
-
-
-class SamplerName(StrEnum):
-    UNIFORM = "uniform"
+from fedloom.runtime.clock import ClockConfig
+from fedloom.sampling import SamplerName
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CohortConfig:
-    """``size`` clients take part in each round, chosen by ``sampler``; a round needs
-    ``min_success`` usable results (null = the whole cohort) or the run stops with the failures."""
+    """``size`` clients take part in each round, chosen by ``sampler``; ``dropout`` of them
+    never answer (simulated); a round needs ``min_success`` usable results (null = every client
+    that was asked) or the run stops with the failures."""
 
     size: int = 10
     sampler: SamplerName = SamplerName.UNIFORM
     min_success: int | None = None
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         p = Problems()
         p.check(self.size >= 1, "size", self.size, "must be >= 1")
         p.check(self.min_success is None or 1 <= self.min_success <= self.size, "min_success",
                 self.min_success, f"must be in [1, cohort.size = {self.size}] or null (all)")
+        p.check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
         p.raise_if_any()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EvalConfig:
-    """Central evaluation of the global model every ``every`` rounds (and after the last)."""
+    """Evaluation every ``every`` rounds (and after the last): central, on the test set; with
+    ``train`` also of the global model on all training data; with ``federated`` also on every
+    client's local test split (accuracy mean, worst 10%)."""
 
     every: int = 1
     batch_size: int = 1000
+    federated: bool = False
+    train: bool = False
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -77,12 +82,14 @@ class AlgorithmConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
-    """A whole simulation run. ``out`` null means ``runs/<name>-<timestamp>``."""
+    """A whole simulation run. ``out`` null means ``runs/<name>-<timestamp>``; ``state_dir``
+    holds per-client algorithm state in memory-mapped files (null: in memory)."""
 
     name: str = "run"
     rounds: int = 50
     seed: int = 0
     out: str | None = None
+    state_dir: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -90,6 +97,7 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
 
     def __post_init__(self) -> None:
         p = Problems()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
+from fedloom.core.errors import ConfigError
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
-from fedloom.data.dataset import ArrayData
+from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.models import ModelFn
 
 
@@ -44,3 +47,76 @@ class CentralEvaluator:
                 correct += int((logits.argmax(1) == y).sum())
         n = float(stop - start)
         return {"test_loss": Mean(float(loss), n), "test_accuracy": Mean(float(correct), n)}
+
+
+def distribution(prefix: str, accuracies: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
+    """Mean, worst 10% (mean of the lowest decile, at least one client) and std over clients."""
+    k = max(1, int(accuracies.numel()) // 10)
+    return {f"{prefix}_accuracy_mean": float(accuracies.mean()),
+            f"{prefix}_accuracy_worst10": float(accuracies.sort().values[:k].mean()),
+            f"{prefix}_accuracy_std": float(accuracies.std()) if accuracies.numel() > 1 else 0.0,
+            f"{prefix}_loss_mean": float(losses.mean())}
+
+
+class FederatedEvaluator:
+    """Accuracy of models on each client's local test split, as a distribution over clients.
+
+    The global model is evaluated in one batched pass over every client's examples, split per
+    client afterwards; personalised models (one per client) are evaluated client by client.
+    """
+
+    def __init__(self, *, model_fn: ModelFn, data: FederatedData, batch_size: int = 1000,
+                 device: str | torch.device = "cpu") -> None:
+        if data.client_test is None:
+            raise ConfigError("eval.federated needs local test splits: the dataset has none; "
+                              "set data.client_test_fraction (e.g. 0.2)")
+        model = model_fn().to(device)
+        self.bound = BoundModule(model, ParamLayout.from_module(model))
+        self.data = data
+        self.batch_size = batch_size
+        self.splits = [data.local_test(c) for c in range(data.num_clients)]
+
+    def _scores(self, source: ArrayData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example correctness and loss of the bound model on ``source[idx]``."""
+        model = self.bound.module
+        correct, losses = [], []
+        with torch.inference_mode():
+            for lo in range(0, int(idx.shape[0]), self.batch_size):
+                x, y = source.batch(idx[lo:lo + self.batch_size])
+                logits = model(x)
+                correct.append((logits.argmax(1) == y).double())
+                losses.append(F.cross_entropy(logits, y, reduction="none").double())
+        if not correct:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return torch.cat(correct), torch.cat(losses)
+
+    def global_model(self, params: torch.Tensor) -> dict[str, float]:
+        """The global model on every client's local test split (prefix ``fed``)."""
+        self.bound.load(params)
+        self.bound.module.eval()
+        accs, losses = [], []
+        for split in self.splits:
+            assert split is not None
+            c, loss = self._scores(*split)
+            accs.append(c.mean() if c.numel() else torch.tensor(float("nan")))
+            losses.append(loss.mean() if loss.numel() else torch.tensor(float("nan")))
+        return distribution("fed", *self._valid(accs, losses))
+
+    def personal(self, params_of: Callable[[int], torch.Tensor]) -> dict[str, float]:
+        """Each client's own model on its own local test split (prefix ``personal``)."""
+        accs, losses = [], []
+        for cid, split in enumerate(self.splits):
+            assert split is not None
+            self.bound.load(params_of(cid))
+            self.bound.module.eval()
+            c, loss = self._scores(*split)
+            accs.append(c.mean() if c.numel() else torch.tensor(float("nan")))
+            losses.append(loss.mean() if loss.numel() else torch.tensor(float("nan")))
+        return distribution("personal", *self._valid(accs, losses))
+
+    @staticmethod
+    def _valid(accs: list[torch.Tensor], losses: list[torch.Tensor]) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
+        a, l_ = torch.stack(accs), torch.stack(losses)
+        keep = ~torch.isnan(a)
+        return a[keep], l_[keep]

@@ -1,7 +1,13 @@
-"""Cohort sampling: which clients take part in a round, seeded by (seed, round)."""
+"""Cohort sampling: which clients take part in a round, seeded by (seed, round).
+
+Samplers are pluggable: anything with ``sample(round) -> list[int]`` (sorted client ids) can be
+passed to :class:`fedloom.Simulation`; the registered ones are chosen with ``cohort.sampler``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from enum import StrEnum
 from typing import Protocol
 
 import torch
@@ -10,10 +16,22 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.rng import SERVER, Purpose, torch_generator
 
 
+class SamplerName(StrEnum):
+    UNIFORM = "uniform"  # uniformly without replacement, independently each round
+    WEIGHTED = "weighted"  # without replacement, probability proportional to example counts
+    ROUND_ROBIN = "round_robin"  # a seeded order of all clients, taken size at a time
+
+
 class Sampler(Protocol):
     """Chooses a round's cohort; returns client ids sorted ascending."""
 
     def sample(self, round: int) -> list[int]: ...
+
+
+def _check_size(size: int, num_clients: int) -> None:
+    if not 1 <= size <= num_clients:
+        raise ConfigError(f"cohort.size = {size}: must be in [1, {num_clients}] "
+                          f"(data.num_clients = {num_clients})")
 
 
 class UniformSampler:
@@ -26,9 +44,7 @@ class UniformSampler:
     """
 
     def __init__(self, *, num_clients: int, size: int, seed: int) -> None:
-        if not 1 <= size <= num_clients:
-            raise ConfigError(f"cohort.size = {size}: must be in [1, {num_clients}] "
-                              f"(data.num_clients = {num_clients})")
+        _check_size(size, num_clients)
         self.num_clients = num_clients
         self.size = size
         self.seed = seed
@@ -37,3 +53,46 @@ class UniformSampler:
         gen = torch_generator(self.seed, round, SERVER, Purpose.COHORT)
         chosen = torch.randperm(self.num_clients, generator=gen)[: self.size]
         return sorted(chosen.tolist())
+
+
+class WeightedSampler:
+    """``size`` clients without replacement, each draw proportional to its example count."""
+
+    def __init__(self, *, num_examples: Sequence[int], size: int, seed: int) -> None:
+        _check_size(size, len(num_examples))
+        self.weights = torch.tensor(num_examples, dtype=torch.float64)
+        if int((self.weights > 0).sum()) < size:
+            raise ConfigError(f"cohort.size = {size}: only {int((self.weights > 0).sum())} "
+                              "clients have examples to weight by")
+        self.size = size
+        self.seed = seed
+
+    def sample(self, round: int) -> list[int]:
+        gen = torch_generator(self.seed, round, SERVER, Purpose.COHORT)
+        return sorted(torch.multinomial(self.weights, self.size, replacement=False,
+                                        generator=gen).tolist())
+
+
+class RoundRobinSampler:
+    """Every client in turn: a seeded permutation of all clients, ``size`` per round."""
+
+    def __init__(self, *, num_clients: int, size: int, seed: int) -> None:
+        _check_size(size, num_clients)
+        gen = torch_generator(seed, 0, SERVER, Purpose.COHORT)
+        self.order = torch.randperm(num_clients, generator=gen).tolist()
+        self.size = size
+
+    def sample(self, round: int) -> list[int]:
+        n = len(self.order)
+        start = (round - 1) * self.size
+        return sorted({self.order[(start + i) % n] for i in range(self.size)})
+
+
+def make_sampler(name: SamplerName, *, num_examples: Sequence[int], size: int,
+                 seed: int) -> Sampler:
+    """The registered sampler ``name`` for clients with these example counts."""
+    if name == SamplerName.WEIGHTED:
+        return WeightedSampler(num_examples=num_examples, size=size, seed=seed)
+    if name == SamplerName.ROUND_ROBIN:
+        return RoundRobinSampler(num_clients=len(num_examples), size=size, seed=seed)
+    return UniformSampler(num_clients=len(num_examples), size=size, seed=seed)

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+
+GradHook = Callable[[torch.Tensor, torch.Tensor, Downlink], None]
+
+
+def proximal_pull(lam: float, grads: torch.Tensor, params: torch.Tensor,
+                  downlink: Downlink) -> None:
+    """``grads += lam * (params - global)``: the gradient of ``lam/2 ||w - w_global||^2``."""
+    grads.add_(params - downlink.params[: params.shape[0]], alpha=lam)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -22,18 +30,30 @@ class LocalSpec:
     Attributes:
         extra_loss: added to the task loss each step, given the trainable parameters (in layout
             order, differentiable) and the downlink (FedProx's proximal term).
-        correct_grads: called after backward with the flat gradient and the downlink, to
-            modify it in place (SCAFFOLD's control-variate correction).
+        correct_grads: called after each backward as ``correct_grads(grads, params, downlink)``
+            with the flat gradient and flat parameters of the trainable tensors (layout order);
+            modifies ``grads`` in place (FedProx's proximal gradient, SCAFFOLD's correction).
         finish: turns the raw result into the uplink (FedNova's normalisation, DP clipping).
+        start_loss: also report ``start_loss``, the received model's loss on all the client's
+            training data before local training (q-FFL's F_k).
+        start_grad: also return ``extras["start_grad"]``, the full local gradient at the
+            received model (SCAFFOLD's option I).
+        personal_lambda: after the global update, also train the client's personal model
+            (``downlink.extras["personal"]``, else the global model) with the pull
+            ``lambda/2 ||v - w_global||^2`` and return it as ``extras["personal"]`` (Ditto).
     """
 
     extra_loss: Callable[[Sequence[torch.Tensor], Downlink], torch.Tensor] | None = None
-    correct_grads: Callable[[torch.Tensor, Downlink], None] | None = None
+    correct_grads: GradHook | None = None
     finish: Callable[[ClientResult, Downlink], ClientResult] | None = None
+    start_loss: bool = False
+    start_grad: bool = False
+    personal_lambda: float | None = None
 
     @property
     def is_plain(self) -> bool:
-        return self.extra_loss is None and self.correct_grads is None and self.finish is None
+        return (self.extra_loss is None and self.correct_grads is None and self.finish is None
+                and not self.start_loss and not self.start_grad and self.personal_lambda is None)
 
 
 PLAIN = LocalSpec()
@@ -52,3 +72,20 @@ class Algorithm(Protocol):
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState: ...
+
+
+@runtime_checkable
+class ReducibleAlgorithm(Algorithm, Protocol):
+    """An algorithm whose aggregate depends on the results only through their example-weighted
+    mean ``sum_k n_k x_k / sum_k n_k`` (``n_k = num_examples``), declared by ``reducible``.
+
+    A fleet may then compute that mean with one reduce collective instead of gathering every
+    update (the distributed fleet's ``fleet.aggregation=reduce``); ``aggregate_mean(round,
+    state, mean)`` must equal ``aggregate(round, state, results)`` up to float rounding. A
+    subclass whose aggregate is not such a mean sets ``reducible = False``.
+    """
+
+    reducible: bool
+
+    def aggregate_mean(self, round: int, state: ServerState,
+                       mean: torch.Tensor) -> ServerState: ...

@@ -37,6 +37,7 @@ class FedAvg:
 
     name = "fedavg"
     local: LocalSpec = PLAIN
+    reducible = True  # the aggregate is a function of the example-weighted mean
 
     def __init__(self, options: FedAvgOptions | None = None) -> None:
         self.options = options or FedAvgOptions()
@@ -53,7 +54,10 @@ class FedAvg:
                   results: Sequence[ClientResult]) -> ServerState:
         if not results:
             return ServerState(round=round, params=state.params, extras=state.extras)
-        average = example_weighted_params(results)
+        return self.aggregate_mean(round, state, example_weighted_params(results))
+
+    def aggregate_mean(self, round: int, state: ServerState, mean: torch.Tensor) -> ServerState:
+        """The step from the example-weighted mean of the local models (a reduce's result)."""
         lr = self.options.server_lr
-        params = average if lr == 1.0 else torch.lerp(state.params, average, lr)
+        params = mean if lr == 1.0 else torch.lerp(state.params, mean, lr)
         return ServerState(round=round, params=params, extras=state.extras)

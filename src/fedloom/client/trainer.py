@@ -8,12 +8,13 @@ Python and no ``DataLoader``. The shuffle of each local epoch comes from the gen
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import PLAIN, LocalSpec
+from fedloom.algorithms.base import PLAIN, GradHook, LocalSpec, proximal_pull
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientResult, Downlink
@@ -70,17 +71,39 @@ class LocalTrainer:
         self.local = local
         self.loss_fn = loss_fn
         self.device = torch.device(device)
+        # gradients as views into one flat buffer, for hooks that correct them in place
+        self.grads = torch.zeros(self.layout.num_trainable, device=self.device)
 
     def fit(self, downlink: Downlink) -> ClientResult:
         """Run the client's local SGD from the downlink's parameters; return its new params."""
-        cfg = downlink.config
+        local = self.local
         self.bound.load(downlink.params)
-        model, loss_fn, local = self.model, self.loss_fn, self.local
+        indices = self.client_indices[downlink.client_id]
+        metrics = {"start_loss": self.local_loss(indices)} if local.start_loss else {}
+        extras = {"start_grad": self.local_gradient(indices)} if local.start_grad else {}
+        gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
+        metrics["train_loss"], steps = self._sgd(downlink, indices, gen, local.correct_grads)
+        params = self.bound.read().clone()
+        if local.personal_lambda is not None:
+            extras["personal"], metrics["personal_train_loss"] = self._personal(
+                downlink, indices, local.personal_lambda)
+        result = ClientResult(
+            round=downlink.round, client_id=downlink.client_id, params=params,
+            num_examples=int(indices.shape[0]), num_steps=steps, metrics=metrics, extras=extras,
+        )
+        return local.finish(result, downlink) if local.finish is not None else result
+
+    def _sgd(self, downlink: Downlink, indices: torch.Tensor, gen: torch.Generator,
+             correct: GradHook | None) -> tuple[Mean, int]:
+        """The local SGD loop from the bound model's current parameters."""
+        cfg = downlink.config
+        model, loss_fn, extra_loss = self.model, self.loss_fn, self.local.extra_loss
         model.train()
         opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
-        gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
-        indices = self.client_indices[downlink.client_id]
+        if correct is not None:
+            self._bind_grads()
+        trainable = self.bound.flat[: self.layout.num_trainable]
         losses: list[torch.Tensor] = []  # summed once at the end: no extra op per step
         sizes: list[int] = []
         for batch in batch_order(indices, cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps,
@@ -89,29 +112,49 @@ class LocalTrainer:
             loss = loss_fn(model(x), y)
             losses.append(loss.detach())
             sizes.append(int(y.shape[0]))
-            if local.extra_loss is not None:
-                loss = loss + local.extra_loss(self.params, downlink)
-            opt.zero_grad(set_to_none=True)
+            if extra_loss is not None:
+                loss = loss + extra_loss(self.params, downlink)
+            opt.zero_grad(set_to_none=correct is None)
             torch.autograd.backward(loss)  # = loss.backward(), but typed
-            if local.correct_grads is not None:
-                self._correct_grads(local, downlink)
+            if correct is not None:
+                correct(self.grads, trainable, downlink)
             opt.step()
         loss_sum = float(torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64)) \
             if losses else 0.0
-        result = ClientResult(
-            round=downlink.round, client_id=downlink.client_id,
-            params=self.bound.read().clone(), num_examples=int(indices.shape[0]),
-            num_steps=len(sizes), metrics={"train_loss": Mean(loss_sum, float(sum(sizes)))},
-        )
-        return local.finish(result, downlink) if local.finish is not None else result
+        return Mean(loss_sum, float(sum(sizes))), len(sizes)
 
-    def _correct_grads(self, local: LocalSpec, downlink: Downlink) -> None:
-        assert local.correct_grads is not None
-        grads = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros_like(
-            p).reshape(-1) for p in self.params])
-        local.correct_grads(grads, downlink)
+    def _personal(self, downlink: Downlink, indices: torch.Tensor,
+                  lam: float) -> tuple[torch.Tensor, Mean]:
+        """Ditto's personal pass: the client's own model, pulled toward the global one."""
+        start = downlink.extras.get("personal")
+        self.bound.load(downlink.params if start is None else start)
+        gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.PERSONAL)
+        loss, _ = self._sgd(downlink, indices, gen, partial(proximal_pull, lam))
+        return self.bound.read().clone(), loss
+
+    def _bind_grads(self) -> None:
         offset = 0
         for p in self.params:
-            n = p.numel()
-            p.grad = grads[offset:offset + n].view_as(p)
-            offset += n
+            p.grad = self.grads[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+
+    def local_gradient(self, indices: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """The gradient of the mean task loss over the given examples at the current model."""
+        self._bind_grads()
+        self.grads.zero_()
+        n = int(indices.shape[0])
+        for start in range(0, n, batch_size):
+            x, y = self.train.batch(indices[start:start + batch_size])
+            torch.autograd.backward(self.loss_fn(self.model(x), y) * (y.shape[0] / n))
+        grad = self.grads.clone()
+        self.grads.zero_()
+        return grad
+
+    def local_loss(self, indices: torch.Tensor, batch_size: int = 1000) -> Mean:
+        """The current model's mean task loss over the given training examples (no grad)."""
+        total = torch.zeros((), dtype=torch.float64)
+        with torch.no_grad():
+            for start in range(0, int(indices.shape[0]), batch_size):
+                x, y = self.train.batch(indices[start:start + batch_size])
+                total += self.loss_fn(self.model(x), y).double() * y.shape[0]
+        return Mean(float(total), float(indices.shape[0]))

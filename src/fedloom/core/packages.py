@@ -23,7 +23,8 @@ class ClientConfig:
 
     ``steps`` (when set) fixes the number of local SGD steps, cycling through fresh shuffles of
     the client's data; otherwise the client runs ``epochs`` passes. ``batch_size`` 0 means the
-    whole local dataset in one batch (full-batch gradient descent).
+    whole local dataset in one batch (full-batch gradient descent). ``straggler_fraction`` of
+    each cohort are stragglers in simulation (see :mod:`fedloom.runtime.heterogeneity`).
     """
 
     epochs: int = 1
@@ -32,9 +33,12 @@ class ClientConfig:
     lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
+    straggler_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         p = Problems()
+        p.check(0 <= self.straggler_fraction <= 1, "straggler_fraction", self.straggler_fraction,
+                "must be in [0, 1]")
         p.check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
         p.check(self.steps is None or self.steps >= 1, "steps", self.steps,
                 "must be >= 1 or null (then epochs decide)")

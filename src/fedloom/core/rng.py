@@ -28,6 +28,8 @@ class Purpose(StrEnum):
     DROPOUT = "dropout"
     STRAGGLER = "straggler"
     NOISE = "noise"
+    PERSONAL = "personal"
+    SPEED = "speed"
 
 
 def derive_seed(seed: int, round: int, client_id: int, purpose: str) -> int:

@@ -35,6 +35,8 @@ class DataConfig:
 
     ``partition`` defaults to ``natural`` for the synthetic datasets and ``iid`` otherwise;
     ``alpha`` is the Dirichlet concentration (default 0.5) or Synthetic's alpha (default 1.0).
+    ``client_test_fraction`` > 0 holds out that share of each client's training examples as its
+    local test split (for federated evaluation) where the dataset has no natural one.
     """
 
     name: DatasetName = DatasetName.MNIST
@@ -50,6 +52,7 @@ class DataConfig:
     num_classes: int = 10
     num_clusters: int = 2
     test_fraction: float = 0.1
+    client_test_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         synthetic = self.name in SYNTHETIC_NAMES
@@ -77,4 +80,6 @@ class DataConfig:
         p.check(self.num_clusters >= 1, "num_clusters", self.num_clusters, "must be >= 1")
         p.check(0 < self.test_fraction < 1, "test_fraction", self.test_fraction,
                 "must be in (0, 1)")
+        p.check(0 <= self.client_test_fraction < 1, "client_test_fraction",
+                self.client_test_fraction, "must be in [0, 1)")
         p.raise_if_any()

@@ -42,7 +42,9 @@ class FederatedData:
     Attributes:
         train: all training examples; ``client_train[k]`` indexes client k's share.
         test: the central test set.
-        client_test: per-client index arrays into ``test`` (natural splits), or None.
+        client_test: per-client index arrays of local test examples, or None: into
+            ``client_test_data`` when that is set (examples held out of ``train``), else into
+            ``test`` (the synthetic generators' natural per-user splits).
     """
 
     name: str
@@ -52,6 +54,7 @@ class FederatedData:
     client_test: tuple[torch.Tensor, ...] | None
     num_classes: int
     input_shape: tuple[int, ...]
+    client_test_data: ArrayData | None = None
 
     @property
     def num_clients(self) -> int:
@@ -59,3 +62,10 @@ class FederatedData:
 
     def num_examples(self, client_id: int) -> int:
         return int(self.client_train[client_id].shape[0])
+
+    def local_test(self, client_id: int) -> tuple[ArrayData, torch.Tensor] | None:
+        """Client ``client_id``'s local test examples: the arrays and the indices into them."""
+        if self.client_test is None:
+            return None
+        source = self.test if self.client_test_data is None else self.client_test_data
+        return source, self.client_test[client_id]

@@ -46,6 +46,27 @@ def load_federated(cfg: DataConfig, *, seed: int) -> FederatedData:
             examples than ``num_clients * min_examples``).
         ConfigError: a partition parameter is invalid for this dataset.
     """
+    data = _load(cfg, seed)
+    if cfg.client_test_fraction > 0 and data.client_test is None:
+        data = hold_out(data, cfg.client_test_fraction, seed)
+    return data
+
+
+def hold_out(data: FederatedData, fraction: float, seed: int) -> FederatedData:
+    """Move ``fraction`` of each client's training examples (at least one, when it has two)
+    into its local test split; the split is seeded per client."""
+    train, test = [], []
+    for cid, idx in enumerate(data.client_train):
+        perm = torch.from_numpy(numpy_generator(seed, 0, cid, Purpose.PARTITION).permutation(
+            int(idx.shape[0])))
+        k = max(1, round(fraction * int(idx.shape[0]))) if idx.shape[0] > 1 else 0
+        test.append(idx[perm[:k]].sort().values)
+        train.append(idx[perm[k:]].sort().values)
+    return dataclasses.replace(data, client_train=tuple(train), client_test=tuple(test),
+                               client_test_data=data.train)
+
+
+def _load(cfg: DataConfig, seed: int) -> FederatedData:
     if cfg.name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
         train, test = load_idx_dataset(cfg.name, cfg.dir)
         return FederatedData(

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedloom.algorithms import REGISTRY
+from fedloom.algorithms.state import DiskStore, MemoryStore
+from fedloom.config import load_config
+from fedloom.core.errors import ConfigError
+
+
+@pytest.mark.parametrize("store", ["memory", "disk"])
+def test_store_round_trip(store: str, tmp_path: Path) -> None:
+    s = MemoryStore() if store == "memory" else DiskStore(tmp_path, num_clients=1_000_000)
+    assert s.get(5, "c") is None
+    s.put(5, "c", torch.tensor([1.0, 2.0]))
+    s.put(999_999, "c", torch.tensor([3.0, 4.0]))
+    assert torch.equal(s.get(5, "c"), torch.tensor([1.0, 2.0]))  # type: ignore[arg-type]
+    assert s.get(6, "c") is None
+    if store == "disk":  # reopened from its files
+        again = DiskStore(tmp_path, num_clients=1_000_000)
+        assert torch.equal(again.get(999_999, "c"), torch.tensor([3.0, 4.0]))  # type: ignore[arg-type]
+        # a million registered clients cost sparse disk: far less than 1e6 * 2 floats written
+        used = sum(p.stat().st_blocks * 512 for p in tmp_path.iterdir())
+        assert used < 1_000_000
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_algorithm_is_configurable(name: str) -> None:
+    cfg = load_config(None, [f"algorithm.name={name}"])
+    assert cfg.algorithm.name == name
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("algorithm.mu=-1", "algorithm.mu = -1.0: must be >= 0"),
+    ("algorithm.option=3", "algorithm.option = 3: must be 1 or 2"),
+    ("algorithm.alpha=0", "algorithm.alpha = 0.0: must be > 0"),
+    ("algorithm.beta1=1.5", "algorithm.beta1 = 1.5: must be in [0, 1)"),
+])
+def test_out_of_range_options_are_named(override: str, message: str) -> None:
+    name = {"mu": "fedprox", "option": "scaffold", "alpha": "feddyn", "beta1": "fedadam"}[
+        override.split(".")[1].split("=")[0]]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [f"algorithm.name={name}", override])
+    assert message in str(info.value)
+
+
+def test_an_option_of_another_algorithm_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"algorithm\.mu = 0\.1: unknown key"):
+        load_config(None, ["algorithm.name=fedavg", "algorithm.mu=0.1"])
