@@ -13,6 +13,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import nn
@@ -75,9 +76,9 @@ def bench(workload: str, reps: int, threads: int) -> dict[str, float]:
         times = {}
         for which in order:
             if which == 0:
-                times[0] = timed(lambda: plain_round(plain_model, data, tasks, initial, 0))
+                times[0] = timed(partial(plain_round, plain_model, data, tasks, initial, 0))
             else:
-                times[1] = timed(lambda: sim.fleet.fit(rnd, tasks))
+                times[1] = timed(partial(sim.fleet.fit, rnd, tasks))
         if rnd:
             plain_t.append(times[0])
             fleet_t.append(times[1])

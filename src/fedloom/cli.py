@@ -1,7 +1,9 @@
 """The ``fedloom`` command line.
 
 ``fedloom run CONFIG.yaml [key=value ...]`` runs a simulation; ``fedloom partition CONFIG.yaml``
-prints how the data is split over clients and writes a label-distribution plot.
+prints how the data is split over clients and writes a label-distribution plot;
+``fedloom sweep SWEEP.yaml [--out DIR] [key=value ...]`` runs (or resumes) a sweep of runs and
+writes its report; ``fedloom report DIR`` writes the report of a sweep directory again.
 
 Exit codes (one table, for every subcommand):
 
@@ -69,6 +71,17 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--plot", type=Path, default=None,
                              help="where to write the label-distribution plot "
                                   "(default: runs/<name>-partition.png)")
+    sweep = sub.add_parser("sweep", help="run a sweep of configs x seeds (resumes when rerun)",
+                           epilog=OVERRIDES_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("config", help="YAML sweep file (e.g. configs/sweep_example.yaml)")
+    sweep.add_argument("overrides", nargs="*", help="dotted key=value overrides for every task")
+    sweep.add_argument("--out", type=Path, default=None,
+                       help="sweep directory (default: runs/<sweep name>); rerun to resume")
+    sweep.add_argument("--quiet", action="store_true", help="no live table of the tasks")
+    report = sub.add_parser("report", help="write report.html/.md and results.csv of a sweep")
+    report.add_argument("dir", type=Path, help="sweep directory (the --out of fedloom sweep)")
+    report.set_defaults(overrides=[])
     return parser
 
 
@@ -103,6 +116,34 @@ def _partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from fedloom.scheduler.sweep import run_sweep
+    from fedloom.scheduler.task import SchedulerError
+
+    outcome = run_sweep(args.config, out=args.out, overrides=args.overrides,
+                        progress=not args.quiet)
+    summary = outcome.summary
+    print(f"{len(summary.finished)} finished, {len(summary.failed)} failed, "
+          f"{len(summary.skipped)} already done, in {summary.seconds:.1f} s")
+    print(f"report: {outcome.report.html}")
+    if summary.failed:
+        raise SchedulerError(f"{len(summary.failed)} task(s) failed: "
+                             f"{', '.join(summary.failed[:5])}"
+                             f"{' ...' if len(summary.failed) > 5 else ''} (stages and messages "
+                             f"in {outcome.report.markdown}); run the same command to retry them")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from fedloom.reporting.report import write_report
+
+    if args.overrides:
+        raise ConfigError(f"report takes no key=value overrides (got {' '.join(args.overrides)})")
+    files = write_report(args.dir)
+    print(f"report: {files.html}\n        {files.markdown}\n        {files.csv}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may stand anywhere, also after options such as --quiet
@@ -112,7 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "partition": _partition}[args.command](args)
+        return {"run": _run, "partition": _partition, "sweep": _sweep,
+                "report": _report}[args.command](args)
     except (FedloomError, KeyboardInterrupt) as err:
         code = next(c for t, c in EXIT_CODES if isinstance(err, t))
         message = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)

@@ -1,0 +1,408 @@
+"""The scheduler: runs task groups in order, each task in its own process and work dir.
+
+Inside a group, tasks run in parallel up to the limits: processes at once, loads at once, and
+what the devices take (:mod:`fedloom.scheduler.devices`). A task process loads first with no
+device; once loaded it waits for one, and gets it as soon as a GPU has room for its memory
+estimate (given, or learned from the first task of its group) or a CPU slot is free. An
+out-of-memory error in ``train`` puts the task back with a larger estimate, a bounded number of
+times; a process that dies marks its task failed with the exit code.
+
+Waiting is event-driven: the loop blocks on the task pipes and process sentinels
+(``multiprocessing.connection.wait``) and wakes when a task says something or exits. Only while
+a loaded task waits for GPU memory held by *other* programs does it also wake every
+``recheck_seconds`` to measure again, since their memory coming free sends no event.
+
+Example:
+    >>> from fedloom.scheduler import Scheduler, TaskGroup
+    >>> from my_tasks import TrainTask  # a Task subclass in an importable module
+    >>> scheduler = Scheduler("runs/sched")                                     # doctest: +SKIP
+    >>> group = scheduler.add_group(TaskGroup("lr"))                            # doctest: +SKIP
+    >>> for lr in (0.01, 0.1):                                                  # doctest: +SKIP
+    ...     group.add_task(TrainTask(f"lr-{lr}", lr=lr))
+    >>> summary = scheduler.run()                                               # doctest: +SKIP
+    >>> group.get_task("lr-0.1").result                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import shutil
+import signal
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from pathlib import Path
+from types import FrameType
+
+from fedloom.core.errors import ConfigError
+from fedloom.scheduler.devices import DevicePool, MemoryEstimates
+from fedloom.scheduler.group import TaskGroup
+from fedloom.scheduler.state import StateStore
+from fedloom.scheduler.task import Result, Stage, Task, TaskStatus
+from fedloom.scheduler.worker import TaskProcess
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunSummary:
+    """Task ids by outcome; ``skipped`` had finished in an earlier run and did not run again."""
+
+    finished: tuple[str, ...]
+    failed: tuple[str, ...]
+    skipped: tuple[str, ...]
+    seconds: float
+
+
+@dataclass(slots=True, kw_only=True)
+class _Running:
+    task: Task
+    group: TaskGroup
+    process: TaskProcess
+    status: TaskStatus
+    gpu: bool  # bound for a GPU (else a CPU slot)
+    probe: bool = False  # placed with an unknown size: its peak sizes the rest of its group
+    ended: bool = False  # its outcome arrived (finished, failed or put back)
+    requeue: bool = False
+
+
+class Scheduler:
+    """Runs :class:`TaskGroup` s; see the module docstring.
+
+    Args:
+        root: work dirs go to ``root/<task_id>``; the state to ``root/state.sqlite``.
+        state: the SQLite state file instead.
+        devices: the device pool (default: GPUs seen by NVML, else 2 CPU slots).
+        max_processes: task processes at once (default: CPU slots + 1 without GPUs, so one
+            task loads while the others train; else one per core).
+        max_loading: tasks in ``load()`` at once.
+        memory: GPU memory estimate (bytes) of tasks that give none; None: learned.
+        oom_retries: times a task that ran out of memory is put back before it fails.
+        retry_failed: a resumed run starts failed tasks again (finished ones never).
+        recheck_seconds: how often to measure again while waiting on memory of other programs.
+        start_method: ``forkserver`` (default where available: tasks start in milliseconds
+            from a server that imported ``preload`` once, and CUDA is never initialised in it)
+            or ``spawn``.
+        preload: modules the forkserver imports once for every task (the first scheduler of a
+            process starts the server). ``torch._dynamo`` is what torch imports the first time
+            an optimizer is built: seconds that every task would otherwise pay.
+        progress: show a live table of the tasks (rich) while running.
+    """
+
+    def __init__(self, root: str | Path, *, state: str | Path | None = None,
+                 devices: DevicePool | None = None, max_processes: int | None = None,
+                 max_loading: int = 2, memory: int | None = None, oom_retries: int = 2,
+                 retry_failed: bool = True, recheck_seconds: float = 2.0,
+                 start_method: str | None = None,
+                 preload: Sequence[str] = ("fedloom", "torch._dynamo"),
+                 progress: bool = False) -> None:
+        if max_processes is not None and max_processes < 1:
+            raise ConfigError(f"max_processes = {max_processes}: must be >= 1")
+        if max_loading < 1 or oom_retries < 0:
+            raise ConfigError(f"max_loading = {max_loading}, oom_retries = {oom_retries}: "
+                              "need max_loading >= 1 and oom_retries >= 0")
+        self.root = Path(root)
+        self.state_path = Path(state) if state is not None else self.root / "state.sqlite"
+        self.devices = devices if devices is not None else DevicePool.detect()
+        cores = os.cpu_count() or 1
+        self.max_processes = max_processes or (
+            self.devices.cpu_slots + 1 if not self.devices.gpus else max(2, cores))
+        self.max_loading = max_loading
+        self.estimates = MemoryEstimates(memory)
+        self.oom_retries = oom_retries
+        self.retry_failed = retry_failed
+        self.recheck_seconds = recheck_seconds
+        methods = mp.get_all_start_methods()
+        self.start_method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+        if self.start_method not in ("forkserver", "spawn") or self.start_method not in methods:
+            raise ConfigError(f"start_method = {self.start_method!r}: must be forkserver or spawn "
+                              f"(available here: {', '.join(methods)})")
+        self.preload = tuple(preload)
+        self.progress = progress
+        self.groups: list[TaskGroup] = []
+        self.started_at: dict[str, float] = {}  # task id -> when its current attempt started
+        self._running: dict[str, _Running] = {}
+        self._queue: deque[Task] = deque()
+        self._store: StateStore | None = None
+
+    def add_group(self, group: TaskGroup | None = None) -> TaskGroup:
+        """Append ``group`` (a new empty one when None), naming it ``group-{index}`` if unnamed."""
+        group = group if group is not None else TaskGroup()
+        group._default_name(len(self.groups))
+        self.groups.append(group)
+        return group
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        """Run every group in order; returns when every task has finished or failed.
+
+        Ctrl-C (or SIGTERM) stops the task processes and puts their tasks back to waiting, so
+        running again with the same state resumes; finished tasks are never run again.
+        """
+        begin = time.monotonic()
+        self._check()
+        self.root.mkdir(parents=True, exist_ok=True)
+        store = self._store = StateStore(self.state_path)
+        try:
+            store.acquire()
+            skipped = self._register(store)
+            with self._display(), _sigterm_as_interrupt():
+                for group in self.groups:
+                    self._run_group(group)
+        except BaseException:
+            self._stop_all()
+            raise
+        finally:
+            store.release()
+            store.close()
+            self._store = None
+        tasks = [t for g in self.groups for t in g]
+        return RunSummary(
+            finished=tuple(t.task_id for t in tasks
+                           if t.status is TaskStatus.FINISHED and t.task_id not in skipped),
+            failed=tuple(t.task_id for t in tasks if t.status is TaskStatus.FAILED),
+            skipped=tuple(skipped), seconds=time.monotonic() - begin)
+
+    def _check(self) -> None:
+        """Every problem that would stop a task from ever running, before anything runs."""
+        problems: list[str] = []
+        seen: dict[str, str] = {}
+        for group in self.groups:
+            for task in group:
+                if task.task_id in seen:
+                    problems.append(f"task_id = {task.task_id!r}: duplicate task id (groups "
+                                    f"{seen[task.task_id]} and {group.name})")
+                seen[task.task_id] = group.name
+                memory = self.estimates.of(task.task_id, group.name, task.memory)
+                problem = self.devices.problem(memory=memory, pinned=group.device_of(task))
+                if problem:
+                    problems.append(f"task {task.task_id!r}: {problem}")
+        if problems:
+            raise ConfigError(problems)
+
+    def _register(self, store: StateStore) -> list[str]:
+        """Record every task in the state; adopt the outcome of tasks that already ran."""
+        skipped = []
+        for group in self.groups:
+            for task in group:
+                row = store.register(task.task_id, group.name, task.fingerprint())
+                task.workdir = self.root / task.task_id
+                task.attempts = 0
+                if row.status is TaskStatus.FINISHED:
+                    task.status, task.result = TaskStatus.FINISHED, row.result
+                    task.used_device = row.device
+                    skipped.append(task.task_id)
+                    if row.peak_memory is not None:
+                        self.estimates.learn(group.name, row.peak_memory)
+                elif row.status is TaskStatus.FAILED and not self.retry_failed:
+                    task.status, task.stage, task.error = row.status, row.stage, row.error
+                    task.traceback, task.exit_code = row.traceback, row.exit_code
+                else:
+                    store.retry(task.task_id)
+                    task.status = TaskStatus.WAITING
+        return skipped
+
+    def _run_group(self, group: TaskGroup) -> None:
+        self._queue = deque(t for t in group if t.status is TaskStatus.WAITING)
+        while self._queue or self._running:
+            self._start_processes(group)
+            blocked = self._place_loaded()
+            if self._running:
+                self._wait(self.recheck_seconds if blocked else None)
+
+    # --- starting and placing ----------------------------------------------------------------
+
+    def _start_processes(self, group: TaskGroup) -> None:
+        loading = sum(r.status is TaskStatus.LOADING for r in self._running.values())
+        while (self._queue and len(self._running) < self.max_processes
+               and loading < self.max_loading):
+            task = self._queue.popleft()
+            if self._start(task, group):
+                loading += 1
+
+    def _start(self, task: Task, group: TaskGroup) -> bool:
+        store = self._require_store()
+        if not store.claim(task.task_id, attempts=task.attempts + 1):
+            log.warning("task %s was not waiting in %s; not starting it", task.task_id,
+                        store.path)
+            return False
+        task.attempts += 1
+        workdir = self.root / task.task_id
+        shutil.rmtree(workdir, ignore_errors=True)  # a previous attempt's leftovers
+        workdir.mkdir(parents=True)
+        task.workdir = workdir
+        task.stage = task.error = task.traceback = task.result = task.exit_code = None
+        self.started_at[task.task_id] = time.time()
+        try:
+            payload = pickle.dumps(task)
+        except Exception as err:  # any pickling failure is this task's problem, not the run's
+            self._fail(task, Stage.DISPATCH, f"the task cannot be sent to its process "
+                       f"(it must be picklable, its class importable): {err}")
+            return False
+        gpu = bool(self.devices.gpus) and group.device_of(task) != "cpu"
+        process = TaskProcess(payload, name=f"fedloom-task-{task.task_id}", workdir=workdir,
+                              threads=self._threads(gpu), method=self.start_method,
+                              preload=self.preload)
+        store.started(task.task_id, process.pid)
+        task.status = TaskStatus.LOADING
+        self._running[task.task_id] = _Running(task=task, group=group, process=process,
+                                               status=TaskStatus.LOADING, gpu=gpu)
+        return True
+
+    def _threads(self, gpu: bool) -> int:
+        """Torch threads of a task: the cores shared by the tasks that can run at once."""
+        cores = os.cpu_count() or 1
+        return max(1, cores // (self.max_processes if gpu else max(1, self.devices.cpu_slots)))
+
+    def _place_loaded(self) -> bool:
+        """Hand devices to loaded tasks; True when one waits on GPU memory we cannot free."""
+        blocked = False
+        for run in list(self._running.values()):
+            if run.status is not TaskStatus.LOADED:
+                continue
+            memory = self.estimates.of(run.task.task_id, run.group.name,
+                                       run.task.memory) if run.gpu else None
+            probing = any(r.probe and r.group is run.group for r in self._running.values())
+            if run.gpu and memory is None and probing:
+                continue  # wait for the probe's peak instead of guessing
+            device = self.devices.place(run.task.task_id, memory=memory, pid=run.process.pid,
+                                        pinned=run.group.device_of(run.task))
+            if device is None:
+                blocked = blocked or (run.gpu and not any(
+                    r.status is TaskStatus.TRAINING and r.gpu for r in self._running.values()))
+                continue
+            run.process.train(device)
+            run.probe = run.gpu and memory is None
+            run.status = run.task.status = TaskStatus.TRAINING
+            run.task.used_device = device
+            self._require_store().set_status(run.task.task_id, TaskStatus.TRAINING,
+                                             device=device)
+        return blocked
+
+    # --- events ------------------------------------------------------------------------------
+
+    def _wait(self, timeout: float | None) -> None:
+        runs = list(self._running.values())
+        ready = wait([h for run in runs for h in run.process.handles()], timeout)
+        for run in runs:
+            for message in run.process.messages(ready):
+                self._handle(run, message)
+            if run.process.exited(ready):
+                self._reap(run)
+
+    def _handle(self, run: _Running, message: tuple[object, ...]) -> None:
+        task, kind = run.task, message[0]
+        if kind == "loaded":
+            run.status = task.status = TaskStatus.LOADED
+            self._require_store().set_status(task.task_id, TaskStatus.LOADED)
+        elif kind == "finished":
+            result, peak = message[1], message[2]
+            assert isinstance(result, dict) and (peak is None or isinstance(peak, int))
+            self._finish(run, result, peak)
+        elif kind == "failed":
+            stage, error, trace, oom = message[1:5]
+            assert isinstance(stage, str) and isinstance(error, str) and isinstance(trace, str)
+            run.ended = True
+            self.devices.release(task.task_id)
+            if oom and task.attempts <= self.oom_retries:
+                self._put_back(run, error)
+            else:
+                if oom:
+                    error = f"out of memory in all {task.attempts} attempts; last: {error}"
+                self._fail(task, Stage(stage), error, traceback=trace)
+
+    def _finish(self, run: _Running, result: Result, peak: int | None) -> None:
+        task = run.task
+        run.ended = True
+        self.devices.release(task.task_id)
+        self._require_store().finish(task.task_id, result, peak)
+        task.status, task.result = TaskStatus.FINISHED, result
+        if run.gpu and (peak is not None or run.probe):
+            self.estimates.learn(run.group.name, peak)
+
+    def _put_back(self, run: _Running, error: str) -> None:
+        task = run.task
+        if run.gpu:
+            self.estimates.out_of_memory(task.task_id, run.group.name, task.memory)
+        self._require_store().requeue(task.task_id, f"out of memory: {error}")
+        task.status = TaskStatus.WAITING
+        run.requeue = True
+        log.info("task %s ran out of memory (attempt %d); put back", task.task_id,
+                 task.attempts)
+
+    def _fail(self, task: Task, stage: Stage, error: str, *, traceback: str | None = None,
+              exit_code: int | None = None) -> None:
+        self._require_store().fail(task.task_id, stage=stage, error=error, traceback=traceback,
+                                   exit_code=exit_code)
+        task.status, task.stage, task.error = TaskStatus.FAILED, stage, error
+        task.traceback, task.exit_code = traceback, exit_code
+        log.warning("task %s failed in %s: %s", task.task_id, stage.value, error)
+
+    def _reap(self, run: _Running) -> None:
+        code = run.process.join()
+        task = run.task
+        del self._running[task.task_id]
+        self.devices.release(task.task_id)
+        if not run.ended:
+            name = f" ({_signal_name(-code)})" if code is not None and code < 0 else ""
+            stage = Stage.TRAIN if run.status is TaskStatus.TRAINING else Stage.LOAD
+            self._fail(task, stage, f"the task's process died with exit code {code}{name}; "
+                       f"its output is in {task.workdir}/task.log", exit_code=code)
+        elif run.requeue:
+            self._queue.append(task)
+
+    def _stop_all(self) -> None:
+        """Kill every task process (on Ctrl-C or an error); their tasks go back to waiting."""
+        for run in self._running.values():
+            run.process.kill()
+        for run in self._running.values():
+            run.process.join()
+            self.devices.release(run.task.task_id)
+            if not run.ended:
+                run.task.status = TaskStatus.WAITING
+        self._running.clear()
+
+    def _require_store(self) -> StateStore:
+        if self._store is None:
+            raise RuntimeError("the scheduler is not running")
+        return self._store
+
+    @contextlib.contextmanager
+    def _display(self) -> Iterator[None]:
+        if not self.progress:
+            yield
+            return
+        from fedloom.scheduler.progress import LiveTable
+
+        with LiveTable(self):
+            yield
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a run the way Ctrl-C does (tasks put back, state consistent)."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
