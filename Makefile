@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fedloom-installed
 CONFIG ?= configs/default.yaml
 ARGS ?=
 
-.PHONY: run test test-slow check bench accuracy clean
+.PHONY: run test test-slow check bench accuracy clean proto check-proto demo-deploy
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,12 +24,25 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
-check: $(STAMP)
+check: $(STAMP) check-proto
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
+# gRPC code in src/fedloom/transport/generated: regenerate after editing the .proto; `check`
+# fails when the committed code is stale
+proto: $(STAMP)
+	$(BIN)/python -m fedloom.transport.codegen
+
+check-proto: $(STAMP)
+	$(BIN)/python -m fedloom.transport.codegen --check
+
+# a server and 3 client processes on 127.0.0.1, FedAvg on MNIST (ARGS: e.g. --tls rounds=10)
+demo-deploy: $(STAMP)
+	$(BIN)/fedloom demo deploy $(ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/bench_deploy.py
 
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py

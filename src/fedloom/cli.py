@@ -3,7 +3,9 @@
 ``fedloom run CONFIG.yaml [key=value ...]`` runs a simulation; ``fedloom partition CONFIG.yaml``
 prints how the data is split over clients and writes a label-distribution plot;
 ``fedloom sweep SWEEP.yaml [--out DIR] [key=value ...]`` runs (or resumes) a sweep of runs and
-writes its report; ``fedloom report DIR`` writes the report of a sweep directory again.
+writes its report; ``fedloom report DIR`` writes the report of a sweep directory again;
+``fedloom server``, ``client``, ``certs`` and ``demo deploy`` run a deployment over gRPC
+(:mod:`fedloom.deploy.cli`).
 
 Exit codes (one table, for every subcommand):
 
@@ -82,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="write report.html/.md and results.csv of a sweep")
     report.add_argument("dir", type=Path, help="sweep directory (the --out of fedloom sweep)")
     report.set_defaults(overrides=[])
+    from fedloom.deploy.cli import add_commands  # parsers only: gRPC loads when a command runs
+
+    add_commands(sub, OVERRIDES_HELP)
     return parser
 
 
@@ -91,6 +96,8 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = run_experiment(cfg, console=not args.quiet)
+    if not result.history.rows:  # a torchrun worker rank: rank 0 reports
+        return 0
     last = [r for r in result.history.rows if r.get("test_accuracy") is not None]
     if last:
         print(f"final test accuracy {last[-1]['test_accuracy']:.4f} after round "
@@ -144,6 +151,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy(args: argparse.Namespace) -> int:
+    from fedloom.deploy.cli import main as deploy_main
+
+    return deploy_main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # key=value overrides may stand anywhere, also after options such as --quiet
@@ -153,8 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "partition": _partition, "sweep": _sweep,
-                "report": _report}[args.command](args)
+        return {"run": _run, "partition": _partition, "sweep": _sweep, "report": _report,
+                "server": _deploy, "client": _deploy, "certs": _deploy,
+                "demo": _deploy}[args.command](args)
     except (FedloomError, KeyboardInterrupt) as err:
         code = next(c for t, c in EXIT_CODES if isinstance(err, t))
         message = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)

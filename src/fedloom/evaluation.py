@@ -25,7 +25,8 @@ class CentralEvaluator:
                  device: str | torch.device = "cpu") -> None:
         model = model_fn().to(device)
         self.bound = BoundModule(model, ParamLayout.from_module(model))
-        self.test = test
+        self.test = test.to(device)
+        self.device = torch.device(device)
         self.batch_size = batch_size
 
     def __call__(self, params: torch.Tensor) -> dict[str, Mean]:
@@ -36,11 +37,11 @@ class CentralEvaluator:
         self.bound.load(params)
         model = self.bound.module
         model.eval()
-        loss = torch.zeros((), dtype=torch.float64)
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = 0
         with torch.inference_mode():
             for lo in range(start, stop, self.batch_size):
-                idx = torch.arange(lo, min(lo + self.batch_size, stop))
+                idx = torch.arange(lo, min(lo + self.batch_size, stop), device=self.device)
                 x, y = self.test.batch(idx)
                 logits = model(x)
                 loss += F.cross_entropy(logits, y, reduction="sum").double()

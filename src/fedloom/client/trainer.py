@@ -7,6 +7,7 @@ Python and no ``DataLoader``. The shuffle of each local epoch comes from the gen
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from functools import partial
 
@@ -65,8 +66,10 @@ class LocalTrainer:
         self.bound = BoundModule(model, self.layout)
         self.model: nn.Module = model
         self.params = [p for p in model.parameters()]
-        self.train = train
-        self.client_indices = client_indices
+        # the data lives where the model does: one copy per device, batches never cross
+        self.train = train.to(device)
+        self.client_indices = tuple(i.to(device) for i in client_indices) \
+            if torch.device(device).type != "cpu" else client_indices
         self.seed = seed
         self.local = local
         self.loss_fn = loss_fn
@@ -76,14 +79,18 @@ class LocalTrainer:
 
     def fit(self, downlink: Downlink) -> ClientResult:
         """Run the client's local SGD from the downlink's parameters; return its new params."""
-        local = self.local
+        local, received = self.local, downlink
+        if self.device.type != "cpu":  # hooks read the global params and extras on the device
+            downlink = dataclasses.replace(downlink, params=downlink.params.to(self.device),
+                                           extras={k: v.to(self.device)
+                                                   for k, v in downlink.extras.items()})
         self.bound.load(downlink.params)
         indices = self.client_indices[downlink.client_id]
         metrics = {"start_loss": self.local_loss(indices)} if local.start_loss else {}
         extras = {"start_grad": self.local_gradient(indices)} if local.start_grad else {}
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
         metrics["train_loss"], steps = self._sgd(downlink, indices, gen, local.correct_grads)
-        params = self.bound.read().clone()
+        params = self._host(self.bound.read())
         if local.personal_lambda is not None:
             extras["personal"], metrics["personal_train_loss"] = self._personal(
                 downlink, indices, local.personal_lambda)
@@ -91,7 +98,7 @@ class LocalTrainer:
             round=downlink.round, client_id=downlink.client_id, params=params,
             num_examples=int(indices.shape[0]), num_steps=steps, metrics=metrics, extras=extras,
         )
-        return local.finish(result, downlink) if local.finish is not None else result
+        return local.finish(result, received) if local.finish is not None else result
 
     def _sgd(self, downlink: Downlink, indices: torch.Tensor, gen: torch.Generator,
              correct: GradHook | None) -> tuple[Mean, int]:
@@ -130,7 +137,11 @@ class LocalTrainer:
         self.bound.load(downlink.params if start is None else start)
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.PERSONAL)
         loss, _ = self._sgd(downlink, indices, gen, partial(proximal_pull, lam))
-        return self.bound.read().clone(), loss
+        return self._host(self.bound.read()), loss
+
+    def _host(self, t: torch.Tensor) -> torch.Tensor:
+        """A copy on the CPU, where the server aggregates."""
+        return t.clone() if self.device.type == "cpu" else t.to("cpu", copy=True)
 
     def _bind_grads(self) -> None:
         offset = 0
@@ -146,7 +157,7 @@ class LocalTrainer:
         for start in range(0, n, batch_size):
             x, y = self.train.batch(indices[start:start + batch_size])
             torch.autograd.backward(self.loss_fn(self.model(x), y) * (y.shape[0] / n))
-        grad = self.grads.clone()
+        grad = self._host(self.grads)
         self.grads.zero_()
         return grad
 

@@ -27,6 +27,12 @@ class ArrayData:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device: str | torch.device) -> ArrayData:
+        """The same examples on ``device`` (itself when already there)."""
+        if self.x.device == torch.device(device):
+            return self
+        return ArrayData(x=self.x.to(device), y=self.y.to(device), mean=self.mean, std=self.std)
+
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The inputs (float32, normalised) and labels at ``idx``."""
         x = self.x.index_select(0, idx)

@@ -1,0 +1,224 @@
+"""Deployment transport on loopback: gRPC rounds vs raw sockets moving the same bytes, and
+rounds per second with 100 clients.
+
+1. A model of ``--mb`` MiB goes to each of N client processes and comes back as its update
+   (the clients echo it: no training), through :class:`GrpcFleet` (chunked frames, validation,
+   finite checks). The reference is the bare minimum: raw TCP sockets sending the same bytes to
+   the same number of processes and reading them back. Target: gRPC within 2x.
+2. Rounds per second of the full server loop (sampler, FedAvg aggregation) with 100 clients
+   (threads spread over 4 processes) on a tiny model: the per-round overhead of deployment.
+
+Run: ``python benchmarks/bench_deploy.py [--mb 64] [--clients 1 4] [--rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import struct
+import threading
+import time
+from collections.abc import Sequence
+
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+
+def _echo_clients(port: int, ids: Sequence[int]) -> None:
+    """A client process: one connection per id, each returning the model it receives."""
+    from fedloom.core.layout import ParamLayout
+    from fedloom.core.packages import ClientResult, Downlink
+    from fedloom.deploy.client import Client
+    from fedloom.deploy.runner import Backoff, ClientRunner
+
+    class Echo(Client):
+        def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
+            return ClientResult(round=downlink.round, client_id=downlink.client_id,
+                                params=downlink.params, num_examples=1, num_steps=1)
+
+    runners = [ClientRunner(f"127.0.0.1:{port}", client_id=c, client=Echo(), insecure=True,
+                            backoff=Backoff(initial=0.05, maximum=0.5, give_up_after=60))
+               for c in ids]
+    threads = [threading.Thread(target=r.run) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _spawn(target: object, args: tuple[object, ...]) -> mp.process.BaseProcess:
+    proc = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def bench_grpc(mb: int, clients: int, rounds: int) -> float:
+    """Median seconds of a round moving the model to ``clients`` processes and back."""
+    import torch
+
+    from fedloom.core.layout import LayoutEntry, ParamLayout
+    from fedloom.core.packages import ClientConfig, Downlink
+    from fedloom.deploy.grpc_fleet import GrpcFleet, RoundPolicy
+    from fedloom.deploy.service import FederationServer
+
+    size = mb * 2**20 // 4
+    layout = ParamLayout(entries=(LayoutEntry(name="w", shape=(size,), dtype=torch.float32,
+                                              offset=0, trainable=True),))
+    server = FederationServer("127.0.0.1:0", layout=layout, insecure=True).start()
+    fleet = GrpcFleet(server, RoundPolicy(round_timeout=600))
+    procs = [_spawn(_echo_clients, (server.port, [c])) for c in range(clients)]
+    try:
+        fleet.wait_for_clients(clients, 300)
+        params = torch.randn(size)
+        times = []
+        for rnd in range(rounds + 1):  # the first round warms up
+            tasks = [Downlink(round=rnd + 1, client_id=c, params=params, config=ClientConfig())
+                     for c in range(clients)]
+            start = time.perf_counter()
+            outcomes = fleet.fit(rnd + 1, tasks)
+            times.append(time.perf_counter() - start)
+            assert all(hasattr(o, "params") for o in outcomes), outcomes
+        return statistics.median(times[1:])
+    finally:
+        fleet.close()
+        server.stop()
+        for p in procs:
+            p.join(timeout=30)
+
+
+def _recv_exact(sock: socket.socket, buffer: memoryview) -> None:
+    got = 0
+    while got < len(buffer):
+        n = sock.recv_into(buffer[got:])
+        if n == 0:
+            raise ConnectionError("closed")
+        got += n
+
+
+def _raw_client(port: int, nbytes: int, rounds: int, fresh: bool) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    buffer = bytearray(nbytes)
+    for _ in range(rounds):
+        header = bytearray(8)
+        _recv_exact(sock, memoryview(header))
+        if fresh:
+            buffer = bytearray(nbytes)
+        _recv_exact(sock, memoryview(buffer))
+        sock.sendall(buffer)
+    sock.close()
+
+
+def bench_raw(mb: int, clients: int, rounds: int, *, fresh: bool) -> float:
+    """The same bytes over plain TCP sockets: median seconds per round. ``fresh``: each
+    message lands in a new buffer, as it must where the receiver keeps it (a server keeps every
+    update until it aggregates); otherwise one buffer per connection is reused."""
+    nbytes = mb * 2**20
+    payload = os.urandom(nbytes)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    procs = [_spawn(_raw_client, (port, nbytes, rounds + 1, fresh)) for _ in range(clients)]
+    conns = [listener.accept()[0] for _ in range(clients)]
+    buffers = [bytearray(nbytes) for _ in range(clients)]
+
+    def serve(conn: socket.socket, buffer: bytearray) -> None:
+        conn.sendall(struct.pack("<q", nbytes))
+        conn.sendall(payload)
+        _recv_exact(conn, memoryview(bytearray(nbytes) if fresh else buffer))
+
+    times = []
+    for _ in range(rounds + 1):
+        start = time.perf_counter()
+        threads = [threading.Thread(target=serve, args=(c, b)) for c, b in zip(conns, buffers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        times.append(time.perf_counter() - start)
+    for c in conns:
+        c.close()
+    listener.close()
+    for p in procs:
+        p.join(timeout=30)
+    return statistics.median(times[1:])
+
+
+def _tiny_clients(port: int, ids: Sequence[int]) -> None:
+    from fedloom.deploy.runner import Backoff, ClientRunner
+
+    def fit(params: list[object], config: dict[str, object]) -> tuple[list[object], int,
+                                                                      dict[str, float]]:
+        return params, 1, {"train_loss": 0.0}
+
+    runners = [ClientRunner(f"127.0.0.1:{port}", client_id=c, client=fit,  # type: ignore[arg-type]
+                            insecure=True, backoff=Backoff(initial=0.05, maximum=0.5,
+                                                           give_up_after=60)) for c in ids]
+    threads = [threading.Thread(target=r.run) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def bench_rounds(clients: int, rounds: int, processes: int = 4) -> float:
+    """Rounds per second of the server loop with every client in every round."""
+    import torch
+
+    from fedloom.algorithms import FedAvg
+    from fedloom.core.layout import ParamLayout
+    from fedloom.core.packages import ClientConfig
+    from fedloom.deploy.grpc_fleet import GrpcFleet, RoundPolicy
+    from fedloom.deploy.service import FederationServer
+    from fedloom.runtime.loop import ServerLoop
+    from fedloom.sampling import UniformSampler
+
+    model = torch.nn.Linear(60, 10)
+    layout = ParamLayout.from_module(model)
+    server = FederationServer("127.0.0.1:0", layout=layout, insecure=True).start()
+    fleet = GrpcFleet(server, RoundPolicy(round_timeout=120))
+    ids = list(range(clients))
+    procs = [_spawn(_tiny_clients, (server.port, ids[k::processes])) for k in range(processes)]
+    try:
+        fleet.wait_for_clients(clients, 300)
+        loop = ServerLoop(algorithm=FedAvg(), fleet=fleet, client=ClientConfig(),
+                          sampler=UniformSampler(num_clients=clients, size=clients, seed=0),
+                          evaluate=lambda p: {}, rounds=rounds, layout=layout,
+                          initial_params=layout.module_to_flat(model), threads=1)
+        start = time.perf_counter()
+        history = loop.run()  # closes the fleet: the clients exit
+        seconds = time.perf_counter() - start
+        assert all(r["num_results"] == clients for r in history.rows)
+        return rounds / seconds
+    finally:
+        fleet.close()
+        server.stop()
+        for p in procs:
+            p.join(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=int, default=64, help="model size in MiB")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load-clients", type=int, default=100)
+    parser.add_argument("--load-rounds", type=int, default=20)
+    args = parser.parse_args()
+    print(f"model {args.mb} MiB float32, {os.cpu_count()} cores, median of {args.rounds} rounds")
+    print(f"{'clients':>7} {'MiB moved':>9} {'gRPC s':>8} {'raw s':>8} {'ratio':>6} "
+          f"{'raw fresh s':>11} {'ratio':>6} {'gRPC MiB/s':>10}")
+    for n in args.clients:
+        grpc_s = bench_grpc(args.mb, n, args.rounds)
+        raw_s = bench_raw(args.mb, n, args.rounds, fresh=False)
+        fresh_s = bench_raw(args.mb, n, args.rounds, fresh=True)
+        moved = 2 * n * args.mb
+        print(f"{n:>7} {moved:>9} {grpc_s:>8.3f} {raw_s:>8.3f} {grpc_s / raw_s:>6.2f} "
+              f"{fresh_s:>11.3f} {grpc_s / fresh_s:>6.2f} {moved / grpc_s:>10.0f}", flush=True)
+    rate = bench_rounds(args.load_clients, args.load_rounds)
+    print(f"{args.load_clients} clients (threads in 4 processes), 610-value model: "
+          f"{rate:.1f} rounds/s over {args.load_rounds} rounds")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,372 @@
+"""Packages over a stream: a header frame, then the tensors' bytes in bounded chunks.
+
+A package is one :class:`~fedloom.transport.generated.fedloom_pb2.Header` plus named tensors. On
+the wire it is the header frame followed by chunk frames that carry the tensors' raw bytes back
+to back, in the order the header lists them. Chunks are at most ``chunk_bytes`` long; payloads
+have no cap, so a model of any size streams. A chunk belongs to the header before it on the same
+stream and carries no task id, so the chunks of a tensor sent to many clients are encoded once.
+
+Nothing is unpickled. :class:`Assembler` checks every declaration (dtype, shape, sizes, order)
+before it accepts a byte and every float it assembled before it hands a package on; a bad frame
+raises :class:`MessageRejected` naming a :class:`Rejection`.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from fedloom.core.errors import TransportError
+from fedloom.transport.generated import fedloom_pb2 as pb
+
+PROTOCOL = "fedloom/1"
+DEFAULT_CHUNK_BYTES = 1 << 20
+MAX_TENSORS = 64
+MAX_NAME = 200
+MAX_DIMS = 8
+MAX_VALUES = 256
+MAX_TEXT = 4096
+MAX_COUNT = 1 << 53  # num_examples, num_steps, round, client id: exact as float64
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+    "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+    "uint8": torch.uint8, "bool": torch.bool,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
+
+
+def itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class Rejection(StrEnum):
+    """Why an incoming message was refused."""
+
+    MALFORMED = "malformed"  # not a parseable frame, or a required field missing
+    UNEXPECTED = "unexpected"  # a frame out of protocol order (a chunk with no header ...)
+    UNKNOWN_TASK = "unknown_task"  # a reply to no outstanding task, or of the wrong kind
+    OVERSIZED = "oversized"  # declares or sends more bytes than allowed
+    TRUNCATED = "truncated"  # the payload ended before its declared size
+    BAD_DTYPE = "bad_dtype"  # a dtype not on the list, or not the layout's
+    BAD_SPEC = "bad_spec"  # a shape or size that contradicts itself
+    WRONG_SHAPE = "wrong_shape"  # a tensor whose shape is not what the layout needs
+    NON_FINITE = "non_finite"  # NaN or infinite values
+    BAD_VALUE = "bad_value"  # a field out of range (negative counts, bad config, long text)
+
+
+class MessageRejected(TransportError):
+    """An incoming message failed validation.
+
+    Attributes:
+        reason: the named reason.
+        detail: what exactly was wrong.
+        fatal: the stream cannot continue (framing is lost); otherwise only the package is.
+    """
+
+    def __init__(self, reason: Rejection, detail: str, *, fatal: bool = False) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.fatal = fatal
+        super().__init__(f"rejected ({reason.value}): {detail}")
+
+
+def reject_if(bad: bool, reason: Rejection, detail: str, *, fatal: bool = False) -> None:
+    if bad:
+        raise MessageRejected(reason, detail, fatal=fatal)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Package:
+    """A header with the tensors its payload carried (read-only views of one buffer)."""
+
+    header: pb.Header
+    tensors: Mapping[str, torch.Tensor]
+
+
+def _raw(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's bytes as a flat uint8 array (no copy when already contiguous on cpu)."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8)
+
+
+def tensor_spec(name: str, tensor: torch.Tensor) -> pb.TensorSpec:
+    if tensor.dtype not in DTYPE_NAMES:
+        raise TransportError(f"tensor {name!r}: dtype {tensor.dtype} cannot be sent "
+                             f"(allowed: {', '.join(DTYPES)})")
+    return pb.TensorSpec(name=name, dtype=DTYPE_NAMES[tensor.dtype], shape=list(tensor.shape),
+                         nbytes=tensor.numel() * tensor.element_size())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def chunk_frame(offset: int, data: bytes | memoryview) -> bytes:
+    """A serialized ``ClientFrame``/``ServerFrame`` holding ``Chunk(offset, data)`` (both frames
+    carry the chunk as field 3, so the bytes are the same), built with one copy of ``data``
+    instead of protobuf's three; a test checks it against protobuf's own serialization."""
+    head = ((b"\x10" + _varint(offset) if offset else b"")
+            + (b"\x1a" + _varint(len(data)) if len(data) else b""))
+    return b"".join((b"\x1a", _varint(len(head) + len(data)), head, data))
+
+
+class ChunkCache:
+    """Chunk frames of tensors already encoded at a given payload offset (a round's model,
+    sent to every client of the cohort, is cut into frames once)."""
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple[int, int], tuple[torch.Tensor, list[bytes]]] = {}
+
+    def get(self, tensor: torch.Tensor, offset: int) -> list[bytes] | None:
+        hit = self._frames.get((id(tensor), offset))
+        return hit[1] if hit is not None and hit[0] is tensor else None
+
+    def put(self, tensor: torch.Tensor, offset: int, frames: list[bytes]) -> None:
+        self._frames[(id(tensor), offset)] = (tensor, frames)
+
+
+def chunk_frames(tensor: torch.Tensor, offset: int, chunk_bytes: int) -> list[bytes]:
+    view = _raw(tensor).data
+    return [chunk_frame(offset + start, view[start:start + chunk_bytes])
+            for start in range(0, len(view), chunk_bytes)]
+
+
+def encode(header: pb.Header, tensors: Mapping[str, torch.Tensor], *,
+           wrap_header: Callable[[pb.Header], bytes], chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+           cache: ChunkCache | None = None) -> list[bytes]:
+    """The frames of one package: the header (its tensor specs filled in), then the chunks."""
+    header_frame = describe(header, tensors, wrap_header)
+    frames = [header_frame]
+    offset = 0
+    for tensor in tensors.values():
+        chunks = cache.get(tensor, offset) if cache is not None else None
+        if chunks is None:
+            chunks = chunk_frames(tensor, offset, _check_chunk(chunk_bytes))
+            if cache is not None:
+                cache.put(tensor, offset, chunks)
+        frames.extend(chunks)
+        offset += tensor.numel() * tensor.element_size()
+    return frames
+
+
+def stream(header: pb.Header, tensors: Mapping[str, torch.Tensor], *,
+           wrap_header: Callable[[pb.Header], bytes],
+           chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+    """The frames of one package, each made when it is sent: one chunk in memory at a time
+    instead of a second copy of the whole payload."""
+    header_frame = describe(header, tensors, wrap_header)
+    raws = [_raw(t) for t in tensors.values()]
+    step = _check_chunk(chunk_bytes)
+
+    def frames() -> Iterator[bytes]:
+        yield header_frame
+        offset = 0
+        for raw in raws:
+            view = raw.data
+            for start in range(0, len(view), step):
+                yield chunk_frame(offset + start, view[start:start + step])
+            offset += len(view)
+
+    return frames()
+
+
+def describe(header: pb.Header, tensors: Mapping[str, torch.Tensor],
+             wrap_header: Callable[[pb.Header], bytes]) -> bytes:
+    """Fill in the header's tensor specs and payload size; the serialized header frame."""
+    del header.tensors[:]
+    for name, tensor in tensors.items():
+        header.tensors.append(tensor_spec(name, tensor))
+    header.payload_bytes = sum(spec.nbytes for spec in header.tensors)
+    return wrap_header(header)
+
+
+def _check_chunk(chunk_bytes: int) -> int:
+    if chunk_bytes < 1:
+        raise ValueError(f"chunk_bytes = {chunk_bytes}: must be >= 1")
+    return chunk_bytes
+
+
+def check_header(header: pb.Header, max_payload_bytes: int | None) -> None:
+    """Every declaration of a header, before any of its payload is accepted."""
+    reject_if(header.kind not in KINDS, Rejection.MALFORMED, f"unknown kind {header.kind}",
+              fatal=True)
+    reject_if(len(header.tensors) > MAX_TENSORS, Rejection.BAD_SPEC,
+              f"{len(header.tensors)} tensors, at most {MAX_TENSORS}", fatal=True)
+    names: set[str] = set()
+    total = 0
+    for spec in header.tensors:
+        reject_if(not 0 < len(spec.name) <= MAX_NAME or spec.name in names, Rejection.BAD_SPEC,
+                  f"tensor name {spec.name[:MAX_NAME]!r}: empty, too long or repeated",
+                  fatal=True)
+        names.add(spec.name)
+        reject_if(spec.dtype not in DTYPES, Rejection.BAD_DTYPE,
+                  f"tensor {spec.name!r}: dtype {spec.dtype[:40]!r} not one of "
+                  f"{', '.join(DTYPES)}", fatal=True)
+        reject_if(len(spec.shape) > MAX_DIMS or any(d < 0 for d in spec.shape),
+                  Rejection.BAD_SPEC, f"tensor {spec.name!r}: shape {list(spec.shape)[:10]}",
+                  fatal=True)
+        need = math.prod(spec.shape) * itemsize(DTYPES[spec.dtype])
+        reject_if(spec.nbytes != need, Rejection.BAD_SPEC,
+                  f"tensor {spec.name!r}: declares {spec.nbytes} bytes, its shape "
+                  f"{list(spec.shape)} of {spec.dtype} needs {need}", fatal=True)
+        total += need
+    reject_if(header.payload_bytes != total, Rejection.BAD_SPEC,
+              f"payload_bytes = {header.payload_bytes}, the tensors need {total}", fatal=True)
+    reject_if(max_payload_bytes is not None and total > max_payload_bytes, Rejection.OVERSIZED,
+              f"payload of {total} bytes, at most {max_payload_bytes} allowed", fatal=True)
+
+
+def check_content(header: pb.Header) -> None:
+    """A header's values, metrics and counts (checked once its payload is in, so that a bad
+    value costs the package, not the stream)."""
+    reject_if(len(header.values) > MAX_VALUES or len(header.metrics) > MAX_VALUES,
+              Rejection.BAD_VALUE, f"more than {MAX_VALUES} values or metrics")
+    reject_if(len(header.reason) > MAX_TEXT, Rejection.BAD_VALUE,
+              f"reason of {len(header.reason)} characters, at most {MAX_TEXT}")
+    for key, value in header.values.items():
+        reject_if(len(key) > MAX_NAME or len(value.text) > MAX_TEXT, Rejection.BAD_VALUE,
+                  f"value {key[:MAX_NAME]!r}: key or text too long")
+        reject_if(value.WhichOneof("value") == "number" and not math.isfinite(value.number),
+                  Rejection.NON_FINITE, f"value {key!r} = {value.number}")
+    for key, metric in header.metrics.items():
+        reject_if(len(key) > MAX_NAME, Rejection.BAD_VALUE, f"metric name {key[:MAX_NAME]!r}...")
+        reject_if(not (math.isfinite(metric.total) and math.isfinite(metric.weight)),
+                  Rejection.NON_FINITE, f"metric {key!r} = ({metric.total}, {metric.weight})")
+        reject_if(metric.weight < 0, Rejection.BAD_VALUE,
+                  f"metric {key!r} has weight {metric.weight} < 0")
+    for name in ("round", "client_id", "num_examples", "num_steps"):
+        value = getattr(header, name)
+        reject_if(not 0 <= value < MAX_COUNT, Rejection.BAD_VALUE, f"{name} = {value}")
+
+
+_EMPTY: NDArray[np.uint8] = np.empty(0, np.uint8)
+
+
+class Assembler:
+    """Rebuilds packages from one stream's header and chunk frames, checking everything.
+
+    Args:
+        max_payload_bytes: the largest payload accepted (None: no limit).
+        max_chunk_bytes: the largest chunk accepted.
+    """
+
+    def __init__(self, *, max_payload_bytes: int | None, max_chunk_bytes: int) -> None:
+        self.max_payload_bytes = max_payload_bytes
+        self.max_chunk_bytes = max_chunk_bytes
+        self._header: pb.Header | None = None
+        self._buffer = _EMPTY
+        self._spare = _EMPTY  # the last payload's buffer, reused once nothing views it
+        self._received = 0
+
+    @property
+    def busy(self) -> bool:
+        """A header arrived whose payload is not complete yet."""
+        return self._header is not None
+
+    @property
+    def pending(self) -> pb.Header | None:
+        return self._header
+
+    def header(self, header: pb.Header) -> Package | None:
+        """Start a package; returns it at once when it has no payload."""
+        reject_if(self.busy, Rejection.TRUNCATED,
+                  f"a new header arrived after {self._received} of "
+                  f"{self._header.payload_bytes if self._header else 0} payload bytes",
+                  fatal=True)
+        check_header(header, self.max_payload_bytes)
+        self._header = header
+        self._buffer = self._take_buffer(header.payload_bytes)
+        self._received = 0
+        return self._finish() if header.payload_bytes == 0 else None
+
+    def chunk(self, chunk: pb.Chunk) -> Package | None:
+        """Add the next chunk; returns the package when its payload is complete."""
+        header = self._header
+        reject_if(header is None, Rejection.UNEXPECTED, "a chunk with no header before it",
+                  fatal=True)
+        assert header is not None
+        size = len(chunk.data)
+        reject_if(chunk.offset != self._received, Rejection.UNEXPECTED,
+                  f"chunk at offset {chunk.offset}, expected {self._received}", fatal=True)
+        reject_if(size == 0 or size > self.max_chunk_bytes, Rejection.OVERSIZED,
+                  f"chunk of {size} bytes (1 to {self.max_chunk_bytes} allowed)", fatal=True)
+        reject_if(self._received + size > header.payload_bytes, Rejection.OVERSIZED,
+                  f"chunks exceed the declared payload of {header.payload_bytes} bytes",
+                  fatal=True)
+        self._buffer[self._received:self._received + size] = np.frombuffer(chunk.data, np.uint8)
+        self._received += size
+        return self._finish() if self._received == header.payload_bytes else None
+
+    def _take_buffer(self, size: int) -> NDArray[np.uint8]:
+        """A buffer for the next payload: the previous one when no tensor views it any more
+        (fresh pages cost more than the copy itself), else a new one."""
+        spare, self._spare = self._spare, _EMPTY
+        # references: `spare` and getrefcount's argument; any tensor of the old package adds one
+        if spare.shape[0] == size and sys.getrefcount(spare) == 2:
+            return spare
+        return torch.empty(size, dtype=torch.uint8).numpy()
+
+    def end(self) -> None:
+        """The stream ended: a package still in progress was truncated."""
+        if self._header is not None:
+            received, declared = self._received, self._header.payload_bytes
+            self._header = None
+            raise MessageRejected(Rejection.TRUNCATED, f"stream ended after {received} of "
+                                  f"{declared} payload bytes", fatal=True)
+
+    def _finish(self) -> Package:
+        header = self._header
+        assert header is not None
+        self._header = None
+        buffer, self._buffer = self._buffer, _EMPTY
+        self._spare = buffer
+        check_content(header)
+        return Package(header=header, tensors=unpack(header.tensors, buffer))
+
+
+def unpack(specs: Sequence[pb.TensorSpec], buffer: NDArray[np.uint8]
+           ) -> dict[str, torch.Tensor]:
+    """The tensors the specs declare, as views of ``buffer`` (copied only when misaligned);
+    floating tensors must be finite."""
+    tensors: dict[str, torch.Tensor] = {}
+    offset = 0
+    for spec in specs:
+        dtype = DTYPES[spec.dtype]
+        shape = tuple(spec.shape)
+        if spec.nbytes == 0:
+            tensors[spec.name] = torch.empty(shape, dtype=dtype)
+            continue
+        raw = torch.from_numpy(buffer[offset:offset + spec.nbytes])
+        if offset % itemsize(dtype):
+            raw = raw.clone()
+        tensor = raw.view(dtype).reshape(shape)
+        if tensor.is_floating_point():
+            reject_if(not all_finite(tensor), Rejection.NON_FINITE,
+                      f"tensor {spec.name!r} holds NaN or infinite values")
+        elif dtype == torch.bool:
+            reject_if(int(raw.max()) > 1, Rejection.BAD_VALUE,
+                      f"bool tensor {spec.name!r} holds bytes other than 0 and 1")
+        tensors[spec.name] = tensor
+        offset += spec.nbytes
+    return tensors
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN and no infinity: the smallest and largest values are finite (one pass, no
+    temporary; NaN propagates through both)."""
+    low, high = torch.aminmax(tensor.reshape(-1))
+    return math.isfinite(float(low)) and math.isfinite(float(high))
