@@ -1,0 +1,51 @@
+"""The vectorized fleet: the whole cohort trained as batched computations in this process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from fedloom.client.spec import ClientSpec
+from fedloom.core.metrics import Mean
+from fedloom.core.packages import Downlink, Outcome
+from fedloom.fleets.config import FleetConfig
+from fedloom.fleets.vectorized.trainer import VectorizedTrainer
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (all cores when None), restoring the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class VectorizedFleet:
+    """Stacks the cohort's clients (``fleet.chunk`` at a time) on ``fleet.devices``' first device.
+
+    One process, so it uses ``fleet.threads`` torch threads (default: every core).
+
+    Raises:
+        ConfigError: the model has a layer that cannot be vectorized (named in the message).
+    """
+
+    def __init__(self, spec: ClientSpec, cfg: FleetConfig | None = None) -> None:
+        cfg = cfg or FleetConfig()
+        self.threads = cfg.threads
+        self.trainer = VectorizedTrainer(spec, cfg.device_list[0], cfg.chunk)
+
+    def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
+        with torch_threads(self.threads):
+            return self.trainer.fit_many(tasks)
+
+    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
+        return None
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,277 @@
+"""K clients' local SGD as one batched computation (``torch.func``), one chunk at a time.
+
+For a chunk of K clients the trainer stacks their parameters (K x ...) once, precomputes the
+round's batches of every client as one (steps x K x B) index tensor (:mod:`.schedule`), then runs
+the steps: one ``index_select`` gathers every client's batch, one batched call gives every
+client's gradient (:mod:`.kernel`), one fused update steps every client (:mod:`.sgd`). Clients
+run out of batches at different steps; they are masked from then on, never fed fake examples.
+
+The client half of the algorithm runs as in :class:`LocalTrainer`: ``extra_loss`` and
+``correct_grads`` per client and step (:mod:`.hooks`), ``finish`` per result, ``start_loss`` and
+``start_grad`` per client on the serial trainer (one pass over the client's data at the received
+model), and Ditto's personal pass (``personal_lambda``) as a second batched pass.
+
+Results agree with the serial trainer within float tolerance (the batched kernels sum in another
+order): tests/fleets/test_vectorized.py states and checks the tolerance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch.nn import functional as F
+
+from fedloom.algorithms.base import GradHook, proximal_pull
+from fedloom.client.spec import ClientSpec
+from fedloom.client.trainer import LocalTrainer
+from fedloom.core.layout import LayoutEntry, ParamLayout
+from fedloom.core.metrics import Mean
+from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
+from fedloom.core.rng import Purpose
+from fedloom.data.dataset import ArrayData
+from fedloom.fleets.vectorized.check import check_model
+from fedloom.fleets.vectorized.conv import ConvMode, use_loop_convolutions
+from fedloom.fleets.vectorized.hooks import add_extra_loss, correct_grads
+from fedloom.fleets.vectorized.kernel import GradKernel, Tensors
+from fedloom.fleets.vectorized.schedule import Schedule, build_schedule, client_batches
+from fedloom.fleets.vectorized.sgd import StackedSGD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One batched SGD pass over a chunk: new flat params (K x P) and per-client loss sums."""
+
+    params: torch.Tensor
+    losses: list[Mean]
+    steps: tuple[int, ...]
+
+
+class VectorizedTrainer:
+    """Trains many clients at once; the process and distributed fleets use it for their share.
+
+    Args:
+        spec: what clients compute.
+        device: where the stacked parameters and the data live.
+        chunk: most clients stacked at once (None: all of a group). Does not change results.
+        trace_after: record the batched step as a graph after this many calls of one shape
+            (0: always run ``torch.func`` eagerly).
+        conv: how convolutions are batched (:class:`ConvMode`); ``auto`` runs layers with few
+            input channels as a loop over clients on CPU, where that is faster.
+
+    Raises:
+        ConfigError: the model has a layer that cannot be vectorized (named in the message).
+    """
+
+    def __init__(self, spec: ClientSpec, device: str | torch.device = "cpu",
+                 chunk: int | None = None, *, trace_after: int = 3,
+                 conv: ConvMode | str = ConvMode.AUTO) -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.chunk = chunk
+        probe_x, probe_y = spec.train.batch(torch.arange(min(2, len(spec.train))))
+        probe = check_model(spec.model_fn(), probe_x.cpu(), probe_y.cpu(), spec.loss_fn)
+        model = spec.model_fn().to(self.device)
+        looped = use_loop_convolutions(model, ConvMode(conv), self.device)
+        if looped:
+            _warn_once(f"vectorized fleet: convolution layers {looped} run one client after "
+                       f"another (a grouped convolution is slower for them on "
+                       f"{self.device.type}); the rest of the model is batched")
+        self.layout = ParamLayout.from_module(model)
+        self.params = tuple(e for e in self.layout.entries if e.trainable)
+        self.differentiable = tuple(e.name not in probe.frozen for e in self.params)
+        self.unused = probe.unused
+        self.fixed = tuple(e for e in self.layout.entries
+                           if not e.trainable or e.name in probe.frozen)
+        # the default loss is masked per example; any other is called on real examples only
+        self.weighted = spec.loss_fn is F.cross_entropy and not probe_y.is_floating_point()
+        self.kernel = GradKernel(
+            model=model, trained=[e.name for e, d in zip(self.params, self.differentiable) if d],
+            fixed=[e.name for e in self.fixed], loss_fn=None if self.weighted else spec.loss_fn,
+            trace_after=trace_after)
+        train = spec.train
+        self.train = train if train.x.device == self.device else ArrayData(
+            x=train.x.to(self.device), y=train.y.to(self.device), mean=train.mean, std=train.std)
+        self._reference: LocalTrainer | None = None
+
+    def fit_many(self, tasks: Sequence[Downlink]) -> list[Outcome]:
+        """Train every task's client; outcomes sorted by client id.
+
+        Tasks are grouped by batch size (so no client computes on more padding than its last
+        short batch) and each group is trained in chunks of at most ``chunk`` clients.
+        """
+        ordered = sorted(tasks, key=lambda t: t.client_id)
+        groups: dict[int, list[Downlink]] = {}
+        for task in ordered:
+            groups.setdefault(task.config.batch_size, []).append(task)
+        outcomes: list[Outcome] = []
+        for group in groups.values():
+            size = self.chunk or len(group)
+            for start in range(0, len(group), size):
+                outcomes += self._fit_chunk(group[start:start + size])
+        return sorted(outcomes, key=lambda o: o.client_id)
+
+    def _fit_chunk(self, tasks: Sequence[Downlink]) -> list[Outcome]:
+        failures: list[Outcome] = []
+        ready: list[tuple[Downlink, list[torch.Tensor]]] = []
+        for task in tasks:
+            try:
+                batches = client_batches(task, self.spec.client_indices[task.client_id],
+                                         self.spec.seed)
+            except Exception as exc:  # a failed client is a value, not an escape from the round
+                failures.append(_failure(task, exc))
+                continue
+            ready.append((task, batches))
+        if not ready:
+            return failures
+        try:
+            results = self._train([t for t, _ in ready], [b for _, b in ready])
+        except Exception as exc:  # the chunk is one computation: all its clients failed
+            log.warning("vectorized chunk of clients %s failed in round %d: %s",
+                        [t.client_id for t, _ in ready], ready[0][0].round, exc)
+            return failures + [_failure(t, exc) for t, _ in ready]
+        return failures + results
+
+    def _train(self, tasks: Sequence[Downlink],
+               batches: Sequence[Sequence[torch.Tensor]]) -> list[Outcome]:
+        local = self.spec.local
+        before = [self._before(t) for t in tasks]
+        main = self._sgd(tasks, self._stack_flat([t.params for t in tasks]),
+                         build_schedule(batches), local.correct_grads)
+        personal = None
+        if local.personal_lambda is not None:
+            starts = [t.extras.get("personal", t.params) for t in tasks]
+            personal = self._sgd(
+                tasks, self._stack_flat(starts),
+                build_schedule([client_batches(t, self.spec.client_indices[t.client_id],
+                                               self.spec.seed, Purpose.PERSONAL)
+                                for t in tasks]),
+                partial(proximal_pull, local.personal_lambda))
+        out: list[Outcome] = []
+        for j, task in enumerate(tasks):
+            metrics, extras = before[j]
+            metrics["train_loss"] = main.losses[j]
+            if personal is not None:
+                extras["personal"] = personal.params[j]
+                metrics["personal_train_loss"] = personal.losses[j]
+            result = ClientResult(
+                round=task.round, client_id=task.client_id, params=main.params[j],
+                num_examples=int(self.spec.client_indices[task.client_id].shape[0]),
+                num_steps=main.steps[j], metrics=metrics, extras=extras)
+            out.append(result if local.finish is None else local.finish(result, task))
+        return out
+
+    def _before(self, task: Downlink) -> tuple[dict[str, Mean], dict[str, torch.Tensor]]:
+        """``start_loss`` and ``start_grad`` at the received model, on the serial trainer."""
+        local = self.spec.local
+        if not (local.start_loss or local.start_grad):
+            return {}, {}
+        if self._reference is None:
+            self._reference = self.spec.trainer(self.device)
+        ref = self._reference
+        ref.bound.load(task.params)
+        indices = self.spec.client_indices[task.client_id]
+        metrics = {"start_loss": ref.local_loss(indices)} if local.start_loss else {}
+        extras = {"start_grad": ref.local_gradient(indices)} if local.start_grad else {}
+        return metrics, extras
+
+    def _stack_flat(self, flats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(K, P) starting parameters; a view (not a copy) when all clients share one."""
+        if all(f is flats[0] for f in flats):  # the usual downlink: one tensor for the cohort
+            return flats[0].to(self.device, self.layout.dtype).expand(len(flats), -1)
+        return torch.stack(list(flats)).to(self.device, self.layout.dtype)
+
+    def _sgd(self, tasks: Sequence[Downlink], start: torch.Tensor, sched: Schedule,
+             correct: GradHook | None) -> _Pass:
+        """One SGD pass of every client from ``start`` (K x P), as the serial ``_sgd``."""
+        k, size, dev = len(tasks), sched.batch_size, self.device
+        params = _stack(start, self.params)
+        by_name = {e.name: p for e, p in zip(self.params, params)}
+        fixed = tuple(by_name.get(e.name, t)
+                      for e, t in zip(self.fixed, _stack(start, self.fixed)))
+        diff = [p for p, d in zip(params, self.differentiable) if d]
+        extra_loss = self.spec.local.extra_loss
+        hooked = extra_loss is not None or correct is not None
+        # what the serial optimiser steps: every tensor given a .grad
+        stepped = [i for i, (e, d) in enumerate(zip(self.params, self.differentiable))
+                   if correct is not None or (d and (extra_loss is not None
+                                                     or e.name not in self.unused))]
+        idx, weights = sched.idx.to(dev), sched.weights.to(dev)
+        active = sched.counts > 0
+        sgd = StackedSGD([params[i] for i in stepped], [t.config for t in tasks], active)
+        losses = torch.zeros((sched.num_steps, k), dtype=torch.float32, device=dev)
+        for t in range(sched.num_steps):
+            x, y = self.train.batch(idx[t].view(-1))
+            x, y = x.view(k, size, *x.shape[1:]), y.view(k, size, *y.shape[1:])
+            exact = self.weighted or sched.full[t]
+            if exact and not hooked and sgd.plain(t):
+                losses[t] = self.kernel.sgd_step(diff, fixed, x, y, weights[t], sgd.lr)
+                continue
+            if exact:
+                grads, loss = self.kernel(diff, fixed, x, y, weights[t])
+            else:
+                grads, loss = self._exact_grads(diff, fixed, x, y, weights[t],
+                                                sched.counts[t])
+            losses[t] = loss
+            it = iter(grads)
+            every = [next(it) if d else torch.zeros_like(p)
+                     for p, d in zip(params, self.differentiable)]
+            if hooked:
+                act = active[t].tolist()
+                if extra_loss is not None:
+                    add_extra_loss(extra_loss, params, self.differentiable, every, tasks, act)
+                if correct is not None:
+                    every = list(correct_grads(correct, params, every, tasks, act))
+            sgd.step(t, [every[i] for i in stepped])
+        out = start.clone(memory_format=torch.contiguous_format)  # start may view a downlink
+        for e, p in zip(self.params, params):
+            out[:, e.offset:e.stop] = p.reshape(k, -1)
+        seen = sched.counts.to(torch.float64)
+        sums = (losses.to(device="cpu", dtype=torch.float64) * seen).sum(0).tolist()
+        weights_seen = seen.sum(0).tolist()
+        return _Pass(params=out, losses=[Mean(s, w) for s, w in zip(sums, weights_seen)],
+                     steps=sched.steps)
+
+    def _exact_grads(self, params: Sequence[torch.Tensor], fixed: Sequence[torch.Tensor],
+                     x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+                     counts: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
+        """Gradients for a custom loss when some batches are short: each distinct batch size is
+        its own call on exactly the real examples of the clients that have it."""
+        size = x.shape[1]
+        grads, loss = self.kernel(params, fixed, x, y, w)  # right for the full batches
+        for c in sorted(set(counts.tolist()) - {0, size}):
+            ids = torch.nonzero(counts == c).view(-1).to(self.device)
+            sub = tuple(p.index_select(0, ids) for p in params)
+            sub_fixed = tuple(q.index_select(0, ids) for q in fixed)
+            g, v = self.kernel(sub, sub_fixed, x.index_select(0, ids)[:, :c],
+                               y.index_select(0, ids)[:, :c], w.index_select(0, ids)[:, :c])
+            for full, part in zip(grads, g):
+                full.index_copy_(0, ids, part)
+            loss = loss.index_copy(0, ids, v)
+        return grads, loss
+
+
+def _stack(flat: torch.Tensor, entries: Sequence[LayoutEntry]) -> Tensors:
+    """Each entry as its own contiguous (K, *shape) tensor, copied out of (K, P) ``flat``."""
+    k = flat.shape[0]
+    return tuple(flat[:, e.offset:e.stop].reshape(k, *e.shape).to(
+        e.dtype, memory_format=torch.contiguous_format, copy=True) for e in entries)
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def _failure(task: Downlink, exc: Exception) -> ClientFailure:
+    return ClientFailure(round=task.round, client_id=task.client_id, stage="fit",
+                         message=f"{type(exc).__name__}: {exc}")
