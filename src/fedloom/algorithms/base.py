@@ -17,6 +17,13 @@ from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerSt
 GradHook = Callable[[torch.Tensor, torch.Tensor, Downlink], None]
 
 
+def broadcast(round: int, state: ServerState, cohort: Sequence[int],
+              client: ClientConfig) -> list[Downlink]:
+    """The same global model and client config for every client of the cohort."""
+    return [Downlink(round=round, client_id=c, params=state.params, config=client)
+            for c in cohort]
+
+
 def proximal_pull(lam: float, grads: torch.Tensor, params: torch.Tensor,
                   downlink: Downlink) -> None:
     """``grads += lam * (params - global)``: the gradient of ``lam/2 ||w - w_global||^2``."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import example_weighted_params
-from fedloom.algorithms.base import PLAIN, LocalSpec
+from fedloom.algorithms.base import PLAIN, LocalSpec, broadcast
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -47,8 +47,7 @@ class FedAvg:
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
-        return [Downlink(round=round, client_id=c, params=state.params, config=client)
-                for c in cohort]
+        return broadcast(round, state, cohort, client)
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:

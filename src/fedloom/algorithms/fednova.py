@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.algorithms.base import LocalSpec
+from fedloom.algorithms.base import LocalSpec, broadcast
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -59,8 +59,7 @@ class FedNova:
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
-        return [Downlink(round=round, client_id=c, params=state.params, config=client)
-                for c in cohort]
+        return broadcast(round, state, cohort, client)
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.algorithms.base import LocalSpec
+from fedloom.algorithms.base import LocalSpec, broadcast
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -66,8 +66,7 @@ class QFFL:
                   client: ClientConfig) -> list[Downlink]:
         if self.options.lipschitz is None:
             self._lipschitz = 1.0 / client.lr
-        return [Downlink(round=round, client_id=c, params=state.params, config=client)
-                for c in cohort]
+        return broadcast(round, state, cohort, client)
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:

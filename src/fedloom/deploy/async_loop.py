@@ -23,8 +23,9 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ServerState
 from fedloom.core.rng import SERVER, Purpose, torch_generator
+from fedloom.core.threads import torch_threads
 from fedloom.deploy.grpc_fleet import GrpcFleet
-from fedloom.runtime.loop import EvaluateFn, History, torch_threads
+from fedloom.runtime.loop import EvaluateFn, History
 from fedloom.runtime.sinks import Row, Sink
 
 

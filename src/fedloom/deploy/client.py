@@ -41,7 +41,7 @@ from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink
-from fedloom.runtime.loop import torch_threads
+from fedloom.core.threads import torch_threads
 from fedloom.transport.messages import Scalar
 
 Params = Sequence[torch.Tensor | np.ndarray[Any, Any]] | torch.Tensor

@@ -28,13 +28,14 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink
 from fedloom.core.rng import SERVER, Purpose, torch_generator
+from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
 from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
 from fedloom.models import ModelFn, init_module
 from fedloom.runtime.clock import ClientClock, ClockConfig
 from fedloom.runtime.evaluate import RoundEvaluator
-from fedloom.runtime.simulation import History, torch_threads
+from fedloom.runtime.simulation import History
 from fedloom.runtime.sinks import Row, Sink
 
 

@@ -8,10 +8,8 @@ loop never knows which fleet it has.
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -29,6 +27,7 @@ from fedloom.core.packages import (
     Outcome,
     ServerState,
 )
+from fedloom.core.threads import torch_threads
 from fedloom.fleets import Fleet
 from fedloom.runtime import heterogeneity
 from fedloom.runtime.clock import ClientClock
@@ -52,17 +51,6 @@ class History:
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The final global model as named tensors (load it with ``model.load_state_dict``)."""
         return self.layout.unflatten(self.final.params)
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch threads (all cores when None), restoring the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @runtime_checkable

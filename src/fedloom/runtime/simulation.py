@@ -26,6 +26,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig
+from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
 from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
@@ -37,7 +38,6 @@ from fedloom.runtime.loop import (  # re-exported: the round loop's names, for u
     ServerLoop,
     is_worker,
     split_outcomes,
-    torch_threads,
 )
 from fedloom.runtime.sinks import Sink
 from fedloom.sampling import Sampler, UniformSampler

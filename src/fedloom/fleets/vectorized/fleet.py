@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 
 from fedloom.client.spec import ClientSpec
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import Downlink, Outcome
+from fedloom.core.threads import torch_threads
 from fedloom.fleets.config import FleetConfig
 from fedloom.fleets.vectorized.trainer import VectorizedTrainer
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` torch threads (all cores when None), restoring the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n or os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class VectorizedFleet:
