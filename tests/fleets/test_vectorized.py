@@ -43,6 +43,7 @@ def one_thread() -> Iterator[None]:
     yield
     torch.set_num_threads(before)
 
+
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "mlp": partial(mlp, (1, 6, 6), 4, 16),
     "logreg": partial(logreg, (1, 6, 6), 4),
@@ -58,13 +59,12 @@ def make_spec(data: FederatedData, model_fn: Callable[[], nn.Module], *,
                       seed=seed, local=local or LocalSpec(), **extra)
 
 
-def make_tasks(spec: ClientSpec, configs: Sequence[ClientConfig], round: int = 1,
-               ids: Sequence[int] | None = None) -> list[Downlink]:
+def make_tasks(spec: ClientSpec, configs: Sequence[ClientConfig]) -> list[Downlink]:
+    """Round-1 tasks for clients 0, 1, ... (one config each), all from one global model."""
     model = init_module(spec.model_fn, seed=0)
     flat = ParamLayout.from_module(model).module_to_flat(model)
-    ids = list(range(len(configs))) if ids is None else list(ids)
-    return [Downlink(round=round, client_id=cid, params=flat, config=cfg)
-            for cid, cfg in zip(ids, configs)]
+    return [Downlink(round=1, client_id=cid, params=flat, config=cfg)
+            for cid, cfg in enumerate(configs)]
 
 
 def serial(spec: ClientSpec, tasks: Sequence[Downlink]) -> list[Outcome]:

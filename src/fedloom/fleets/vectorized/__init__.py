@@ -19,7 +19,8 @@ What to expect:
   (batch norm, dropout, modules that update buffers or draw random numbers: :mod:`.check`).
 - Convolutions with few input channels per group run one client after another on CPU (a
   warning says so once), the rest of the model batched (:mod:`.conv`). On CPU the CNN is
-  compute bound and gains little from batching; the 2NN is where this fleet pays.
+  compute bound and gains little from batching (about 1.0x the serial fleet; 1.1x with
+  ``fleet.chunk=2``); the 2NN is where this fleet pays (about 4.3x the plain loop, 2 cores).
 - The algorithm's hooks run as in the serial trainer: ``extra_loss``/``correct_grads`` per
   client and step (a Python loop over the chunk), ``start_loss``/``start_grad`` per client on the
   serial trainer, Ditto's personal pass as a second batched pass, ``finish`` per result.

@@ -7,6 +7,12 @@ CNN's first layer), and the moves between the two layouts cost extra copies. Suc
 as a loop over the clients instead: the layer's ``_conv_forward`` is replaced by an autograd
 function whose batching rule calls ``conv2d`` (and its backward) once per client. The rest of
 the model stays batched. Both are the same arithmetic per client; tests compare them.
+
+Measured on W2 (the FedAvg CNN on MNIST, 10 clients x 60 steps, 2 threads, a quiet run of
+``benchmarks/bench_vectorized.py --workloads W2 --conv auto grouped --chunks 0 2``), as a ratio
+to the serial fleet: all grouped 0.95x, ``auto`` (first layer looped) 1.00x, ``auto`` with
+``fleet.chunk=2`` 1.10x (smaller stacks keep the activations in cache). The CNN is compute bound
+on CPU, so batching it gains little; a GPU is where grouped convolutions pay.
 """
 
 from __future__ import annotations
