@@ -53,6 +53,20 @@ def plain_round(model: nn.Module, data: FederatedData, tasks: list[Downlink],
     return out
 
 
+def plain_evaluate(model: nn.Module, data: FederatedData, batch_size: int = 1000) -> float:
+    """Test accuracy the plain way: normalise a batch, forward, count."""
+    x_all, y_all = data.test.x, data.test.y
+    mean, std = data.train.mean, data.train.std
+    model.eval()
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(y_all), batch_size):
+            x = ((x_all[start:start + batch_size].float() / 255.0) - mean) / std
+            correct += int((model(x).argmax(1) == y_all[start:start + batch_size]).sum())
+    model.train()
+    return correct / len(y_all)
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()

@@ -2,16 +2,73 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch.nn import functional as F
 
 from fedloom.core.errors import ConfigError
-from fedloom.core.layout import BoundModule, ParamLayout
+from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.models import ModelFn
+
+log = logging.getLogger(__name__)
+
+
+class InferenceModel:
+    """A model for evaluation, loaded from flat parameters by copying.
+
+    Unlike training (where the model's tensors are views into the flat vector), evaluation owns
+    its tensors, so it can keep them in the layout inference runs fastest in: on CPU, models with
+    4-d weights (convolutions) are kept ``channels_last``, which oneDNN runs about 1.5x faster
+    than the default layout (W2's CNN on 10,000 MNIST images, 1 thread: 1.7 s vs 2.6 s). A model
+    whose forward cannot take channels-last tensors (``.view`` on a non-contiguous activation)
+    falls back to the default layout on its first batch. Only rounding differs between the two.
+    """
+
+    def __init__(self, model_fn: ModelFn, device: str | torch.device = "cpu") -> None:
+        module = model_fn().to(device)
+        self.layout = ParamLayout.from_module(module)
+        self.channels_last = (torch.device(device).type == "cpu"
+                              and any(p.dim() == 4 for p in module.parameters()))
+        self._tried = not self.channels_last
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.module = module.eval()
+        named = dict(module.named_parameters()) | dict(module.named_buffers())
+        self._targets = [named[e.name] for e in self.layout.entries]
+
+    def load(self, flat: torch.Tensor) -> None:
+        """Copy flat parameters (in :attr:`layout` order) into the model."""
+        with torch.no_grad():
+            for e, target in zip(self.layout.entries, self._targets, strict=True):
+                target.copy_(flat[e.offset:e.stop].view(e.shape))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last or x.dim() != 4:
+            return cast(torch.Tensor, self.module(x))
+        last = x.contiguous(memory_format=torch.channels_last)
+        if self._tried:
+            return cast(torch.Tensor, self.module(last))
+        try:
+            out = self.module(last)
+        except RuntimeError as exc:
+            log.debug("evaluating in the default layout: channels_last failed (%s)", exc)
+            self.channels_last = False
+            self._to_contiguous()
+            return cast(torch.Tensor, self.module(x))
+        self._tried = True
+        return cast(torch.Tensor, out)
+
+    def _to_contiguous(self) -> None:
+        with torch.no_grad():
+            for target in self._targets:
+                if target.dim() == 4:  # fresh strides: size-1 dims make contiguous() a no-op
+                    target.data = torch.empty(target.shape, dtype=target.dtype,
+                                              device=target.device).copy_(target.data)
 
 
 class CentralEvaluator:
@@ -23,8 +80,7 @@ class CentralEvaluator:
 
     def __init__(self, *, model_fn: ModelFn, test: ArrayData, batch_size: int = 1000,
                  device: str | torch.device = "cpu") -> None:
-        model = model_fn().to(device)
-        self.bound = BoundModule(model, ParamLayout.from_module(model))
+        self.model = InferenceModel(model_fn, device)
         self.test = test.to(device)
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -34,9 +90,8 @@ class CentralEvaluator:
 
     def evaluate_slice(self, params: torch.Tensor, start: int, stop: int) -> dict[str, Mean]:
         """Summed loss and correct counts over test examples ``[start, stop)``."""
-        self.bound.load(params)
-        model = self.bound.module
-        model.eval()
+        self.model.load(params)
+        model = self.model
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = 0
         with torch.inference_mode():
@@ -71,15 +126,14 @@ class FederatedEvaluator:
         if data.client_test is None:
             raise ConfigError("eval.federated needs local test splits: the dataset has none; "
                               "set data.client_test_fraction (e.g. 0.2)")
-        model = model_fn().to(device)
-        self.bound = BoundModule(model, ParamLayout.from_module(model))
+        self.model = InferenceModel(model_fn, device)
         self.data = data
         self.batch_size = batch_size
         self.splits = [data.local_test(c) for c in range(data.num_clients)]
 
     def _scores(self, source: ArrayData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-example correctness and loss of the bound model on ``source[idx]``."""
-        model = self.bound.module
+        """Per-example correctness and loss of the loaded model on ``source[idx]``."""
+        model = self.model
         correct, losses = [], []
         with torch.inference_mode():
             for lo in range(0, int(idx.shape[0]), self.batch_size):
@@ -93,8 +147,7 @@ class FederatedEvaluator:
 
     def global_model(self, params: torch.Tensor) -> dict[str, float]:
         """The global model on every client's local test split (prefix ``fed``)."""
-        self.bound.load(params)
-        self.bound.module.eval()
+        self.model.load(params)
         accs, losses = [], []
         for split in self.splits:
             assert split is not None
@@ -108,8 +161,7 @@ class FederatedEvaluator:
         accs, losses = [], []
         for cid, split in enumerate(self.splits):
             assert split is not None
-            self.bound.load(params_of(cid))
-            self.bound.module.eval()
+            self.model.load(params_of(cid))
             c, loss = self._scores(*split)
             accs.append(c.mean() if c.numel() else torch.tensor(float("nan")))
             losses.append(loss.mean() if loss.numel() else torch.tensor(float("nan")))
