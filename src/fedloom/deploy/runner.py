@@ -36,6 +36,7 @@ from fedloom.transport.codec import (
     Assembler,
     MessageRejected,
     Package,
+    fast_chunk,
     itemsize,
     stream,
 )
@@ -210,6 +211,13 @@ class ClientRunner:
                 call.cancel()
             assembler: Assembler | None = None
             for raw in call:
+                chunk = fast_chunk(raw) if assembler is not None else None
+                if chunk is not None:  # the common frame, read in place
+                    assert assembler is not None
+                    pkg = assembler.data(*chunk)
+                    if pkg is not None and (stop := self._package(pkg, outgoing)) is not None:
+                        return stop
+                    continue
                 frame = pb.ServerFrame.FromString(raw)
                 which = frame.WhichOneof("frame")
                 if which == "welcome":
@@ -258,8 +266,11 @@ class ClientRunner:
             pkg = assembler.chunk(frame.chunk)
         else:
             raise TransportError(f"unexpected {which or 'empty'} frame from the server")
-        if pkg is None:
-            return None
+        return None if pkg is None else self._package(pkg, outgoing)
+
+    def _package(self, pkg: Package, outgoing: queue.Queue[Iterable[bytes] | None]
+                 ) -> _Stop | None:
+        """Act on a complete package from the server."""
         h = pkg.header
         if h.kind == pb.EXIT:
             self._emit(MessageType.EXIT, h, reason=h.reason)

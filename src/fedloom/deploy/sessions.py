@@ -17,7 +17,14 @@ from google.protobuf.message import DecodeError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult
-from fedloom.transport.codec import Assembler, MessageRejected, Package, Rejection, reject_if
+from fedloom.transport.codec import (
+    Assembler,
+    MessageRejected,
+    Package,
+    Rejection,
+    fast_chunk,
+    reject_if,
+)
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.messages import (
     ReplySchema,
@@ -83,6 +90,9 @@ class Session:
 
     def frame(self, raw: bytes) -> Package | None:
         """Take one raw frame; returns a package once one is complete."""
+        chunk = fast_chunk(raw)
+        if chunk is not None:
+            return self.assembler.data(*chunk)
         try:
             frame = pb.ClientFrame.FromString(raw)
         except (DecodeError, ValueError, RuntimeError) as err:

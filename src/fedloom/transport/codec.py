@@ -124,6 +124,44 @@ def chunk_frame(offset: int, data: bytes | memoryview) -> bytes:
     return b"".join((b"\x1a", _varint(len(head) + len(data)), head, data))
 
 
+def _read_varint(raw: bytes | memoryview, pos: int) -> tuple[int, int] | None:
+    """The varint at ``pos`` and the position after it (None: truncated or over 10 bytes)."""
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(raw))):
+        byte = raw[i]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i + 1
+        shift += 7
+    return None
+
+
+def fast_chunk(raw: bytes) -> tuple[int, memoryview] | None:
+    """``(offset, data)`` of a frame in exactly the form :func:`chunk_frame` writes, with
+    ``data`` a view of ``raw`` (protobuf's parser would copy every chunk once more); None for
+    any other frame, which then goes through protobuf. A frame this accepts parses to the same
+    chunk under protobuf (a property test checks it on arbitrary bytes)."""
+    if not raw or raw[0] != 0x1A:
+        return None
+    got = _read_varint(raw, 1)
+    if got is None or got[0] != len(raw) - got[1]:
+        return None
+    pos, offset = got[1], 0
+    if pos < len(raw) and raw[pos] == 0x10:
+        got = _read_varint(raw, pos + 1)
+        if got is None or got[0] >= 1 << 64:
+            return None
+        offset, pos = got
+    if pos == len(raw):
+        return offset, memoryview(raw)[pos:]
+    if raw[pos] != 0x1A:
+        return None
+    got = _read_varint(raw, pos + 1)
+    if got is None or got[0] != len(raw) - got[1]:
+        return None
+    return offset, memoryview(raw)[got[1]:]
+
+
 class ChunkCache:
     """Chunk frames of tensors already encoded at a given payload offset (a round's model,
     sent to every client of the cohort, is cut into frames once)."""
@@ -269,7 +307,7 @@ class Assembler:
         self.max_chunk_bytes = max_chunk_bytes
         self._header: pb.Header | None = None
         self._buffer = _EMPTY
-        self._spare = _EMPTY  # the last payload's buffer, reused once nothing views it
+        self._spares: list[NDArray[np.uint8]] = []  # the last payloads' buffers, for reuse
         self._received = 0
 
     @property
@@ -295,29 +333,35 @@ class Assembler:
 
     def chunk(self, chunk: pb.Chunk) -> Package | None:
         """Add the next chunk; returns the package when its payload is complete."""
+        return self.data(chunk.offset, chunk.data)
+
+    def data(self, offset: int, data: bytes | memoryview) -> Package | None:
+        """Add the next chunk's bytes, which belong at ``offset`` of the payload."""
         header = self._header
         reject_if(header is None, Rejection.UNEXPECTED, "a chunk with no header before it",
                   fatal=True)
         assert header is not None
-        size = len(chunk.data)
-        reject_if(chunk.offset != self._received, Rejection.UNEXPECTED,
-                  f"chunk at offset {chunk.offset}, expected {self._received}", fatal=True)
+        size = len(data)
+        reject_if(offset != self._received, Rejection.UNEXPECTED,
+                  f"chunk at offset {offset}, expected {self._received}", fatal=True)
         reject_if(size == 0 or size > self.max_chunk_bytes, Rejection.OVERSIZED,
                   f"chunk of {size} bytes (1 to {self.max_chunk_bytes} allowed)", fatal=True)
         reject_if(self._received + size > header.payload_bytes, Rejection.OVERSIZED,
                   f"chunks exceed the declared payload of {header.payload_bytes} bytes",
                   fatal=True)
-        self._buffer[self._received:self._received + size] = np.frombuffer(chunk.data, np.uint8)
+        self._buffer[self._received:self._received + size] = np.frombuffer(data, np.uint8)
         self._received += size
         return self._finish() if self._received == header.payload_bytes else None
 
+    SPARES = 2  # buffers kept: a caller may hold the last package while the next one arrives
+
     def _take_buffer(self, size: int) -> NDArray[np.uint8]:
-        """A buffer for the next payload: the previous one when no tensor views it any more
-        (fresh pages cost more than the copy itself), else a new one."""
-        spare, self._spare = self._spare, _EMPTY
-        # references: `spare` and getrefcount's argument; any tensor of the old package adds one
-        if spare.shape[0] == size and sys.getrefcount(spare) == 2:
-            return spare
+        """A buffer for the next payload: one of the last payloads' when no tensor views it any
+        more (fresh pages cost more than the copy itself), else a new one."""
+        for i, spare in enumerate(self._spares):
+            # references: the list, `spare` and getrefcount's argument; a tensor adds one
+            if spare.shape[0] == size and sys.getrefcount(spare) == 3:
+                return self._spares.pop(i)
         return torch.empty(size, dtype=torch.uint8).numpy()
 
     def end(self) -> None:
@@ -333,7 +377,8 @@ class Assembler:
         assert header is not None
         self._header = None
         buffer, self._buffer = self._buffer, _EMPTY
-        self._spare = buffer
+        if buffer.shape[0] >= 1 << 16:
+            self._spares = [buffer, *self._spares][:self.SPARES]
         check_content(header)
         return Package(header=header, tensors=unpack(header.tensors, buffer))
 
