@@ -51,6 +51,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="largest update per client per round (default: 4 model sizes)")
     server.add_argument("--idle-timeout", type=float, default=60.0,
                         help="seconds of silence allowed before a hello or inside a package")
+    server.add_argument("--bulk-port", type=int, default=0,
+                        help="TCP port for large payloads beside the gRPC stream (TLS like the "
+                        "stream; default 0: any free port; -1: none, stream everything in "
+                        "chunks). Clients that cannot reach it stream in chunks")
     server.add_argument("--quiet", action="store_true", help="no progress bar")
     client = sub.add_parser("client", help="serve as a client of a fedloom server",
                             epilog=CLIENT_EPILOG + "\n" + overrides_help, formatter_class=raw)
@@ -64,6 +68,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     client.add_argument("--command", dest="train_command", metavar="CMD",
                         help="train with an external command (FEDn style): "
                         "'CMD ... {input} {output}'")
+    client.add_argument("--no-bulk", action="store_true",
+                        help="never open the server's bulk port: every payload in chunks")
     client.add_argument("--retry-for", type=float, default=300.0,
                         help="give up after this many seconds without a connection")
     certs = sub.add_parser("certs", help="make a local CA, server and client certificates and "
@@ -120,7 +126,7 @@ def _server(args: argparse.Namespace) -> int:
     options = ServerOptions(
         address=args.address, tls=tls, insecure=args.insecure, tokens=args.tokens,
         min_clients=args.min_clients, start_timeout=args.start_timeout, resume=args.resume,
-        console=not args.quiet,
+        console=not args.quiet, bulk_port=None if args.bulk_port < 0 else args.bulk_port,
         policy=RoundPolicy(round_timeout=args.round_timeout, absent_timeout=args.absent_timeout,
                            close_at=args.close_at, evaluate_on_clients=args.evaluate_on_clients),
         limits=Limits(max_clients=args.max_clients, idle_timeout=args.idle_timeout,
@@ -172,7 +178,7 @@ def _client(args: argparse.Namespace) -> int:
         client = ConfigClient(cfg, args.overrides)
     tls = None if args.insecure else TlsFiles(cert=args.cert, key=args.key, ca=args.root_cert)
     runners = [ClientRunner(args.server, client_id=cid, client=client, token=tokens[cid],
-                            tls=tls, insecure=args.insecure,
+                            tls=tls, insecure=args.insecure, bulk=not args.no_bulk,
                             backoff=Backoff(give_up_after=args.retry_for)) for cid in ids]
     if len(runners) == 1:
         print(f"client {ids[0]}: {runners[0].run()}")

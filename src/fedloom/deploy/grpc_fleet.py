@@ -26,17 +26,13 @@ from fedloom.core.errors import TransportError
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientFailure, Downlink, Outcome
 from fedloom.deploy.handlers import Event, MessageType
-from fedloom.deploy.service import FederationServer
+from fedloom.deploy.service import FederationServer, Outgoing
 from fedloom.deploy.sessions import Answer, Connection, Task
-from fedloom.transport.codec import ChunkCache, encode
+from fedloom.transport.codec import ChunkCache
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.messages import Scalar, downlink_to_package, evaluate_to_package
 
 log = logging.getLogger(__name__)
-
-
-def _header_frame(header: pb.Header) -> bytes:
-    return pb.ServerFrame(header=header).SerializeToString()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,14 +128,12 @@ class GrpcFleet:
         sends = []
         for task in ready:
             task_id = next(self._ids)
-            header, tensors = downlink_to_package(task_id, task)
-            frames = encode(header, tensors, wrap_header=_header_frame,
-                            chunk_bytes=self.server.limits.chunk_bytes, cache=cache)
+            out = Outgoing(*downlink_to_package(task_id, task))
             sends.append((Task(task_id=task_id, kind=pb.FIT, round=task.round,
-                               client_id=task.client_id), frames, task))
+                               client_id=task.client_id), out, task))
         sent: dict[int, Downlink] = {}
         for (meta, _, task), ok in zip(sends, self.server.dispatch(
-                [(meta, frames) for meta, frames, _ in sends])):
+                [(meta, out) for meta, out, _ in sends], cache)):
             if ok:
                 sent[meta.task_id] = task
                 del waiting[task.client_id]
@@ -170,11 +164,9 @@ class GrpcFleet:
     def submit(self, task: Downlink) -> int | None:
         """Send one fit task now; its task id, or None when its client is not connected."""
         task_id = next(self._ids)
-        header, tensors = downlink_to_package(task_id, task)
-        frames = encode(header, tensors, wrap_header=_header_frame,
-                        chunk_bytes=self.server.limits.chunk_bytes)
+        out = Outgoing(*downlink_to_package(task_id, task))
         meta = Task(task_id=task_id, kind=pb.FIT, round=task.round, client_id=task.client_id)
-        if not self.server.dispatch([(meta, frames)])[0]:
+        if not self.server.dispatch([(meta, out)])[0]:
             return None
         self._busy[task_id] = task.client_id
         return task_id
@@ -216,7 +208,7 @@ class GrpcFleet:
 
     def _ask(self, kind: pb.Kind, params: torch.Tensor | None) -> list[Answer]:
         cache = ChunkCache()
-        sends: list[tuple[Task, list[bytes]]] = []
+        sends: list[tuple[Task, Outgoing | list[bytes]]] = []
         for cid in self.server.connected():
             task_id = next(self._ids)
             tensors: dict[str, torch.Tensor] = {}
@@ -226,9 +218,8 @@ class GrpcFleet:
                 header, tensors = evaluate_to_package(task_id, round=0, client_id=cid,
                                                       params=params, config=ClientConfig())
             sends.append((Task(task_id=task_id, kind=kind, round=0, client_id=cid),
-                          encode(header, tensors, wrap_header=_header_frame,
-                                 chunk_bytes=self.server.limits.chunk_bytes, cache=cache)))
-        open_ids = {meta.task_id for (meta, _), ok in zip(sends, self.server.dispatch(sends))
+                          Outgoing(header, tensors)))
+        open_ids = {meta.task_id for (meta, _), ok in zip(sends, self.server.dispatch(sends, cache))
                     if ok}
         answers: list[Answer] = []
         deadline = time.monotonic() + self.policy.round_timeout

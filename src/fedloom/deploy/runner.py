@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import torch
 from google.protobuf.message import DecodeError
 
 from fedloom.core.errors import TransportError
@@ -29,6 +32,13 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig
 from fedloom.deploy.client import Client, FitFn, FunctionClient
 from fedloom.deploy.handlers import Event, Handlers, MessageType
+from fedloom.transport.bulk import (
+    BULK_MIN_BYTES,
+    connect_bulk,
+    recv_exact,
+    send_tensors,
+    split_address,
+)
 from fedloom.transport.channel import METHOD, grpc_options
 from fedloom.transport.codec import (
     DEFAULT_CHUNK_BYTES,
@@ -36,6 +46,7 @@ from fedloom.transport.codec import (
     Assembler,
     MessageRejected,
     Package,
+    describe,
     fast_chunk,
     itemsize,
     stream,
@@ -62,6 +73,7 @@ FINAL_CODES = {grpc.StatusCode.UNAUTHENTICATED: "refused the credentials",
 TLS_WORDS = ("ssl", "tls", "handshake", "certificate")
 CLOSED_IN_HANDSHAKE = 3  # "socket closed" while connecting over TLS this often in a row: refused
 MAX_MESSAGE_BYTES = 64 << 20
+BULK_TIMEOUT = 300.0  # seconds a bulk read or write may stall before the connection counts as lost
 
 
 class RefusedError(TransportError):
@@ -88,6 +100,14 @@ def _header_frame(header: pb.Header) -> bytes:
     return pb.ClientFrame(header=header).SerializeToString()
 
 
+@dataclass(frozen=True, slots=True)
+class _BulkReply:
+    """A reply whose header goes on the stream and whose payload on the bulk connection."""
+
+    header_frame: bytes
+    tensors: tuple[torch.Tensor, ...]
+
+
 @dataclass(slots=True)
 class _Stop:
     """How a stream ended: the server said exit, or reconnect after ``seconds``."""
@@ -101,7 +121,8 @@ class ClientRunner:
 
     def __init__(self, address: str, *, client_id: int, client: Client | FitFn,
                  token: str | None = None, tls: TlsFiles | None = None, insecure: bool = False,
-                 backoff: Backoff | None = None, handlers: Handlers | None = None) -> None:
+                 backoff: Backoff | None = None, handlers: Handlers | None = None,
+                 bulk: bool = True) -> None:
         if tls is None and not insecure:
             raise TransportError("refusing to connect without TLS: give the CA certificate "
                                  "(--root-cert), or insecure=True (--insecure) for a loopback "
@@ -121,6 +142,8 @@ class ClientRunner:
         self._call: Any = None
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
         self._closed_in_handshake = 0
+        self.use_bulk = bulk
+        self._bulk: socket.socket | None = None
 
     def run(self) -> str:
         """Serve until the server says exit (returns its reason) or :meth:`stop` is called."""
@@ -236,9 +259,12 @@ class ClientRunner:
             raise
         except (MessageRejected, DecodeError) as err:  # the server broke the protocol
             raise _Connected(f"bad message from the server: {err}") from None
+        except OSError as err:  # the bulk connection broke
+            raise _Connected(f"bulk connection: {err}") from None
         finally:
             outgoing.put(None)
             self._call = None
+            self._close_bulk()
             channel.close()
 
     def _welcome(self, welcome: pb.Welcome) -> Assembler:
@@ -254,6 +280,16 @@ class ClientRunner:
         self.handlers.emit(Event(kind=MessageType.WELCOME, client_id=self.client_id,
                                  detail={"mode": welcome.mode}))
         self._chunk_bytes = max(1, min(int(welcome.max_chunk_bytes), DEFAULT_CHUNK_BYTES))
+        self._close_bulk()
+        if welcome.bulk_port and self.use_bulk:
+            host = split_address(self.address)[0]
+            try:
+                self._bulk = connect_bulk(host, welcome.bulk_port, welcome.bulk_ticket,
+                                          tls=self.tls)
+                self._bulk.settimeout(BULK_TIMEOUT)
+            except TransportError as err:
+                log.info("client %d: no bulk connection, payloads stream in chunks (%s)",
+                         self.client_id, err)
         size = 4 * self.layout.size * itemsize(self.layout.dtype) + (1 << 20)
         return Assembler(max_payload_bytes=size, max_chunk_bytes=max(int(welcome.max_chunk_bytes),
                                                                      1))
@@ -262,6 +298,12 @@ class ClientRunner:
                outgoing: queue.Queue[Iterable[bytes] | None]) -> _Stop | None:
         if which == "header":
             pkg = assembler.header(frame.header)
+            if assembler.bulk_pending:
+                if self._bulk is None:
+                    raise TransportError("the server sent a bulk payload, but this client has "
+                                         "no bulk connection")
+                recv_exact(self._bulk, assembler.payload_view())
+                pkg = assembler.bulk_done()
         elif which == "chunk":
             pkg = assembler.chunk(frame.chunk)
         else:
@@ -283,14 +325,27 @@ class ClientRunner:
                         h.task_id, h.reason)
             self._emit(MessageType.REJECTED, h, reason=h.reason)
             return None
-        outgoing.put(self._reply(pkg))  # frames made as gRPC sends them
+        reply = self._reply(pkg)
+        if isinstance(reply, _BulkReply):
+            assert self._bulk is not None
+            outgoing.put([reply.header_frame])
+            send_tensors(self._bulk, reply.tensors)
+        else:
+            outgoing.put(reply)  # frames made as gRPC sends them
         return None
+
+    def _close_bulk(self) -> None:
+        sock, self._bulk = self._bulk, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def _emit(self, kind: MessageType, h: pb.Header, **detail: object) -> None:
         self.handlers.emit(Event(kind=kind, client_id=self.client_id, round=h.round,
                                  task_id=h.task_id, detail=detail))
 
-    def _reply(self, pkg: Package) -> Iterable[bytes]:
+    def _reply(self, pkg: Package) -> Iterable[bytes] | _BulkReply:
         """Run one instruction; its reply frames (a FAILURE when it could not be run)."""
         h, layout = pkg.header, self.layout
         assert layout is not None
@@ -304,6 +359,11 @@ class ClientRunner:
                 result = self.client.run_fit(downlink_from_package(pkg, layout), layout)
                 header, tensors = result_to_package(h.task_id, result)
                 self._emit(MessageType.FIT_REPLY, h, num_examples=result.num_examples)
+                payload = sum(t.numel() * t.element_size() for t in tensors.values())
+                if self._bulk is not None and payload >= BULK_MIN_BYTES:
+                    header.bulk = True
+                    return _BulkReply(describe(header, tensors, _header_frame),
+                                      tuple(tensors.values()))
                 return stream(header, tensors, wrap_header=_header_frame,
                               chunk_bytes=self._chunk_bytes)
             if h.kind == pb.EVALUATE:
@@ -354,7 +414,8 @@ def _details(err: grpc.RpcError) -> str:
 
 def start_client(address: str, *, client_id: int, client: Client | FitFn,
                  token: str | None = None, tls: TlsFiles | None = None, insecure: bool = False,
-                 backoff: Backoff | None = None, handlers: Handlers | None = None) -> str:
+                 backoff: Backoff | None = None, handlers: Handlers | None = None,
+                 bulk: bool = True) -> str:
     """Serve the server at ``address`` as ``client_id`` until it says exit; returns its reason.
 
     Args:
@@ -362,10 +423,11 @@ def start_client(address: str, *, client_id: int, client: Client | FitFn,
         token: this client's token (the server's ``--tokens`` file holds its hash).
         tls: the CA that signed the server's certificate (and this client's own certificate
             and key under mutual TLS); None only with ``insecure``.
+        bulk: open the server's bulk connection for large payloads when it offers one.
 
     Raises:
         RefusedError: the server refused the credentials, the certificate or the protocol.
         TransportError: no connection for ``backoff.give_up_after`` seconds.
     """
     return ClientRunner(address, client_id=client_id, client=client, token=token, tls=tls,
-                        insecure=insecure, backoff=backoff, handlers=handlers).run()
+                        insecure=insecure, backoff=backoff, handlers=handlers, bulk=bulk).run()

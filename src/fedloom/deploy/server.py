@@ -75,6 +75,7 @@ class ServerOptions:
         min_clients: clients connected before round 1 starts (None: ``data.num_clients``).
         start_timeout: seconds to wait for them.
         resume: a run directory whose checkpoint to continue from.
+        bulk_port: the bulk connection's port (0: any free one; None: none).
     """
 
     address: str = "127.0.0.1:8080"
@@ -88,6 +89,7 @@ class ServerOptions:
     resume: str | None = None
     console: bool = True
     handlers: Handlers | None = None
+    bulk_port: int | None = 0
 
     def check(self) -> None:
         if self.insecure:
@@ -191,7 +193,8 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
         options.address, layout=layout, tls=options.tls, insecure=options.insecure,
         tokens=tokens, client_ids=range(data.num_clients),
         schema=reply_schema(algorithm, layout), run_config=config_to_yaml(cfg),
-        mode="async" if is_async else "sync", limits=options.limits, handlers=options.handlers)
+        mode="async" if is_async else "sync", limits=options.limits, handlers=options.handlers,
+        bulk_port=options.bulk_port)
     fleet = GrpcFleet(server, options.policy)
     evaluator = CentralEvaluator(model_fn=model_fn, test=data.test,
                                  batch_size=cfg.eval.batch_size)

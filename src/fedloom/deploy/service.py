@@ -11,27 +11,44 @@ and costs at most that client's stream; everyone else is served on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
+import secrets
+import socket
 import threading
-from collections.abc import AsyncIterator, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
+import torch
 
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientFailure
 from fedloom.deploy.handlers import Event, Handlers, MessageType
-from fedloom.deploy.sessions import Answer, Connection, Session, Task
+from fedloom.deploy.sessions import Answer, BulkPackage, Connection, Outbound, Session, Task
+from fedloom.transport.bulk import (
+    BULK_MIN_BYTES,
+    TICKET_BYTES,
+    BulkListener,
+    recv_exact,
+    send_tensors,
+    split_address,
+)
 from fedloom.transport.channel import SERVICE, grpc_options
 from fedloom.transport.codec import (
     DEFAULT_CHUNK_BYTES,
     PROTOCOL,
     Assembler,
+    ChunkCache,
     MessageRejected,
     Package,
+    Rejection,
+    describe,
+    encode,
     itemsize,
 )
 from fedloom.transport.generated import fedloom_pb2 as pb
@@ -40,6 +57,19 @@ from fedloom.transport.security import CLIENT_ID_KEY, TOKEN_KEY, TlsFiles, Token
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A package for one client, as the fleet builds it; the server decides how it travels
+    (chunk frames on the stream, or its header there and its payload on the bulk connection)."""
+
+    header: pb.Header
+    tensors: Mapping[str, torch.Tensor]
+
+
+def _header_frame(header: pb.Header) -> bytes:
+    return pb.ServerFrame(header=header).SerializeToString()
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
@@ -77,6 +107,8 @@ class FederationServer:
         client_ids: the ids that may connect (None: any).
         schema: what each fit reply must carry for the algorithm (None: parameters only).
         run_config: the run config (YAML) sent to clients in the welcome.
+        bulk_port: the port of the bulk connection for large payloads (0: any free port; None:
+            none, every payload streams in chunk frames). See :mod:`fedloom.transport.bulk`.
     """
 
     def __init__(self, address: str, *, layout: ParamLayout, tls: TlsFiles | None = None,
@@ -84,7 +116,7 @@ class FederationServer:
                  client_ids: Collection[int] | None = None,
                  schema: ReplySchema | None = None, run_config: str = "",
                  mode: str = "sync", limits: Limits | None = None,
-                 handlers: Handlers | None = None) -> None:
+                 handlers: Handlers | None = None, bulk_port: int | None = 0) -> None:
         if tls is None and not insecure:
             raise TransportError("refusing to serve without TLS: give a certificate and key, "
                                  "or insecure=True (--insecure) for a loopback demo")
@@ -98,11 +130,16 @@ class FederationServer:
         self.handlers = handlers or Handlers()
         self.inbox: queue.Queue[Answer | Connection] = queue.Queue()
         self.port = 0
-        self._welcome = pb.ServerFrame(welcome=pb.Welcome(
+        self.bulk_port = 0  # where the bulk listener is, once started (0: none)
+        self._bulk_wanted = bulk_port
+        self._bulk: BulkListener | None = None
+        self._bulk_pool: ThreadPoolExecutor | None = None
+        self._welcome = pb.Welcome(
             protocol=PROTOCOL, layout=layout_to_proto(layout), run_config=run_config,
             max_chunk_bytes=self.limits.chunk_bytes,
-            max_update_bytes=self.limits.update_bytes(layout), mode=mode)).SerializeToString()
+            max_update_bytes=self.limits.update_bytes(layout), mode=mode)
         self._sessions: dict[int, Session] = {}
+        self._tickets: dict[bytes, Session] = {}
         self._lock = threading.Lock()
         self._finished: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -165,9 +202,22 @@ class FederationServer:
         if not self.port:
             raise TransportError("the port is taken or the address is not valid")
         await server.start()
+        if self._bulk_wanted is not None:
+            self._bulk = BulkListener(split_address(self.address)[0], self._bulk_wanted,
+                                      claim=self._claim_bulk, tls=self.tls).start()
+            self.bulk_port = self._bulk.port
+            self._bulk_pool = ThreadPoolExecutor(max_workers=min(2 * self.limits.max_clients,
+                                                                 256) + 2,
+                                                 thread_name_prefix="fedloom-bulk-io")
         self._ready.set()
-        await self._stop.wait()
-        await server.stop(self._grace)
+        try:
+            await self._stop.wait()
+            await server.stop(self._grace)
+        finally:
+            if self._bulk is not None:
+                self._bulk.close()
+            if self._bulk_pool is not None:
+                self._bulk_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the round loop's side (thread-safe) -------------------------------------------------
 
@@ -175,9 +225,34 @@ class FederationServer:
         with self._lock:
             return sorted(self._sessions)
 
-    def dispatch(self, sends: Sequence[tuple[Task, list[bytes]]]) -> list[bool]:
-        """Queue each task's frames on its client's stream; False where it is not connected."""
-        return self._call(self._dispatch(sends))
+    def bulk_connected(self) -> list[int]:
+        """The connected clients that also hold a bulk connection."""
+        with self._lock:
+            return sorted(cid for cid, s in self._sessions.items() if s.bulk is not None)
+
+    def dispatch(self, sends: Sequence[tuple[Task, Outgoing | list[bytes]]],
+                 cache: ChunkCache | None = None) -> list[bool]:
+        """Queue each task's package on its client's stream; False where it is not connected.
+
+        A package of at least ``BULK_MIN_BYTES`` goes on the bulk connection of a client that
+        opened one; otherwise it is cut into chunk frames here (on the caller's thread, with
+        ``cache`` sharing the frames of a tensor sent to many clients)."""
+        return self._call(self._dispatch([(task, self._outbound(task, out, cache))
+                                          for task, out in sends]))
+
+    def _outbound(self, task: Task, out: Outgoing | list[bytes],
+                  cache: ChunkCache | None) -> Outbound:
+        if isinstance(out, list):
+            return out
+        with self._lock:
+            session = self._sessions.get(task.client_id)
+        payload = sum(t.numel() * t.element_size() for t in out.tensors.values())
+        if session is not None and session.bulk is not None and payload >= BULK_MIN_BYTES:
+            out.header.bulk = True
+            return BulkPackage(describe(out.header, out.tensors, _header_frame),
+                               tuple(out.tensors.values()))
+        return encode(out.header, out.tensors, wrap_header=_header_frame,
+                      chunk_bytes=self.limits.chunk_bytes, cache=cache)
 
     def expire(self, task_ids: Collection[int]) -> None:
         """Forget open tasks (a closed round): their replies are dropped as late."""
@@ -201,7 +276,7 @@ class FederationServer:
             raise TransportError("the server is not running")
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-    async def _dispatch(self, sends: Sequence[tuple[Task, list[bytes]]]) -> list[bool]:
+    async def _dispatch(self, sends: Sequence[tuple[Task, Outbound]]) -> list[bool]:
         sent = []
         for task, frames in sends:
             session = self._sessions.get(task.client_id)
@@ -238,23 +313,90 @@ class FederationServer:
         client_id = await self._authenticate(context)
         session = Session(client_id=client_id, peer=context.peer(), assembler=Assembler(
             max_payload_bytes=self.limits.update_bytes(self.layout),
-            max_chunk_bytes=self.limits.chunk_bytes))
+            max_chunk_bytes=self.limits.chunk_bytes),
+            ticket=secrets.token_bytes(TICKET_BYTES) if self._bulk is not None else b"")
         await self._hello(requests, context, session)
         self._register(session)
         reader = asyncio.create_task(self._read(requests, session))
         try:
-            yield self._welcome
+            yield self._welcome_frame(session)
             if self._finished is not None:
                 yield exit_frame(self._finished)
                 return
-            while (frames := await session.outbox.get()) is not None:
-                for frame in frames:
+            while (item := await session.outbox.get()) is not None:
+                if isinstance(item, BulkPackage):
+                    yield item.header_frame
+                    if not await self._send_bulk(session, item):
+                        break
+                    continue
+                for frame in item:
                     yield frame
         finally:
             reader.cancel()
             self._unregister(session)
+            self._close_bulk(session)
         if session.close_reason and session.close_reason.startswith("rejected"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.close_reason)
+
+    def _welcome_frame(self, session: Session) -> bytes:
+        welcome = pb.Welcome()
+        welcome.CopyFrom(self._welcome)
+        if session.ticket:
+            welcome.bulk_port, welcome.bulk_ticket = self.bulk_port, session.ticket
+        return pb.ServerFrame(welcome=welcome).SerializeToString()
+
+    # -- the bulk connection ---------------------------------------------------------------
+
+    def _claim_bulk(self, ticket: bytes, sock: socket.socket) -> bool:
+        """The bulk listener's question: is this an open session's ticket? (its thread)"""
+        with self._lock:
+            session = self._tickets.get(ticket)
+            if session is None or session.bulk is not None or session.close_reason is not None:
+                return False
+            sock.settimeout(self.limits.idle_timeout)
+            session.bulk = sock
+        log.info("client %d: bulk connection open", session.client_id)
+        return True
+
+    async def _send_bulk(self, session: Session, item: BulkPackage) -> bool:
+        """Write a package's payload on the session's bulk connection; False (session dropped)
+        when it failed."""
+        sock = session.bulk
+        assert sock is not None and self._bulk_pool is not None
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._bulk_pool, send_tensors,
+                                                             sock, item.tensors)
+        except OSError as err:
+            self._drop(session, f"bulk connection lost ({err})")
+            return False
+        return True
+
+    async def _receive_bulk(self, session: Session) -> None:
+        """Read the pending package's payload from the bulk connection, then take it."""
+        sock = session.bulk
+        assert sock is not None and self._bulk_pool is not None
+        header = session.assembler.pending
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._bulk_pool, recv_exact, sock, session.assembler.payload_view())
+        except ConnectionError as err:  # closed or reset mid-payload (a timeout is idleness)
+            raise MessageRejected(Rejection.TRUNCATED, f"bulk payload: {err}",
+                                  fatal=True) from None
+        try:
+            pkg = session.assembler.bulk_done()
+        except MessageRejected as rejection:
+            self._reject(session, rejection, header)
+            return
+        self._take(session, pkg)
+
+    def _close_bulk(self, session: Session) -> None:
+        with self._lock:
+            self._tickets.pop(session.ticket, None)
+            sock, session.bulk = session.bulk, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
+            sock.close()
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> int:
         meta = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -300,6 +442,8 @@ class FederationServer:
         with self._lock:
             old = self._sessions.get(session.client_id)
             self._sessions[session.client_id] = session
+            if session.ticket:
+                self._tickets[session.ticket] = session
         if old is not None:
             self._drop(old, "superseded by a new connection of the same client")
         log.info("client %d connected from %s", session.client_id, session.peer)
@@ -343,6 +487,8 @@ class FederationServer:
                     session.assembler.end()
                     break
                 self._receive(session, raw)
+                if session.assembler.bulk_pending:
+                    await self._receive_bulk(session)
         except MessageRejected as rejection:
             self._reject(session, rejection, None)
         except TimeoutError:
@@ -360,13 +506,21 @@ class FederationServer:
         pkg: Package | None = None
         try:
             pkg = session.frame(raw)
-            if pkg is not None:
-                answer = session.answer(pkg, self.layout, self.schema)
-                if answer is not None:
-                    self._accept(answer)
         except MessageRejected as rejection:
-            header = pkg.header if pkg is not None else pending or session.assembler.pending
-            self._reject(session, rejection, header)
+            self._reject(session, rejection, pending or session.assembler.pending)
+            return
+        if pkg is not None:
+            self._take(session, pkg)
+
+    def _take(self, session: Session, pkg: Package) -> None:
+        """Match a complete package to its task and pass the answer on."""
+        try:
+            answer = session.answer(pkg, self.layout, self.schema)
+        except MessageRejected as rejection:
+            self._reject(session, rejection, pkg.header)
+            return
+        if answer is not None:
+            self._accept(answer)
 
     def _accept(self, answer: Answer) -> None:
         self.inbox.put(answer)
@@ -396,7 +550,7 @@ class FederationServer:
                 self._fail(session, task, "validate", str(rejection))
         notice = pb.Header(kind=pb.REJECTED, task_id=0 if header is None else header.task_id,
                            reason=str(rejection)[:4000])
-        session.outbox.put_nowait([pb.ServerFrame(header=notice).SerializeToString()])
+        session.outbox.put_nowait([_header_frame(notice)])
         if rejection.fatal:
             self._drop(session, str(rejection))
 

@@ -8,10 +8,12 @@ checks it against the layout; what it accepts or refuses becomes an :class:`Answ
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import torch
 from google.protobuf.message import DecodeError
 
 from fedloom.core.layout import ParamLayout
@@ -70,6 +72,18 @@ class Connection:
     up: bool
 
 
+@dataclass(frozen=True, slots=True)
+class BulkPackage:
+    """A package on its way out: its header frame on the stream, its tensors' bytes on the bulk
+    connection."""
+
+    header_frame: bytes
+    tensors: tuple[torch.Tensor, ...]
+
+
+Outbound = list[bytes] | BulkPackage
+
+
 @dataclass(slots=True, kw_only=True)
 class Session:
     """One client's stream on the server."""
@@ -77,10 +91,12 @@ class Session:
     client_id: int
     peer: str
     assembler: Assembler
-    outbox: asyncio.Queue[list[bytes] | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[Outbound | None] = field(default_factory=asyncio.Queue)
     tasks: dict[int, Task] = field(default_factory=dict)
     expired: deque[int] = field(default_factory=lambda: deque(maxlen=EXPIRED_KEPT))
     close_reason: str | None = None
+    ticket: bytes = b""  # presented on the bulk port to pair a bulk connection with this session
+    bulk: socket.socket | None = None  # the bulk connection, once the client opened it
 
     def close(self, reason: str) -> None:
         """End the stream after what is queued (the writer stops at the None)."""
@@ -100,6 +116,8 @@ class Session:
                                   fatal=True) from None
         which = frame.WhichOneof("frame")
         if which == "header":
+            reject_if(frame.header.bulk and self.bulk is None, Rejection.UNEXPECTED,
+                      "a header says bulk, but this client has no bulk connection", fatal=True)
             return self.assembler.header(frame.header)
         if which == "chunk":
             return self.assembler.chunk(frame.chunk)

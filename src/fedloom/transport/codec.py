@@ -320,7 +320,8 @@ class Assembler:
         return self._header
 
     def header(self, header: pb.Header) -> Package | None:
-        """Start a package; returns it at once when it has no payload."""
+        """Start a package; returns it at once when it has no payload. A header that says
+        ``bulk`` waits for :meth:`payload_view` to be filled and :meth:`bulk_done`."""
         reject_if(self.busy, Rejection.TRUNCATED,
                   f"a new header arrived after {self._received} of "
                   f"{self._header.payload_bytes if self._header else 0} payload bytes",
@@ -330,6 +331,22 @@ class Assembler:
         self._buffer = self._take_buffer(header.payload_bytes)
         self._received = 0
         return self._finish() if header.payload_bytes == 0 else None
+
+    @property
+    def bulk_pending(self) -> bool:
+        """The package in progress has its payload on the bulk connection."""
+        return self._header is not None and self._header.bulk
+
+    def payload_view(self) -> memoryview:
+        """Where the pending bulk payload's bytes go (all of them, in order)."""
+        assert self.bulk_pending
+        return self._buffer.data
+
+    def bulk_done(self) -> Package:
+        """The pending bulk package, its payload view filled; checked like any other."""
+        assert self._header is not None and self._header.bulk
+        self._received = self._header.payload_bytes
+        return self._finish()
 
     def chunk(self, chunk: pb.Chunk) -> Package | None:
         """Add the next chunk; returns the package when its payload is complete."""
@@ -341,6 +358,8 @@ class Assembler:
         reject_if(header is None, Rejection.UNEXPECTED, "a chunk with no header before it",
                   fatal=True)
         assert header is not None
+        reject_if(header.bulk, Rejection.UNEXPECTED, "a chunk for a package whose header said "
+                  "its payload comes on the bulk connection", fatal=True)
         size = len(data)
         reject_if(offset != self._received, Rejection.UNEXPECTED,
                   f"chunk at offset {offset}, expected {self._received}", fatal=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,45 @@ class TlsFiles:
             root_certificates=_read(self.ca, "--root-cert"),
             private_key=None if self.key is None else _read(self.key, "--key"),
             certificate_chain=None if self.cert is None else _read(self.cert, "--cert"))
+
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        """The same credentials for a plain socket (the bulk connection)."""
+        if self.cert is None or self.key is None:
+            raise ConfigError("the server needs --cert and --key for TLS")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_chain(context, self.cert, self.key)
+        if self.ca is not None:
+            context.verify_mode = ssl.CERT_REQUIRED
+            _load_ca(context, self.ca, "--client-ca")
+        return context
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """The client's credentials for a plain socket (the bulk connection)."""
+        if self.ca is None:
+            raise ConfigError("the client needs --root-cert (the CA that signed the server's "
+                              "certificate) for TLS")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _load_ca(context, self.ca, "--root-cert")
+        if self.cert is not None and self.key is not None:
+            _load_chain(context, self.cert, self.key)
+        return context
+
+
+def _load_chain(context: ssl.SSLContext, cert: str, key: str) -> None:
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"certificate {cert!r} with key {key!r}: {err}") from None
+
+
+def _load_ca(context: ssl.SSLContext, ca: str, what: str) -> None:
+    try:
+        context.load_verify_locations(cafile=ca)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(f"{what} {ca!r}: {err}") from None
 
 
 def _digest(salt: bytes, token: str) -> bytes:

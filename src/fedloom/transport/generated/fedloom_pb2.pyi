@@ -81,7 +81,7 @@ class Scalar(_message.Message):
     def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("task_id", "kind", "round", "client_id", "tensors", "payload_bytes", "config", "num_examples", "num_steps", "metrics", "values", "reason", "seconds")
+    __slots__ = ("task_id", "kind", "round", "client_id", "tensors", "payload_bytes", "config", "num_examples", "num_steps", "metrics", "values", "reason", "seconds", "bulk")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class Header(_message.Message):
     VALUES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BULK_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: Kind
     round: int
@@ -122,7 +123,8 @@ class Header(_message.Message):
     values: _containers.MessageMap[str, Scalar]
     reason: str
     seconds: float
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., client_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., num_examples: _Optional[int] = ..., num_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, Metric]] = ..., values: _Optional[_Mapping[str, Scalar]] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+    bulk: bool
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., client_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., num_examples: _Optional[int] = ..., num_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, Metric]] = ..., values: _Optional[_Mapping[str, Scalar]] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ..., bulk: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("task_id", "offset", "data")
@@ -172,20 +174,24 @@ class Hello(_message.Message):
     def __init__(self, protocol: _Optional[str] = ..., properties: _Optional[_Mapping[str, Scalar]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol", "layout", "run_config", "max_chunk_bytes", "max_update_bytes", "mode")
+    __slots__ = ("protocol", "layout", "run_config", "max_chunk_bytes", "max_update_bytes", "mode", "bulk_port", "bulk_ticket")
     PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_UPDATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    BULK_PORT_FIELD_NUMBER: _ClassVar[int]
+    BULK_TICKET_FIELD_NUMBER: _ClassVar[int]
     protocol: str
     layout: Layout
     run_config: str
     max_chunk_bytes: int
     max_update_bytes: int
     mode: str
-    def __init__(self, protocol: _Optional[str] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., run_config: _Optional[str] = ..., max_chunk_bytes: _Optional[int] = ..., max_update_bytes: _Optional[int] = ..., mode: _Optional[str] = ...) -> None: ...
+    bulk_port: int
+    bulk_ticket: bytes
+    def __init__(self, protocol: _Optional[str] = ..., layout: _Optional[_Union[Layout, _Mapping]] = ..., run_config: _Optional[str] = ..., max_chunk_bytes: _Optional[int] = ..., max_update_bytes: _Optional[int] = ..., mode: _Optional[str] = ..., bulk_port: _Optional[int] = ..., bulk_ticket: _Optional[bytes] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("hello", "header", "chunk")
