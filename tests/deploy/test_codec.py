@@ -90,6 +90,31 @@ def test_the_fast_chunk_reader_reads_what_chunk_frame_writes_in_place(offset: in
     assert got[1].obj is raw  # a view of the frame, not a copy
 
 
+def _assemble(assembler: Assembler, value: float) -> torch.Tensor:
+    header = pb.Header(task_id=1, kind=pb.FIT_REPLY)
+    frames = encode(header, {"p": torch.full((1 << 15,), value)},
+                    wrap_header=lambda h: pb.ClientFrame(header=h).SerializeToString())
+    pkg = None
+    for raw in frames:
+        frame = pb.ClientFrame.FromString(raw)
+        pkg = (assembler.header(frame.header) if frame.WhichOneof("frame") == "header"
+               else assembler.chunk(frame.chunk))
+    assert pkg is not None
+    return pkg.tensors["p"]
+
+
+def test_payload_buffers_are_reused_only_once_nothing_views_them() -> None:
+    assembler = Assembler(max_payload_bytes=None, max_chunk_bytes=1 << 20)
+    first = _assemble(assembler, 1.0)
+    address = first.data_ptr()
+    second = _assemble(assembler, 2.0)  # `first` is alive: a new buffer
+    assert second.data_ptr() != address and float(first[0]) == 1.0
+    kept = second
+    del first, second
+    third = _assemble(assembler, 3.0)  # the first buffer is free again
+    assert third.data_ptr() == address and float(kept[0]) == 2.0 and float(third[-1]) == 3.0
+
+
 def _frame_variants(data: st.DataObject) -> bytes:
     """Chunk frames, mutated ones, frames with other fields and random bytes."""
     kind = data.draw(st.sampled_from(["chunk", "mutated", "fields", "random"]))

@@ -377,9 +377,9 @@ class Assembler:
     def _take_buffer(self, size: int) -> NDArray[np.uint8]:
         """A buffer for the next payload: one of the last payloads' when no tensor views it any
         more (fresh pages cost more than the copy itself), else a new one."""
-        for i, spare in enumerate(self._spares):
-            # references: the list, `spare` and getrefcount's argument; a tensor adds one
-            if spare.shape[0] == size and sys.getrefcount(spare) == 3:
+        for i in range(len(self._spares)):
+            # references: the list's and getrefcount's argument; a tensor viewing it adds one
+            if self._spares[i].shape[0] == size and sys.getrefcount(self._spares[i]) == 2:
                 return self._spares.pop(i)
         return torch.empty(size, dtype=torch.uint8).numpy()
 
