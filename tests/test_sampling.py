@@ -3,11 +3,12 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedloom.core.errors import ConfigError
 from fedloom.sampling import (
+    ConnectedSampler,
     RoundRobinSampler,
     SamplerName,
     UniformSampler,
@@ -48,3 +49,21 @@ def test_bad_sizes_are_named() -> None:
         UniformSampler(num_clients=4, size=5, seed=0)
     with pytest.raises(ConfigError, match="only 1 clients have examples"):
         WeightedSampler(num_examples=[0, 0, 4], size=2, seed=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(num_clients=st.integers(1, 40), data=st.data())
+def test_connected_sampler_keeps_present_clients_and_replaces_absent_ones(
+        num_clients: int, data: st.DataObject) -> None:
+    size = data.draw(st.integers(1, num_clients))
+    up = set(data.draw(st.lists(st.integers(0, num_clients - 1), unique=True)))
+    base = UniformSampler(num_clients=num_clients, size=size, seed=3)
+    sampler = ConnectedSampler(base, available=lambda: up, seed=3)
+    for rnd in (1, 2, 7):
+        drawn, cohort = base.sample(rnd), sampler.sample(rnd)
+        assert cohort == sorted(set(cohort)) and set(cohort) <= up
+        assert {c for c in drawn if c in up} <= set(cohort)
+        assert len(cohort) == min(size, len(up))
+        assert cohort == sampler.sample(rnd)  # deterministic
+        if set(drawn) <= up:
+            assert cohort == drawn  # everyone up: exactly the simulation's cohort

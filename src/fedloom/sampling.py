@@ -6,7 +6,7 @@ passed to :class:`fedloom.Simulation`; the registered ones are chosen with ``coh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -86,6 +86,41 @@ class RoundRobinSampler:
         n = len(self.order)
         start = (round - 1) * self.size
         return sorted({self.order[(start + i) % n] for i in range(self.size)})
+
+
+class ConnectedSampler:
+    """A deployment's cohort: ``base``'s, with clients that are not connected replaced.
+
+    When every client ``base`` draws is connected the cohort is exactly ``base``'s (so a
+    deployment with all clients up samples as the simulation does); each absent one is replaced
+    by a connected client outside the cohort, drawn uniformly with the round's generator; when
+    too few are connected, the cohort is smaller. A round then never waits for a client that is
+    not there.
+
+    Example:
+        >>> s = ConnectedSampler(UniformSampler(num_clients=10, size=3, seed=0),
+        ...                      available=lambda: range(10), seed=0)
+        >>> s.sample(1) == UniformSampler(num_clients=10, size=3, seed=0).sample(1)
+        True
+    """
+
+    def __init__(self, base: Sampler, *, available: Callable[[], Collection[int]],
+                 seed: int) -> None:
+        self.base = base
+        self.available = available
+        self.seed = seed
+
+    def sample(self, round: int) -> list[int]:
+        cohort = self.base.sample(round)
+        up = set(self.available())
+        present = [c for c in cohort if c in up]
+        missing = len(cohort) - len(present)
+        if not missing:
+            return cohort
+        spare = sorted(up - set(cohort))
+        gen = torch_generator(self.seed, round, SERVER, Purpose.SUBSTITUTE)
+        picks = torch.randperm(len(spare), generator=gen)[:missing].tolist()
+        return sorted(present + [spare[i] for i in picks])
 
 
 def make_sampler(name: SamplerName, *, num_examples: Sequence[int], size: int,

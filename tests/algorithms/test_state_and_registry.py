@@ -27,6 +27,22 @@ def test_store_round_trip(store: str, tmp_path: Path) -> None:
         assert used < 1_000_000
 
 
+@pytest.mark.parametrize("store", ["memory", "disk"])
+def test_store_lists_and_clears_its_entries(store: str, tmp_path: Path) -> None:
+    s = MemoryStore() if store == "memory" else DiskStore(tmp_path, num_clients=10)
+    s.put(7, "h", torch.tensor([1.0]))
+    s.put(2, "c", torch.tensor([2.0, 3.0]))
+    s.put(4, "c", torch.tensor([4.0, 5.0]))
+    listed = [(entry, value.tolist()) for entry, value in s.items()]
+    assert listed == [(("c", 2), [2.0, 3.0]), (("c", 4), [4.0, 5.0]), (("h", 7), [1.0])]
+    if store == "disk":  # a reopened store lists what its files hold
+        assert [e for e, _ in DiskStore(tmp_path, num_clients=10).items()] == [e for e, _ in listed]
+    s.clear()
+    assert list(s.items()) == [] and s.get(2, "c") is None
+    s.put(4, "c", torch.tensor([6.0, 7.0]))
+    assert [(e, v.tolist()) for e, v in s.items()] == [(("c", 4), [6.0, 7.0])]
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_algorithm_is_configurable(name: str) -> None:
     cfg = load_config(None, [f"algorithm.name={name}"])

@@ -113,7 +113,8 @@ def test_a_client_killed_mid_round_is_dropped_and_used_again_after_it_returns(
                       env={"SLOW": "60", "MARKER": str(marker)})
         thread, box = serve_in_background(overrides, ServerOptions(
             address=f"127.0.0.1:{port}", insecure=True, console=False, start_timeout=120,
-            handlers=handlers, policy=RoundPolicy(round_timeout=120, absent_timeout=120)))
+            handlers=handlers, policy=RoundPolicy(round_timeout=120, absent_timeout=120),
+            sample_connected=False))  # round 3 waits for client 0 to come back
         with thread_clients(port, [1, 2, 3, 4, 5], client=ConfigClient()):
             assert wait_until(marker.exists, timeout=120), "client 0 never started training"
             os.killpg(first.pid, signal.SIGKILL)  # the client and its training command
@@ -127,6 +128,24 @@ def test_a_client_killed_mid_round_is_dropped_and_used_again_after_it_returns(
     assert failure.round == 1 and failure.detail["stage"] == "disconnect"
     assert [e.round for e in events.of(MessageType.FIT_REPLY) if e.client_id == 0] == [3]
     assert [e.client_id for e in events.of(MessageType.CONNECTED)].count(0) == 2
+
+
+def test_a_client_that_never_connects_is_replaced_in_its_cohorts(tmp_path: Path) -> None:
+    """Client 0 never comes (cohorts for seed 0 draw it in rounds 1 and 3): each round takes a
+    connected client instead of waiting the absent timeout."""
+    handlers = Handlers()
+    events = Recorder(handlers, MessageType.FIT_REPLY)
+    port = free_port()
+    with thread_clients(port, [1, 2, 3, 4, 5], client=ConfigClient()):
+        start = time.monotonic()
+        result = run_server(load_config(None, [*SYNTH, f"out={tmp_path / 'run'}"]), ServerOptions(
+            address=f"127.0.0.1:{port}", insecure=True, console=False, min_clients=5,
+            start_timeout=60, handlers=handlers,
+            policy=RoundPolicy(round_timeout=120, absent_timeout=120)))
+        seconds = time.monotonic() - start
+    assert [(r["num_results"], r["num_failures"]) for r in result.history.rows] == [(3, 0)] * 3
+    assert 0 not in {e.client_id for e in events.of(MessageType.FIT_REPLY)}
+    assert seconds < 60  # nobody waited 120 s for client 0
 
 
 class SlowConfigClient(ConfigClient):

@@ -7,6 +7,7 @@ registered clients cost (sparse) disk, not RAM.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -17,9 +18,19 @@ from fedloom.core.errors import ConfigError
 
 
 class ClientStateStore(Protocol):
+    """Where per-client state lives between rounds (what a checkpoint saves and restores)."""
+
     def get(self, client_id: int, key: str) -> torch.Tensor | None: ...
 
     def put(self, client_id: int, key: str, value: torch.Tensor) -> None: ...
+
+    def items(self) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+        """Every ``((key, client_id), value)`` held, in a fixed order."""
+        ...
+
+    def clear(self) -> None:
+        """Forget every entry."""
+        ...
 
 
 class MemoryStore:
@@ -33,6 +44,13 @@ class MemoryStore:
 
     def put(self, client_id: int, key: str, value: torch.Tensor) -> None:
         self._data[(key, client_id)] = value.detach().clone()
+
+    def items(self) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+        for entry in sorted(self._data):
+            yield entry, self._data[entry]
+
+    def clear(self) -> None:
+        self._data.clear()
 
 
 class DiskStore:
@@ -71,6 +89,26 @@ class DiskStore:
             self._open(key, int(value.numel()))
         self._values[key][client_id] = value.detach().cpu().reshape(-1).float().numpy()
         self._present[key][client_id] = 1
+
+    def _keys(self) -> list[str]:
+        return sorted({p.stem for p in self.directory.glob("*.has")} | set(self._present))
+
+    def items(self) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
+        for key in self._keys():
+            present = (self._present[key] if key in self._present
+                       else np.fromfile(self.directory / f"{key}.has", dtype=np.uint8))
+            for cid in np.flatnonzero(present).tolist():
+                value = self.get(int(cid), key)
+                if value is not None:
+                    yield (key, int(cid)), value
+
+    def clear(self) -> None:
+        for key in self._keys():
+            present = self._present.get(key)
+            if present is None:
+                present = np.memmap(self.directory / f"{key}.has", dtype=np.uint8, mode="r+")
+            present[:] = 0
+            present.flush()
 
 
 def make_store(state_dir: str | None, num_clients: int) -> ClientStateStore:

@@ -30,6 +30,7 @@ class Purpose(StrEnum):
     NOISE = "noise"
     PERSONAL = "personal"
     SPEED = "speed"
+    SUBSTITUTE = "substitute"
 
 
 def derive_seed(seed: int, round: int, client_id: int, purpose: str) -> int:

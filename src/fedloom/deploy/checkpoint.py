@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from fedloom.algorithms.state import ClientStateStore, DiskStore, MemoryStore
+from fedloom.algorithms.state import ClientStateStore
 from fedloom.core.errors import CheckpointError
 from fedloom.core.packages import ServerState
 from fedloom.runtime.sinks import Row
@@ -45,31 +44,12 @@ class Checkpoint:
 
 def store_contents(store: ClientStateStore) -> dict[tuple[str, int], torch.Tensor]:
     """Every (key, client id) -> tensor a client-state store holds."""
-    if isinstance(store, MemoryStore):
-        return {k: v.clone() for k, v in store._data.items()}  # the store has no public listing
-    if isinstance(store, DiskStore):
-        out: dict[tuple[str, int], torch.Tensor] = {}
-        for has in sorted(store.directory.glob("*.has")):
-            key = has.stem
-            present = np.fromfile(has, dtype=np.uint8)
-            for cid in np.flatnonzero(present).tolist():
-                value = store.get(int(cid), key)
-                if value is not None:
-                    out[(key, int(cid))] = value.clone()
-        return out
-    raise CheckpointError(f"cannot checkpoint a client-state store of type "
-                          f"{type(store).__name__}")
+    return {entry: value.clone() for entry, value in store.items()}
 
 
 def restore_store(store: ClientStateStore, contents: dict[tuple[str, int], torch.Tensor]) -> None:
     """Make ``store`` hold exactly ``contents`` (entries written after the checkpoint go)."""
-    if isinstance(store, MemoryStore):
-        store._data.clear()
-    elif isinstance(store, DiskStore):
-        for has in store.directory.glob("*.has"):
-            present = np.memmap(has, dtype=np.uint8, mode="r+")
-            present[:] = 0
-            present.flush()
+    store.clear()
     for (key, cid), value in contents.items():
         store.put(cid, key, value)
 

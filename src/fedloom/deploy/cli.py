@@ -41,6 +41,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="seconds to wait for them (default 600)")
     server.add_argument("--round-timeout", type=float, default=600.0,
                         help="round deadline in seconds (default 600)")
+    server.add_argument("--wait-for-absent", action="store_true",
+                        help="keep sampled clients that are not connected in the cohort and "
+                        "wait --absent-timeout for them (default: replace them by connected "
+                        "ones)")
     server.add_argument("--absent-timeout", type=float, default=30.0,
                         help="seconds a sampled client that is not connected is waited for")
     server.add_argument("--close-at", type=int, help="close a round at this many results")
@@ -126,7 +130,8 @@ def _server(args: argparse.Namespace) -> int:
     options = ServerOptions(
         address=args.address, tls=tls, insecure=args.insecure, tokens=args.tokens,
         min_clients=args.min_clients, start_timeout=args.start_timeout, resume=args.resume,
-        console=not args.quiet, bulk_port=None if args.bulk_port < 0 else args.bulk_port,
+        console=not args.quiet, sample_connected=not args.wait_for_absent,
+        bulk_port=None if args.bulk_port < 0 else args.bulk_port,
         policy=RoundPolicy(round_timeout=args.round_timeout, absent_timeout=args.absent_timeout,
                            close_at=args.close_at, evaluate_on_clients=args.evaluate_on_clients),
         limits=Limits(max_clients=args.max_clients, idle_timeout=args.idle_timeout,

@@ -59,7 +59,7 @@ from fedloom.runtime.evaluate import RoundEvaluator
 from fedloom.runtime.experiment import RunResult, default_out, prepare_out
 from fedloom.runtime.loop import ServerLoop
 from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Row, Sink, read_jsonl
-from fedloom.sampling import make_sampler
+from fedloom.sampling import ConnectedSampler, Sampler, make_sampler
 from fedloom.transport.messages import ReplySchema
 from fedloom.transport.security import TlsFiles, TokenBook
 
@@ -76,6 +76,9 @@ class ServerOptions:
         start_timeout: seconds to wait for them.
         resume: a run directory whose checkpoint to continue from.
         bulk_port: the bulk connection's port (0: any free one; None: none).
+        sample_connected: replace sampled clients that are not connected by connected ones
+            (:class:`~fedloom.sampling.ConnectedSampler`); False: wait ``absent_timeout`` for
+            them, then count them as failures.
     """
 
     address: str = "127.0.0.1:8080"
@@ -90,6 +93,7 @@ class ServerOptions:
     console: bool = True
     handlers: Handlers | None = None
     bulk_port: int | None = 0
+    sample_connected: bool = True
 
     def check(self) -> None:
         if self.insecure:
@@ -218,10 +222,13 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
             concurrency=cfg.clock.concurrency, task_timeout=options.policy.round_timeout,
             idle_timeout=options.start_timeout, threads=cfg.fleet.threads)
     else:
+        sampler: Sampler = make_sampler(cfg.cohort.sampler, num_examples=num_examples,
+                               size=cfg.cohort.size, seed=cfg.seed)
+        if options.sample_connected:
+            sampler = ConnectedSampler(sampler, available=server.connected, seed=cfg.seed)
         loop = ServerLoop(
             algorithm=algorithm, fleet=fleet, client=client, rounds=cfg.rounds, layout=layout,
-            sampler=make_sampler(cfg.cohort.sampler, num_examples=num_examples,
-                                 size=cfg.cohort.size, seed=cfg.seed),
+            sampler=sampler,
             evaluate=evaluate, initial_params=initial, seed=cfg.seed,
             min_success=cfg.cohort.min_success, eval_every=cfg.eval.every,
             threads=cfg.fleet.threads)
