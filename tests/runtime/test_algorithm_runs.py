@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from fedloom.algorithms import REGISTRY
+from fedloom.algorithms.base import result_needs
 from fedloom.config import load_config
-from fedloom.runtime.experiment import run_experiment
+from fedloom.core.packages import ClientResult
+from fedloom.runtime.experiment import build_simulation, run_experiment
+from fedloom.runtime.simulation import Simulation
 
 TINY = ["data.name=synthetic", "data.num_clients=12", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "client.batch_size=10", "rounds=3", "fleet.threads=1"]
@@ -71,3 +74,19 @@ def test_sync_rounds_report_simulated_time_with_a_clock(tmp_path: Path) -> None:
     rows = _run(tmp_path, "clock.speed=lognormal")
     times = [r["sim_time"] for r in rows]
     assert times == sorted(times) and times[0] > 0  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_algorithm_declares_exactly_what_its_clients_send(name: str) -> None:
+    """``result_needs`` (what a deployment server checks replies against) matches the extras and
+    metrics the algorithm's own local training produces."""
+    sim = build_simulation(load_config(None, [*TINY, f"algorithm.name={name}"]))
+    if not isinstance(sim, Simulation):
+        pytest.skip("async algorithms train through the async runner")
+    tasks = sim.algorithm.configure(1, sim.state, sim.sampler.sample(1), sim.client)
+    results = [o for o in sim.fleet.fit(1, tasks) if isinstance(o, ClientResult)]
+    needs = result_needs(sim.algorithm, sim.layout)
+    assert results
+    for result in results:
+        assert {k: int(v.numel()) for k, v in result.extras.items()} == dict(needs.extras)
+        assert needs.metrics <= set(result.metrics)

@@ -6,12 +6,13 @@ loop, so the same algorithm runs serially, in worker processes or vectorized. Fe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import torch
 
+from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 
 GradHook = Callable[[torch.Tensor, torch.Tensor, Downlink], None]
@@ -79,6 +80,29 @@ class Algorithm(Protocol):
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResultNeeds:
+    """What an algorithm's ``aggregate`` reads from each client result besides ``params``.
+
+    A deployment server checks every fit reply against it (and rejects one that lacks them), so
+    an algorithm with extras or required metrics declares them with a method
+    ``result_needs(layout) -> ResultNeeds``; one without that method needs nothing more.
+
+    Attributes:
+        extras: extra tensors by name and number of values.
+        metrics: metric names that must be present.
+    """
+
+    extras: Mapping[str, int] = field(default_factory=dict)
+    metrics: frozenset[str] = frozenset()
+
+
+def result_needs(algorithm: object, layout: ParamLayout) -> ResultNeeds:
+    """The algorithm's declared :class:`ResultNeeds` (none declared: nothing beyond params)."""
+    declare = getattr(algorithm, "result_needs", None)
+    return declare(layout) if callable(declare) else ResultNeeds()
 
 
 @runtime_checkable

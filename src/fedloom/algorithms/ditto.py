@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedloom.algorithms.base import LocalSpec
+from fedloom.algorithms.base import LocalSpec, ResultNeeds
 from fedloom.algorithms.fedavg import FedAvg
 from fedloom.algorithms.state import ClientStateStore, MemoryStore
+from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -37,6 +38,10 @@ class Ditto(FedAvg):
     """FedAvg for the global model plus per-client personal models."""
 
     name = "ditto"
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result carries its personal model."""
+        return ResultNeeds(extras={"personal": layout.size})
 
     def __init__(self, options: DittoOptions | None = None, *,
                  store: ClientStateStore | None = None) -> None:

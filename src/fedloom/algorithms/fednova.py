@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.algorithms.base import LocalSpec, broadcast
+from fedloom.algorithms.base import LocalSpec, ResultNeeds, broadcast
+from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -50,6 +51,10 @@ class FedNova:
 
     name = "fednova"
     local = LocalSpec(finish=attach_solver_norm)
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result carries its normalising factor ``a_i``."""
+        return ResultNeeds(extras={"fednova_a": 1})
 
     def __init__(self, options: FedNovaOptions | None = None) -> None:
         self.options = options or FedNovaOptions()

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.algorithms.base import LocalSpec, broadcast
+from fedloom.algorithms.base import LocalSpec, ResultNeeds, broadcast
+from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -54,6 +55,10 @@ class QFFL:
 
     name = "qffl"
     local = LocalSpec(start_loss=True)
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result reports the loss at the global model (``start_loss``)."""
+        return ResultNeeds(metrics=frozenset({"start_loss"}))
 
     def __init__(self, options: QFFLOptions | None = None) -> None:
         self.options = options or QFFLOptions()

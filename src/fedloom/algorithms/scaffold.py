@@ -17,8 +17,9 @@ from functools import partial
 import torch
 
 from fedloom.algorithms.aggregate import example_weighted_params
-from fedloom.algorithms.base import LocalSpec
+from fedloom.algorithms.base import LocalSpec, ResultNeeds
 from fedloom.algorithms.state import ClientStateStore, MemoryStore
+from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -62,6 +63,10 @@ class Scaffold:
     """
 
     name = "scaffold"
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result carries its new control variate ``c_i``."""
+        return ResultNeeds(extras={"c_i": self.num_trainable or layout.size})
 
     def __init__(self, options: ScaffoldOptions | None = None, *, num_examples: Sequence[int],
                  num_trainable: int | None = None, store: ClientStateStore | None = None) -> None:

@@ -27,12 +27,7 @@ import torch
 
 from fedloom.algorithms import AlgorithmContext, build_algorithm
 from fedloom.algorithms.asynchronous import AsyncAlgorithm
-from fedloom.algorithms.base import Algorithm
-from fedloom.algorithms.ditto import Ditto
-from fedloom.algorithms.feddyn import FedDyn
-from fedloom.algorithms.fednova import FedNova
-from fedloom.algorithms.qffl import QFFL
-from fedloom.algorithms.scaffold import Scaffold
+from fedloom.algorithms.base import Algorithm, result_needs
 from fedloom.algorithms.state import ClientStateStore, make_store
 from fedloom.config import RunConfig, config_to_yaml, load_config
 from fedloom.core.errors import ConfigError
@@ -107,19 +102,10 @@ class ServerOptions:
 
 
 def reply_schema(algorithm: Algorithm | AsyncAlgorithm, layout: ParamLayout) -> ReplySchema:
-    """What the algorithm's aggregate reads from a fit reply beyond the parameters."""
-    trainable = getattr(algorithm, "num_trainable", None) or layout.size
-    if isinstance(algorithm, Scaffold):
-        return ReplySchema(extras={"c_i": trainable})
-    if isinstance(algorithm, FedDyn):
-        return ReplySchema(extras={"h_i": trainable})
-    if isinstance(algorithm, Ditto):
-        return ReplySchema(extras={"personal": layout.size})
-    if isinstance(algorithm, FedNova):
-        return ReplySchema(extras={"fednova_a": 1})
-    if isinstance(algorithm, QFFL):
-        return ReplySchema(extras={}, metrics=frozenset({"start_loss"}))
-    return ReplySchema(extras={})
+    """What the algorithm's aggregate reads from a fit reply beyond the parameters (its
+    declared :class:`~fedloom.algorithms.base.ResultNeeds`)."""
+    needs = result_needs(algorithm, layout)
+    return ReplySchema(extras=dict(needs.extras), metrics=needs.metrics)
 
 
 class Checkpointer:
