@@ -106,6 +106,18 @@ def test_a_wrong_ticket_is_refused() -> None:
         connect_bulk("127.0.0.1", server.bulk_port, bytes(TICKET_BYTES), tls=None)
 
 
+def test_a_ticket_opens_one_bulk_connection_only() -> None:
+    with tiny_server(layout=LAYOUT, policy=POLICY) as (server, _):
+        stream = RawStream(server.port, 0)
+        welcome = stream.next().welcome
+        first = connect_bulk("127.0.0.1", welcome.bulk_port, welcome.bulk_ticket, tls=None)
+        assert wait_until(lambda: server.bulk_connected() == [0])
+        with pytest.raises(TransportError):
+            connect_bulk("127.0.0.1", welcome.bulk_port, welcome.bulk_ticket, tls=None)
+        first.close()
+        stream.close()
+
+
 def _bulk_stream(port: int, client_id: int) -> tuple[RawStream, socket.socket]:
     """A hand-driven client with its bulk connection open."""
     stream = RawStream(port, client_id)

@@ -46,6 +46,7 @@ from fedloom.transport.codec import (
     Assembler,
     MessageRejected,
     Package,
+    Rejection,
     describe,
     fast_chunk,
     itemsize,
@@ -300,8 +301,8 @@ class ClientRunner:
             pkg = assembler.header(frame.header)
             if assembler.bulk_pending:
                 if self._bulk is None:
-                    raise TransportError("the server sent a bulk payload, but this client has "
-                                         "no bulk connection")
+                    raise MessageRejected(Rejection.UNEXPECTED, "the server sent a bulk payload, "
+                                          "but this client has no bulk connection", fatal=True)
                 recv_exact(self._bulk, assembler.payload_view())
                 pkg = assembler.bulk_done()
         elif which == "chunk":

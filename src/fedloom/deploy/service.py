@@ -17,7 +17,7 @@ import queue
 import secrets
 import socket
 import threading
-from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -347,16 +347,25 @@ class FederationServer:
 
     # -- the bulk connection ---------------------------------------------------------------
 
-    def _claim_bulk(self, ticket: bytes, sock: socket.socket) -> bool:
-        """The bulk listener's question: is this an open session's ticket? (its thread)"""
+    def _claim_bulk(self, ticket: bytes) -> Callable[[socket.socket], None] | None:
+        """The bulk listener's question (its thread): is this an open session's ticket? Each
+        ticket is good for one connection."""
         with self._lock:
-            session = self._tickets.get(ticket)
-            if session is None or session.bulk is not None or session.close_reason is not None:
-                return False
-            sock.settimeout(self.limits.idle_timeout)
-            session.bulk = sock
+            session = self._tickets.pop(ticket, None)
+        if session is None or session.close_reason is not None:
+            return None
+        return lambda sock: self._attach_bulk(session, sock)
+
+    def _attach_bulk(self, session: Session, sock: socket.socket) -> None:
+        sock.settimeout(self.limits.idle_timeout)
+        with self._lock:
+            attached = session.close_reason is None and session.bulk is None
+            if attached:
+                session.bulk = sock
+        if not attached:  # the session ended meanwhile
+            sock.close()
+            return
         log.info("client %d: bulk connection open", session.client_id)
-        return True
 
     async def _send_bulk(self, session: Session, item: BulkPackage) -> bool:
         """Write a package's payload on the session's bulk connection; False (session dropped)

@@ -79,13 +79,15 @@ class BulkListener:
 
     Args:
         host, port: where to listen (port 0: any free port, see :attr:`port`).
-        claim: ``claim(ticket, sock) -> bool``; True when the ticket is an open session's (which
-            now owns the socket).
+        claim: ``claim(ticket)``: None when the ticket is no open session's; else a function
+            that hands the socket to that session. The listener answers :data:`ACCEPTED` before
+            calling it, so no payload can reach the client ahead of that byte.
         tls: the server's certificate and key (and client CA for mutual TLS): the bulk socket is
             wrapped exactly like the stream; None for an insecure server.
     """
 
-    def __init__(self, host: str, port: int, *, claim: Callable[[bytes, socket.socket], bool],
+    def __init__(self, host: str, port: int, *,
+                 claim: Callable[[bytes], Callable[[socket.socket], None] | None],
                  tls: TlsFiles | None = None) -> None:
         self.claim = claim
         self._context = None if tls is None else tls.server_ssl_context()
@@ -144,8 +146,10 @@ class BulkListener:
             ticket = bytearray(TICKET_BYTES)
             recv_exact(sock, memoryview(ticket))
             _tune(sock)
-            if self.claim(bytes(ticket), sock):
+            attach = self.claim(bytes(ticket))
+            if attach is not None:
                 sock.sendall(ACCEPTED)
+                attach(sock)
                 return
             log.warning("bulk port: %s presented no open session's ticket", peer)
         except (OSError, ssl.SSLError, ConnectionError) as err:
