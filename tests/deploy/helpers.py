@@ -28,7 +28,7 @@ from fedloom.deploy.handlers import Event, Handlers, MessageType
 from fedloom.deploy.runner import Backoff, ClientRunner
 from fedloom.deploy.service import FederationServer
 from fedloom.transport.channel import METHOD, grpc_options
-from fedloom.transport.codec import PROTOCOL, encode
+from fedloom.transport.codec import PROTOCOL, Assembler, Package, encode
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.security import CLIENT_ID_KEY, TOKEN_KEY
 
@@ -199,6 +199,21 @@ def fit_reply(task: pb.Header, params: torch.Tensor, **fields: object
     for key, value in fields.items():
         setattr(header, key, value)
     return header, {"params": params}
+
+
+def through_the_wire(header: pb.Header, tensors: dict[str, torch.Tensor], *,
+                     assembler: Assembler | None = None, chunk_bytes: int = 16) -> Package:
+    """A package encoded into frames, parsed and reassembled as a receiver does."""
+    frames = encode(header, tensors, chunk_bytes=chunk_bytes,
+                    wrap_header=lambda h: pb.ServerFrame(header=h).SerializeToString())
+    assembler = assembler or Assembler(max_payload_bytes=None, max_chunk_bytes=chunk_bytes)
+    out = None
+    for raw in frames:
+        frame = pb.ServerFrame.FromString(raw)
+        out = (assembler.header(frame.header) if frame.WhichOneof("frame") == "header"
+               else assembler.chunk(frame.chunk))
+    assert out is not None
+    return out
 
 
 def fedloom_cmd(*args: str) -> list[str]:

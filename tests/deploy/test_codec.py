@@ -23,6 +23,7 @@ from fedloom.transport.codec import (
     fast_chunk,
 )
 from fedloom.transport.generated import fedloom_pb2 as pb
+from tests.deploy.helpers import through_the_wire
 
 
 def frames_of(header: pb.Header, tensors: dict[str, torch.Tensor],
@@ -92,15 +93,8 @@ def test_the_fast_chunk_reader_reads_what_chunk_frame_writes_in_place(offset: in
 
 def _assemble(assembler: Assembler, value: float) -> torch.Tensor:
     header = pb.Header(task_id=1, kind=pb.FIT_REPLY)
-    frames = encode(header, {"p": torch.full((1 << 15,), value)},
-                    wrap_header=lambda h: pb.ClientFrame(header=h).SerializeToString())
-    pkg = None
-    for raw in frames:
-        frame = pb.ClientFrame.FromString(raw)
-        pkg = (assembler.header(frame.header) if frame.WhichOneof("frame") == "header"
-               else assembler.chunk(frame.chunk))
-    assert pkg is not None
-    return pkg.tensors["p"]
+    return through_the_wire(header, {"p": torch.full((1 << 15,), value)}, assembler=assembler,
+                            chunk_bytes=1 << 20).tensors["p"]
 
 
 def test_payload_buffers_are_reused_only_once_nothing_views_them() -> None:

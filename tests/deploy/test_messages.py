@@ -9,7 +9,7 @@ from torch import nn
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink
-from fedloom.transport.codec import Assembler, MessageRejected, Package, Rejection, encode
+from fedloom.transport.codec import MessageRejected, Rejection
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.messages import (
     ReplySchema,
@@ -24,19 +24,7 @@ from fedloom.transport.messages import (
     scalar_from_proto,
     scalar_to_proto,
 )
-
-
-def through_the_wire(header: pb.Header, tensors: dict[str, torch.Tensor]) -> Package:
-    frames = encode(header, tensors, chunk_bytes=16,
-                    wrap_header=lambda h: pb.ServerFrame(header=h).SerializeToString())
-    assembler = Assembler(max_payload_bytes=None, max_chunk_bytes=16)
-    out = None
-    for raw in frames:
-        frame = pb.ServerFrame.FromString(raw)
-        out = (assembler.header(frame.header) if frame.WhichOneof("frame") == "header"
-               else assembler.chunk(frame.chunk))
-    assert out is not None
-    return out
+from tests.deploy.helpers import through_the_wire
 
 
 def bn_layout() -> ParamLayout:
