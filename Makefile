@@ -43,6 +43,7 @@ demo-deploy: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/bench_deploy.py
+	$(BIN)/python benchmarks/bench_population.py
 
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py

@@ -113,7 +113,7 @@ def _partition(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     data = load_federated(cfg.data, seed=cfg.seed)
-    counts = label_counts(data.train.y.numpy(), [t.numpy() for t in data.client_train],
+    counts = label_counts(data.arrays().y.numpy(), [t.numpy() for t in data.client_train],
                           data.num_classes)
     print(format_partition_table(counts))
     plot = args.plot or Path("runs") / f"{cfg.name}-partition.png"

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from fedloom.core.errors import ConfigError
-from fedloom.core.rng import SERVER, Purpose, torch_generator
+from fedloom.core.rng import SERVER, Purpose, choose, torch_generator
 
 
 class SamplerName(StrEnum):
@@ -28,6 +28,9 @@ class Sampler(Protocol):
     def sample(self, round: int) -> list[int]: ...
 
 
+LARGE_POPULATION = 1 << 16
+
+
 def _check_size(size: int, num_clients: int) -> None:
     if not 1 <= size <= num_clients:
         raise ConfigError(f"cohort.size = {size}: must be in [1, {num_clients}] "
@@ -36,6 +39,10 @@ def _check_size(size: int, num_clients: int) -> None:
 
 class UniformSampler:
     """``size`` clients drawn uniformly without replacement, independently each round.
+
+    Up to :data:`LARGE_POPULATION` clients the draw is a seeded permutation; above it, Floyd's
+    algorithm (:func:`fedloom.core.rng.choose`), so that a round costs the same with a million
+    registered clients as with a thousand.
 
     Example:
         >>> UniformSampler(num_clients=10, size=3, seed=0).sample(1) == \\
@@ -51,6 +58,8 @@ class UniformSampler:
 
     def sample(self, round: int) -> list[int]:
         gen = torch_generator(self.seed, round, SERVER, Purpose.COHORT)
+        if self.num_clients > LARGE_POPULATION:  # O(size), not O(num_clients), per round
+            return choose(self.num_clients, self.size, gen)
         chosen = torch.randperm(self.num_clients, generator=gen)[: self.size]
         return sorted(chosen.tolist())
 

@@ -7,7 +7,7 @@ need to know about the clients).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ from fedloom.algorithms.state import ClientStateStore, DiskStore, MemoryStore
 class AlgorithmContext:
     """What a run knows about its clients when it builds the algorithm."""
 
-    num_examples: tuple[int, ...]
+    num_examples: Sequence[int]
     num_trainable: int | None = None
     store: ClientStateStore = field(default_factory=MemoryStore)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -9,7 +10,7 @@ from torch.nn import functional as F
 
 from fedloom.algorithms.base import PLAIN, LocalSpec
 from fedloom.client.trainer import LocalTrainer, LossFn
-from fedloom.data.dataset import ArrayData
+from fedloom.data.dataset import ArrayData, Examples
 from fedloom.models import ModelFn
 
 
@@ -26,8 +27,8 @@ class ClientSpec:
     """
 
     model_fn: ModelFn
-    train: ArrayData
-    client_indices: tuple[torch.Tensor, ...]
+    train: Examples
+    client_indices: Sequence[torch.Tensor]
     seed: int
     local: LocalSpec = PLAIN
     loss_fn: LossFn = F.cross_entropy

@@ -8,7 +8,7 @@ Python and no ``DataLoader``. The shuffle of each local epoch comes from the gen
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 import torch
@@ -20,7 +20,7 @@ from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientResult, Downlink
 from fedloom.core.rng import Purpose, torch_generator
-from fedloom.data.dataset import ArrayData
+from fedloom.data.dataset import Examples
 from fedloom.models import ModelFn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -57,8 +57,8 @@ class LocalTrainer:
         loss_fn: task loss on (logits, labels); cross-entropy by default.
     """
 
-    def __init__(self, *, model_fn: ModelFn, train: ArrayData,
-                 client_indices: tuple[torch.Tensor, ...], seed: int,
+    def __init__(self, *, model_fn: ModelFn, train: Examples,
+                 client_indices: Sequence[torch.Tensor], seed: int,
                  local: LocalSpec = PLAIN, loss_fn: LossFn = F.cross_entropy,
                  device: str | torch.device = "cpu") -> None:
         model = model_fn().to(device)
@@ -68,8 +68,9 @@ class LocalTrainer:
         self.params = [p for p in model.parameters()]
         # the data lives where the model does: one copy per device, batches never cross
         self.train = train.to(device)
-        self.client_indices = tuple(i.to(device) for i in client_indices) \
-            if torch.device(device).type != "cpu" else client_indices
+        on_cpu = torch.device(device).type == "cpu"
+        self.client_indices = client_indices if on_cpu or not isinstance(client_indices, tuple) \
+            else tuple(i.to(device) for i in client_indices)  # (lazy indices are made on cpu)
         self.seed = seed
         self.local = local
         self.loss_fn = loss_fn

@@ -51,3 +51,13 @@ def torch_generator(seed: int, round: int, client_id: int, purpose: str,
 def numpy_generator(seed: int, round: int, client_id: int, purpose: str) -> np.random.Generator:
     """A numpy generator for one (seed, round, client, purpose) stream."""
     return np.random.default_rng(derive_seed(seed, round, client_id, purpose))
+
+
+def choose(n: int, k: int, gen: torch.Generator) -> list[int]:
+    """``k`` distinct integers of ``range(n)``, sorted, in O(k) time and memory (Floyd's
+    algorithm), uniformly over the k-subsets."""
+    chosen: set[int] = set()
+    for j in range(n - k, n):
+        t = int(torch.randint(0, j + 1, (), generator=gen))
+        chosen.add(j if t in chosen else t)
+    return sorted(chosen)

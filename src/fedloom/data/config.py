@@ -14,10 +14,12 @@ class DatasetName(StrEnum):
     SYNTHETIC = "synthetic"  # FedProx Synthetic(alpha, beta)
     SYNTHETIC_IID = "synthetic_iid"  # FedProx's IID synthetic variant
     LEAF_SYNTHETIC = "leaf_synthetic"
+    GENERATED = "generated"  # clients made on demand (fedloom.data.generated): any population
 
 
 SYNTHETIC_NAMES = frozenset(
-    {DatasetName.SYNTHETIC, DatasetName.SYNTHETIC_IID, DatasetName.LEAF_SYNTHETIC}
+    {DatasetName.SYNTHETIC, DatasetName.SYNTHETIC_IID, DatasetName.LEAF_SYNTHETIC,
+     DatasetName.GENERATED}
 )
 
 
@@ -37,6 +39,8 @@ class DataConfig:
     ``alpha`` is the Dirichlet concentration (default 0.5) or Synthetic's alpha (default 1.0).
     ``client_test_fraction`` > 0 holds out that share of each client's training examples as its
     local test split (for federated evaluation) where the dataset has no natural one.
+    ``examples_per_client`` and ``test_clients`` size the ``generated`` population's clients and
+    its central test set (10 held-out examples of each of that many clients).
     """
 
     name: DatasetName = DatasetName.MNIST
@@ -53,6 +57,8 @@ class DataConfig:
     num_clusters: int = 2
     test_fraction: float = 0.1
     client_test_fraction: float = 0.0
+    examples_per_client: int = 20
+    test_clients: int = 1000
 
     def __post_init__(self) -> None:
         synthetic = self.name in SYNTHETIC_NAMES
@@ -82,4 +88,13 @@ class DataConfig:
                 "must be in (0, 1)")
         p.check(0 <= self.client_test_fraction < 1, "client_test_fraction",
                 self.client_test_fraction, "must be in [0, 1)")
+        p.check(self.examples_per_client >= 1, "examples_per_client", self.examples_per_client,
+                "must be >= 1")
+        p.check(self.test_clients >= 1, "test_clients", self.test_clients, "must be >= 1")
+        if self.name == DatasetName.GENERATED:
+            p.check(self.partition == PartitionKind.NATURAL, "partition", str(self.partition),
+                    "the generated population has only its natural clients")
+            p.check(self.client_test_fraction == 0, "client_test_fraction",
+                    self.client_test_fraction, "the generated population has no local test "
+                    "splits (its clients exist only while they train)")
         p.raise_if_any()

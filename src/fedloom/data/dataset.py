@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -41,12 +43,25 @@ class ArrayData:
         return x, self.y.index_select(0, idx)
 
 
+class Examples(Protocol):
+    """Training examples as a trainer reads them: batches by global index. An
+    :class:`ArrayData` is one; so is a population generated on demand
+    (:class:`fedloom.data.generated.GeneratedClients`)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def to(self, device: str | torch.device) -> Examples: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FederatedData:
     """A dataset split over clients.
 
     Attributes:
-        train: all training examples; ``client_train[k]`` indexes client k's share.
+        train: all training examples (an :class:`ArrayData`, or examples generated on demand);
+            ``client_train[k]`` indexes client k's share.
         test: the central test set.
         client_test: per-client index arrays of local test examples, or None: into
             ``client_test_data`` when that is set (examples held out of ``train``), else into
@@ -54,9 +69,9 @@ class FederatedData:
     """
 
     name: str
-    train: ArrayData
+    train: Examples
     test: ArrayData
-    client_train: tuple[torch.Tensor, ...]
+    client_train: Sequence[torch.Tensor]
     client_test: tuple[torch.Tensor, ...] | None
     num_classes: int
     input_shape: tuple[int, ...]
@@ -68,6 +83,23 @@ class FederatedData:
 
     def num_examples(self, client_id: int) -> int:
         return int(self.client_train[client_id].shape[0])
+
+    def example_counts(self) -> Sequence[int]:
+        """Every client's example count (without a list where they are all equal and many)."""
+        from fedloom.data.generated import ClientRanges, Repeated
+
+        if isinstance(self.client_train, ClientRanges):
+            return Repeated(self.client_train.per_client, len(self.client_train))
+        return tuple(int(c.shape[0]) for c in self.client_train)
+
+    def arrays(self) -> ArrayData:
+        """The training examples as arrays (an error for a population generated on demand)."""
+        if not isinstance(self.train, ArrayData):
+            from fedloom.core.errors import ConfigError
+
+            raise ConfigError(f"data.name = {self.name}: its clients' examples are made on "
+                              "demand and never held as one array")
+        return self.train
 
     def local_test(self, client_id: int) -> tuple[ArrayData, torch.Tensor] | None:
         """Client ``client_id``'s local test examples: the arrays and the indices into them."""

@@ -21,6 +21,7 @@ from fedloom.core.rng import SERVER, Purpose, numpy_generator
 from fedloom.data import partition
 from fedloom.data.config import DataConfig, DatasetName, PartitionKind
 from fedloom.data.dataset import FederatedData
+from fedloom.data.generated import load_generated
 from fedloom.data.mnist import IMAGE_SHAPE, NUM_CLASSES, load_idx_dataset
 from fedloom.data.stats import label_counts, summary_line
 from fedloom.data.synthetic import fedprox_synthetic, leaf_synthetic
@@ -63,10 +64,16 @@ def hold_out(data: FederatedData, fraction: float, seed: int) -> FederatedData:
         test.append(idx[perm[:k]].sort().values)
         train.append(idx[perm[k:]].sort().values)
     return dataclasses.replace(data, client_train=tuple(train), client_test=tuple(test),
-                               client_test_data=data.train)
+                               client_test_data=data.arrays())
 
 
 def _load(cfg: DataConfig, seed: int) -> FederatedData:
+    if cfg.name == DatasetName.GENERATED:
+        assert cfg.alpha is not None
+        return load_generated(num_clients=cfg.num_clients, per_client=cfg.examples_per_client,
+                              num_features=cfg.num_features, num_classes=cfg.num_classes,
+                              alpha=cfg.alpha, beta=cfg.beta, test_clients=cfg.test_clients,
+                              seed=seed)
     if cfg.name in (DatasetName.MNIST, DatasetName.FASHION_MNIST):
         train, test = load_idx_dataset(cfg.name, cfg.dir)
         return FederatedData(
@@ -78,7 +85,7 @@ def _load(cfg: DataConfig, seed: int) -> FederatedData:
     if cfg.partition == PartitionKind.NATURAL:
         _check_min_examples([c.numpy() for c in data.client_train], cfg)
         return data
-    client_train = _split(cfg, data.train.y.numpy(), data.num_classes, seed)
+    client_train = _split(cfg, data.arrays().y.numpy(), data.num_classes, seed)
     return dataclasses.replace(data, client_train=client_train, client_test=None)
 
 

@@ -19,7 +19,7 @@ from fedloom.client.spec import ClientSpec
 from fedloom.core.errors import ConfigError
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Downlink, Outcome
-from fedloom.data.dataset import ArrayData
+from fedloom.data.dataset import ArrayData, Examples
 from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets.serial import fit_one
 from fedloom.fleets.shm import SharedArena, SharedRef
@@ -86,9 +86,9 @@ class SharedSpec:
     """
 
     spec: ClientSpec  # with the tensors taken out
-    train: SharedData
+    train: SharedData | Examples  # examples generated on demand travel as themselves
     test: SharedData | None
-    indices: SharedRef
+    indices: SharedRef | Sequence[torch.Tensor]  # lazy index sequences travel as themselves
     sizes: tuple[int, ...]
     vectorized: type | None = None  # VectorizedTrainer, resolved (and pickled) by the parent
     chunk: int | None = None
@@ -96,17 +96,25 @@ class SharedSpec:
     @classmethod
     def share(cls, spec: ClientSpec, arena: SharedArena, *, vectorized: type | None = None,
               chunk: int | None = None) -> SharedSpec:
-        flat = torch.cat(spec.client_indices) if spec.client_indices else torch.empty(0)
-        return cls(spec=strip(spec), train=SharedData.share(spec.train, arena),
+        given = spec.client_indices
+        lazy = not isinstance(given, tuple | list)
+        indices: SharedRef | Sequence[torch.Tensor] = given if lazy else arena.share(
+            (torch.cat(list(given)) if given else torch.empty(0)).long())
+        train = spec.train
+        return cls(spec=strip(spec),
+                   train=SharedData.share(train, arena) if isinstance(train, ArrayData) else train,
                    test=None if spec.test is None else SharedData.share(spec.test, arena),
-                   indices=arena.share(flat.long()),
-                   sizes=tuple(len(i) for i in spec.client_indices),
+                   indices=indices, sizes=() if lazy else tuple(len(i) for i in given),
                    vectorized=vectorized, chunk=chunk)
 
     def open(self, device: str) -> ClientSpec:
-        return replace(self.spec, train=self.train.open(device),
+        train = self.train.open(device) if isinstance(self.train, SharedData) \
+            else self.train.to(device)
+        indices = self.indices
+        return replace(self.spec, train=train,
                        test=None if self.test is None else self.test.open(device),
-                       client_indices=tuple(torch.split(self.indices.open(), list(self.sizes))))
+                       client_indices=tuple(torch.split(indices.open(), list(self.sizes)))
+                       if isinstance(indices, SharedRef) else indices)
 
     def __call__(self, index: int, device: str) -> ClientWorker:
         return ClientWorker(self.open(device), device, vectorized=self.vectorized,

@@ -41,17 +41,17 @@ class ClockConfig:
 
 
 class ClientClock:
-    """Simulated seconds per local step for every client, fixed for the run."""
+    """Simulated seconds per local step for every client, fixed for the run (one float64 per
+    client for the random speed models; nothing per client for ``constant``)."""
 
     def __init__(self, cfg: ClockConfig, *, num_clients: int, seed: int) -> None:
         rng = numpy_generator(seed, 0, -1, Purpose.SPEED)
+        self.step_time: np.ndarray | None = None
         if cfg.speed == SpeedModel.LOGNORMAL:
-            times = rng.lognormal(0.0, cfg.sigma, num_clients)
+            self.step_time = rng.lognormal(0.0, cfg.sigma, num_clients)
         elif cfg.speed == SpeedModel.PARETO:
-            times = 1.0 + rng.pareto(cfg.shape, num_clients)
-        else:
-            times = np.ones(num_clients)
-        self.step_time = [float(t) for t in times]
+            self.step_time = 1.0 + rng.pareto(cfg.shape, num_clients)
 
     def duration(self, client_id: int, num_steps: int) -> float:
-        return self.step_time[client_id] * num_steps
+        step = 1.0 if self.step_time is None else float(self.step_time[client_id])
+        return step * num_steps

@@ -31,7 +31,7 @@ class RoundEvaluator:
                  batch_size: int = 1000, train: bool = False, federated: bool = False,
                  personal: PersonalFn | None = None) -> None:
         self.central = central
-        self.on_train = CentralEvaluator(model_fn=model_fn, test=data.train,
+        self.on_train = CentralEvaluator(model_fn=model_fn, test=data.arrays(),
                                          batch_size=batch_size) if train else None
         self.federated = FederatedEvaluator(model_fn=model_fn, data=data,
                                             batch_size=batch_size) if federated else None

@@ -36,7 +36,7 @@ def build_simulation(cfg: RunConfig, *,
         raise ConfigError(f"cohort.size = {cfg.cohort.size}: the data has only "
                           f"{data.num_clients} clients")
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
-    num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))
+    num_examples = data.example_counts()
     context = AlgorithmContext(
         num_examples=num_examples,
         num_trainable=sum(p.numel() for p in model_fn().parameters()),

@@ -32,7 +32,6 @@ from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
 from fedloom.core.rng import Purpose
-from fedloom.data.dataset import ArrayData
 from fedloom.fleets.vectorized.check import check_model
 from fedloom.fleets.vectorized.conv import ConvMode, use_loop_convolutions
 from fedloom.fleets.vectorized.hooks import add_extra_loss, correct_grads
@@ -94,9 +93,7 @@ class VectorizedTrainer:
             model=model, trained=[e.name for e, d in zip(self.params, self.differentiable) if d],
             fixed=[e.name for e in self.fixed], loss_fn=None if self.weighted else spec.loss_fn,
             trace_after=trace_after)
-        train = spec.train
-        self.train = train if train.x.device == self.device else ArrayData(
-            x=train.x.to(self.device), y=train.y.to(self.device), mean=train.mean, std=train.std)
+        self.train = spec.train.to(self.device)
         self._reference: LocalTrainer | None = None
 
     def fit_many(self, tasks: Sequence[Downlink]) -> list[Outcome]:
