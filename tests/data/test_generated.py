@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from fedloom.config import load_config
 from fedloom.core.errors import ConfigError
-from fedloom.core.packages import ClientResult
 from fedloom.core.rng import choose
 from fedloom.data import DataConfig, load_federated
 from fedloom.data.config import DatasetName
