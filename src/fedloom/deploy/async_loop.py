@@ -20,11 +20,11 @@ import torch
 from fedloom.algorithms.asynchronous import AsyncAlgorithm
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean, combine
+from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ServerState
 from fedloom.core.rng import SERVER, Purpose, torch_generator
-from fedloom.core.threads import torch_threads
 from fedloom.deploy.grpc_fleet import GrpcFleet
+from fedloom.runtime.async_sim import run_closing, version_row
 from fedloom.runtime.loop import EvaluateFn, History
 from fedloom.runtime.sinks import Row, Sink
 
@@ -66,12 +66,7 @@ class AsyncServerLoop:
         self._jobs: dict[int, _Job] = {}
 
     def run(self) -> History:
-        rows: list[Row] = []
-        with torch_threads(self.threads):
-            try:
-                rows = self._loop()
-            finally:
-                self.fleet.close()
+        rows = run_closing(self.fleet, self.threads, self._loop)
         return History(rows=tuple(rows), final=self.state, layout=self.layout)
 
     def _loop(self) -> list[Row]:
@@ -133,17 +128,10 @@ class AsyncServerLoop:
 
     def _row(self, consumed: int, failures: int, staleness: list[int],
              metrics: Sequence[Mapping[str, Mean]]) -> Row:
-        version = self.state.round
-        train = combine(metrics)
-        row: Row = {"round": version, "client_updates": consumed, "num_failures": failures,
-                    "mean_staleness": sum(staleness) / max(len(staleness), 1),
-                    "train_loss": train["train_loss"].value if "train_loss" in train else None}
-        if version % self.eval_every == 0 or version == self.versions:
-            start = time.perf_counter()
-            row.update(self.evaluate(self.state.params))
-            row["eval_seconds"] = time.perf_counter() - start
-        else:
-            row["test_accuracy"] = row["test_loss"] = None
+        row = version_row(version=self.state.round, versions=self.versions,
+                          eval_every=self.eval_every, evaluate=self.evaluate,
+                          params=self.state.params, consumed=consumed, staleness=staleness,
+                          metrics=metrics, num_failures=failures)
         if self.on_version is not None:
             self.on_version(self.state)
         for sink in self.sinks:

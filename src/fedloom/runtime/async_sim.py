@@ -15,7 +15,7 @@ import dataclasses
 import heapq
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -35,8 +35,40 @@ from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
 from fedloom.models import ModelFn, init_module
 from fedloom.runtime.clock import ClientClock, ClockConfig
 from fedloom.runtime.evaluate import RoundEvaluator
+from fedloom.runtime.loop import EvaluateFn
 from fedloom.runtime.simulation import History
 from fedloom.runtime.sinks import Row, Sink
+
+
+def version_row(*, version: int, versions: int, eval_every: int,
+                evaluate: EvaluateFn, params: torch.Tensor,
+                consumed: int, staleness: Sequence[int], metrics: Sequence[Mapping[str, Mean]],
+                **fields: float | int | None) -> Row:
+    """The metrics row of one new global model of an async run (simulated or deployed):
+    ``fields`` (the runner's own columns), updates consumed, mean staleness, train loss, and the
+    evaluation on its cadence (the last version always)."""
+    train = combine(metrics)
+    row: Row = {"round": version, **fields, "client_updates": consumed,
+                "mean_staleness": sum(staleness) / max(len(staleness), 1),
+                "train_loss": train["train_loss"].value if "train_loss" in train else None}
+    if version % eval_every == 0 or version == versions:
+        start = time.perf_counter()
+        row.update(evaluate(params))
+        row["eval_seconds"] = time.perf_counter() - start
+    else:
+        row["test_accuracy"] = row["test_loss"] = None
+    return row
+
+
+def run_closing(fleet: Fleet, threads: int | None,
+                loop: Callable[[], list[Row]]) -> list[Row]:
+    """Run an async loop under the run's torch thread count; the fleet is closed however it
+    ends."""
+    with torch_threads(threads):
+        try:
+            return loop()
+        finally:
+            fleet.close()
 
 
 def local_steps(num_examples: int, cfg: ClientConfig) -> int:
@@ -117,12 +149,7 @@ class AsyncSimulation:
         return time.perf_counter() - start
 
     def run(self) -> History:
-        rows: list[Row] = []
-        with torch_threads(self.threads):
-            try:
-                rows = self._loop()
-            finally:
-                self.fleet.close()
+        rows = run_closing(self.fleet, self.threads, self._loop)
         return History(rows=tuple(rows), final=self.state, layout=self.layout)
 
     def _loop(self) -> list[Row]:
@@ -152,18 +179,10 @@ class AsyncSimulation:
 
     def _row(self, now: float, consumed: int, fit_seconds: float, staleness: list[int],
              metrics: Sequence[Mapping[str, Mean]]) -> Row:
-        version = self.state.round
-        train = combine(metrics)
-        row: Row = {"round": version, "sim_time": now, "client_updates": consumed,
-                    "mean_staleness": sum(staleness) / max(len(staleness), 1),
-                    "train_loss": train["train_loss"].value if "train_loss" in train else None,
-                    "fit_seconds": fit_seconds}
-        if version % self.eval_every == 0 or version == self.versions:
-            start = time.perf_counter()
-            row.update(self.evaluate(self.state.params))
-            row["eval_seconds"] = time.perf_counter() - start
-        else:
-            row["test_accuracy"] = row["test_loss"] = None
+        row = version_row(version=self.state.round, versions=self.versions,
+                          eval_every=self.eval_every, evaluate=self.evaluate,
+                          params=self.state.params, consumed=consumed, staleness=staleness,
+                          metrics=metrics, sim_time=now, fit_seconds=fit_seconds)
         for sink in self.sinks:
             sink.log(row)
         return row
