@@ -66,3 +66,28 @@ def test_out_of_range_options_are_named(override: str, message: str) -> None:
 def test_an_option_of_another_algorithm_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"algorithm\.mu = 0\.1: unknown key"):
         load_config(None, ["algorithm.name=fedavg", "algorithm.mu=0.1"])
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_a_reducible_algorithm_steps_the_same_from_the_mean(name: str) -> None:
+    """What a reduce collective gives ``aggregate_mean`` (the example-weighted mean) steps the
+    server exactly as ``aggregate`` does from the results themselves."""
+    from fedloom.algorithms import AlgorithmContext, build_algorithm
+    from fedloom.algorithms.aggregate import example_weighted_params
+    from fedloom.algorithms.base import ReducibleAlgorithm
+    from fedloom.core.packages import ClientResult
+
+    options = load_config(None, [f"algorithm.name={name}"]).algorithm.options
+    algorithm = build_algorithm(name, options, AlgorithmContext(num_examples=(3, 5, 2)))
+    if not (isinstance(algorithm, ReducibleAlgorithm) and algorithm.reducible):
+        pytest.skip(f"{name} is not reducible")
+    gen = torch.Generator().manual_seed(0)
+    state = algorithm.init(torch.randn(6, generator=gen))
+    for rnd in (1, 2):  # twice: the optimisers' moments matter from the second step
+        results = [ClientResult(round=rnd, client_id=c, params=torch.randn(6, generator=gen),
+                                num_examples=n, num_steps=1) for c, n in enumerate((3, 5, 2))]
+        by_results = algorithm.aggregate(rnd, state, results)
+        by_mean = algorithm.aggregate_mean(rnd, state, example_weighted_params(results))
+        assert torch.equal(by_results.params, by_mean.params)
+        assert by_results.extras.keys() == by_mean.extras.keys()
+        state = by_results

@@ -38,6 +38,7 @@ class Ditto(FedAvg):
     """FedAvg for the global model plus per-client personal models."""
 
     name = "ditto"
+    reducible = False  # aggregate also keeps each result's personal model: it needs them all
 
     def result_needs(self, layout: ParamLayout) -> ResultNeeds:
         """Each result carries its personal model."""

@@ -71,6 +71,7 @@ class FedOpt:
     """FedAvg's client half with an optimiser on the server (``kind`` picks which)."""
 
     local: LocalSpec = PLAIN
+    reducible = True  # the step reads the results only through their example-weighted mean
 
     def __init__(self, kind: ServerOptimizer, options: FedOptOptions | FedAvgMOptions) -> None:
         self.kind = kind
@@ -91,7 +92,11 @@ class FedOpt:
                   results: Sequence[ClientResult]) -> ServerState:
         if not results:
             return ServerState(round=round, params=state.params, extras=state.extras)
-        delta = example_weighted_params(results).sub_(state.params)
+        return self.aggregate_mean(round, state, example_weighted_params(results))
+
+    def aggregate_mean(self, round: int, state: ServerState, mean: torch.Tensor) -> ServerState:
+        """The server optimiser's step from the example-weighted mean of the local models."""
+        delta = mean.sub(state.params)
         opts = self.options
         if isinstance(opts, FedAvgMOptions):
             m = state.extras["m"].mul(opts.momentum).add_(delta)
