@@ -29,20 +29,23 @@ from collections.abc import Sequence
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
-def _echo_clients(port: int, ids: Sequence[int]) -> None:
-    """A client process: one connection per id, each returning the model it receives."""
+def _echo_clients(port: int, ids: Sequence[int], ca: str | None = None) -> None:
+    """A client process: one connection per id, each returning the model it receives (over
+    TLS when ``ca`` is given)."""
     from fedloom.core.layout import ParamLayout
     from fedloom.core.packages import ClientResult, Downlink
     from fedloom.deploy.client import Client
     from fedloom.deploy.runner import Backoff, ClientRunner
+    from fedloom.transport.security import TlsFiles
 
     class Echo(Client):
         def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
             return ClientResult(round=downlink.round, client_id=downlink.client_id,
                                 params=downlink.params, num_examples=1, num_steps=1)
 
-    runners = [ClientRunner(f"127.0.0.1:{port}", client_id=c, client=Echo(), insecure=True,
-                            backoff=Backoff(initial=0.05, maximum=0.5, give_up_after=60))
+    tls = None if ca is None else TlsFiles(ca=ca)
+    runners = [ClientRunner(f"127.0.0.1:{port}", client_id=c, client=Echo(), insecure=tls is None,
+                            tls=tls, backoff=Backoff(initial=0.05, maximum=0.5, give_up_after=60))
                for c in ids]
     threads = [threading.Thread(target=r.run) for r in runners]
     for t in threads:
@@ -57,22 +60,28 @@ def _spawn(target: object, args: tuple[object, ...]) -> mp.process.BaseProcess:
     return proc
 
 
-def bench_grpc(mb: int, clients: int, rounds: int, bulk: bool = True) -> float:
-    """Median seconds of a round moving the model to ``clients`` processes and back."""
+def bench_grpc(mb: int, clients: int, rounds: int, bulk: bool = True,
+               certs: object | None = None) -> float:
+    """Median seconds of a round moving the model to ``clients`` processes and back (over TLS
+    with ``certs``, a :class:`fedloom.deploy.certs.CertFiles`)."""
     import torch
 
     from fedloom.core.layout import LayoutEntry, ParamLayout
     from fedloom.core.packages import ClientConfig, Downlink
     from fedloom.deploy.grpc_fleet import GrpcFleet, RoundPolicy
     from fedloom.deploy.service import FederationServer
+    from fedloom.transport.security import TlsFiles
 
     size = mb * 2**20 // 4
     layout = ParamLayout(entries=(LayoutEntry(name="w", shape=(size,), dtype=torch.float32,
                                               offset=0, trainable=True),))
-    server = FederationServer("127.0.0.1:0", layout=layout, insecure=True,
+    tls = None if certs is None else TlsFiles(cert=str(certs.server_cert),  # type: ignore[attr-defined]
+                                              key=str(certs.server_key))  # type: ignore[attr-defined]
+    server = FederationServer("127.0.0.1:0", layout=layout, insecure=tls is None, tls=tls,
                               bulk_port=0 if bulk else None).start()
     fleet = GrpcFleet(server, RoundPolicy(round_timeout=600))
-    procs = [_spawn(_echo_clients, (server.port, [c])) for c in range(clients)]
+    ca = None if certs is None else str(certs.ca)  # type: ignore[attr-defined]
+    procs = [_spawn(_echo_clients, (server.port, [c], ca)) for c in range(clients)]
     try:
         fleet.wait_for_clients(clients, 300)
         while bulk and len(server.bulk_connected()) < clients:
@@ -208,6 +217,7 @@ def main() -> None:
     parser.add_argument("--mb", type=int, default=64, help="model size in MiB")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--tls", action="store_true", help="also time 1 client over TLS")
     parser.add_argument("--load-clients", type=int, default=100)
     parser.add_argument("--load-rounds", type=int, default=20)
     args = parser.parse_args()
@@ -225,6 +235,17 @@ def main() -> None:
               f"{bulk_s / raw_s:>5.2f} {bulk_s / fresh_s:>6.2f} {chunks_s:>8.3f} "
               f"{chunks_s / raw_s:>5.2f} {chunks_s / fresh_s:>6.2f} {moved / bulk_s:>10.0f}",
               flush=True)
+    if args.tls:
+        import tempfile
+
+        from fedloom.deploy.certs import make_certs
+
+        with tempfile.TemporaryDirectory() as tmp:
+            certs = make_certs(tmp, clients=1)
+            tls_bulk = bench_grpc(args.mb, 1, args.rounds, bulk=True, certs=certs)
+            tls_chunks = bench_grpc(args.mb, 1, args.rounds, bulk=False, certs=certs)
+        print(f"TLS, 1 client: bulk {tls_bulk:.3f} s, chunks {tls_chunks:.3f} s "
+              f"({2 * args.mb / tls_bulk:.0f} vs {2 * args.mb / tls_chunks:.0f} MiB/s)")
     rate = bench_rounds(args.load_clients, args.load_rounds)
     print(f"{args.load_clients} clients (threads in 4 processes), 610-value model: "
           f"{rate:.1f} rounds/s over {args.load_rounds} rounds")
