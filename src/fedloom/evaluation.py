@@ -124,8 +124,10 @@ class FederatedEvaluator:
     def __init__(self, *, model_fn: ModelFn, data: FederatedData, batch_size: int = 1000,
                  device: str | torch.device = "cpu") -> None:
         if data.client_test is None:
-            raise ConfigError("eval.federated needs local test splits: the dataset has none; "
-                              "set data.client_test_fraction (e.g. 0.2)")
+            fix = ("its clients exist only while they train" if data.name == "generated"
+                   else "set data.client_test_fraction (e.g. 0.2)")
+            raise ConfigError(f"eval.federated needs local test splits: the dataset has none; "
+                              f"{fix}")
         self.model = InferenceModel(model_fn, device)
         self.data = data
         self.batch_size = batch_size
