@@ -11,14 +11,10 @@ and costs at most that client's stream; everyone else is served on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
-import secrets
-import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -28,14 +24,11 @@ import torch
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientFailure
+from fedloom.deploy.bulk_channel import BulkChannel
 from fedloom.deploy.handlers import Event, Handlers, MessageType
 from fedloom.deploy.sessions import Answer, BulkPackage, Connection, Outbound, Session, Task
 from fedloom.transport.bulk import (
     BULK_MIN_BYTES,
-    TICKET_BYTES,
-    BulkListener,
-    recv_exact,
-    send_tensors,
     split_address,
 )
 from fedloom.transport.channel import SERVICE, grpc_options
@@ -46,7 +39,6 @@ from fedloom.transport.codec import (
     ChunkCache,
     MessageRejected,
     Package,
-    Rejection,
     describe,
     encode,
     itemsize,
@@ -132,14 +124,12 @@ class FederationServer:
         self.port = 0
         self.bulk_port = 0  # where the bulk listener is, once started (0: none)
         self._bulk_wanted = bulk_port
-        self._bulk: BulkListener | None = None
-        self._bulk_pool: ThreadPoolExecutor | None = None
+        self._bulk: BulkChannel | None = None
         self._welcome = pb.Welcome(
             protocol=PROTOCOL, layout=layout_to_proto(layout), run_config=run_config,
             max_chunk_bytes=self.limits.chunk_bytes,
             max_update_bytes=self.limits.update_bytes(layout), mode=mode)
         self._sessions: dict[int, Session] = {}
-        self._tickets: dict[bytes, Session] = {}
         self._lock = threading.Lock()
         self._finished: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -203,12 +193,10 @@ class FederationServer:
             raise TransportError("the port is taken or the address is not valid")
         await server.start()
         if self._bulk_wanted is not None:
-            self._bulk = BulkListener(split_address(self.address)[0], self._bulk_wanted,
-                                      claim=self._claim_bulk, tls=self.tls).start()
+            self._bulk = BulkChannel(split_address(self.address)[0], self._bulk_wanted,
+                                     tls=self.tls, idle_timeout=self.limits.idle_timeout,
+                                     max_clients=self.limits.max_clients)
             self.bulk_port = self._bulk.port
-            self._bulk_pool = ThreadPoolExecutor(max_workers=min(2 * self.limits.max_clients,
-                                                                 256) + 2,
-                                                 thread_name_prefix="fedloom-bulk-io")
         self._ready.set()
         try:
             await self._stop.wait()
@@ -216,8 +204,6 @@ class FederationServer:
         finally:
             if self._bulk is not None:
                 self._bulk.close()
-            if self._bulk_pool is not None:
-                self._bulk_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the round loop's side (thread-safe) -------------------------------------------------
 
@@ -313,9 +299,10 @@ class FederationServer:
         client_id = await self._authenticate(context)
         session = Session(client_id=client_id, peer=context.peer(), assembler=Assembler(
             max_payload_bytes=self.limits.update_bytes(self.layout),
-            max_chunk_bytes=self.limits.chunk_bytes),
-            ticket=secrets.token_bytes(TICKET_BYTES) if self._bulk is not None else b"")
+            max_chunk_bytes=self.limits.chunk_bytes))
         await self._hello(requests, context, session)
+        if self._bulk is not None:
+            session.ticket = self._bulk.issue(session)
         self._register(session)
         reader = asyncio.create_task(self._read(requests, session))
         try:
@@ -334,7 +321,8 @@ class FederationServer:
         finally:
             reader.cancel()
             self._unregister(session)
-            self._close_bulk(session)
+            if self._bulk is not None:
+                self._bulk.release(session)
         if session.close_reason and session.close_reason.startswith("rejected"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.close_reason)
 
@@ -345,67 +333,29 @@ class FederationServer:
             welcome.bulk_port, welcome.bulk_ticket = self.bulk_port, session.ticket
         return pb.ServerFrame(welcome=welcome).SerializeToString()
 
-    # -- the bulk connection ---------------------------------------------------------------
-
-    def _claim_bulk(self, ticket: bytes) -> Callable[[socket.socket], None] | None:
-        """The bulk listener's question (its thread): is this an open session's ticket? Each
-        ticket is good for one connection."""
-        with self._lock:
-            session = self._tickets.pop(ticket, None)
-        if session is None or session.close_reason is not None:
-            return None
-        return lambda sock: self._attach_bulk(session, sock)
-
-    def _attach_bulk(self, session: Session, sock: socket.socket) -> None:
-        sock.settimeout(self.limits.idle_timeout)
-        with self._lock:
-            attached = session.close_reason is None and session.bulk is None
-            if attached:
-                session.bulk = sock
-        if not attached:  # the session ended meanwhile
-            sock.close()
+    async def _receive_bulk(self, session: Session) -> None:
+        """Read the pending package's payload from the bulk connection, then take it."""
+        assert self._bulk is not None
+        header = session.assembler.pending
+        try:
+            pkg = await self._bulk.receive(session)
+        except MessageRejected as rejection:
+            if rejection.fatal:
+                raise
+            self._reject(session, rejection, header)  # the package is lost, not the stream
             return
-        log.info("client %d: bulk connection open", session.client_id)
+        self._take(session, pkg)
 
     async def _send_bulk(self, session: Session, item: BulkPackage) -> bool:
-        """Write a package's payload on the session's bulk connection; False (session dropped)
-        when it failed."""
-        sock = session.bulk
-        assert sock is not None and self._bulk_pool is not None
+        """Write a package's payload on the bulk connection; False (session dropped) when it
+        failed."""
+        assert self._bulk is not None
         try:
-            await asyncio.get_running_loop().run_in_executor(self._bulk_pool, send_tensors,
-                                                             sock, item.tensors)
+            await self._bulk.send(session, item.tensors)
         except OSError as err:
             self._drop(session, f"bulk connection lost ({err})")
             return False
         return True
-
-    async def _receive_bulk(self, session: Session) -> None:
-        """Read the pending package's payload from the bulk connection, then take it."""
-        sock = session.bulk
-        assert sock is not None and self._bulk_pool is not None
-        header = session.assembler.pending
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._bulk_pool, recv_exact, sock, session.assembler.payload_view())
-        except ConnectionError as err:  # closed or reset mid-payload (a timeout is idleness)
-            raise MessageRejected(Rejection.TRUNCATED, f"bulk payload: {err}",
-                                  fatal=True) from None
-        try:
-            pkg = session.assembler.bulk_done()
-        except MessageRejected as rejection:
-            self._reject(session, rejection, header)
-            return
-        self._take(session, pkg)
-
-    def _close_bulk(self, session: Session) -> None:
-        with self._lock:
-            self._tickets.pop(session.ticket, None)
-            sock, session.bulk = session.bulk, None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked on it
-            sock.close()
 
     async def _authenticate(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> int:
         meta = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
@@ -451,8 +401,6 @@ class FederationServer:
         with self._lock:
             old = self._sessions.get(session.client_id)
             self._sessions[session.client_id] = session
-            if session.ticket:
-                self._tickets[session.ticket] = session
         if old is not None:
             self._drop(old, "superseded by a new connection of the same client")
         log.info("client %d connected from %s", session.client_id, session.peer)
