@@ -42,6 +42,9 @@ demo-deploy: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/bench_vectorized.py --workloads W1 --reps 5
+	$(BIN)/python benchmarks/bench_process.py --workloads W2 W1 --reps 5
+	$(BIN)/python benchmarks/bench_distributed.py --reps 5
 	$(BIN)/python benchmarks/bench_deploy.py
 	$(BIN)/python benchmarks/bench_population.py
 
