@@ -181,3 +181,20 @@ def test_bad_bulk_replies_are_refused_and_the_others_are_served(case: str) -> No
         stream.close()
         if sock is not None:
             sock.close()
+
+
+def test_many_clients_move_large_payloads_at_once() -> None:
+    """Twenty clients, each round every one of them downloads and uploads a 3 MiB model on its
+    bulk connection at the same time: all answers arrive and are right."""
+    ids = list(range(20))
+    with (tiny_server(layout=LAYOUT, policy=POLICY, limits=Limits(max_clients=20))
+          as (server, fleet), thread_clients(server.port, ids)):
+        fleet.wait_for_clients(20, 30)
+        assert wait_until(lambda: server.bulk_connected() == ids)
+        for rnd in (1, 2):
+            tasks = [type(t)(round=rnd, client_id=t.client_id, params=_params(rnd),
+                             config=t.config) for t in downlinks(rnd, ids, LAYOUT)]
+            outcomes = fleet.fit(rnd, tasks)
+            assert [o.client_id for o in outcomes] == ids
+            assert all(isinstance(o, ClientResult) and torch.equal(o.params, _params(rnd) + 1)
+                       for o in outcomes)
