@@ -156,6 +156,25 @@ def test_exact_mode_is_bitwise_the_serial_fleet(nproc: int, serial: Path, tmp_pa
     assert proc.stdout.count("final test accuracy") == 1
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("algorithm", ["scaffold", "ditto", "feddyn"])
+def test_algorithms_with_per_client_state_are_bitwise_the_serial_fleet(
+        algorithm: str, tmp_path: Path) -> None:
+    """Per-client extras (SCAFFOLD's c_i, Ditto's personal models, FedDyn's h_i) travel to the
+    rank that trains the client and back; the final model equals the serial fleet's."""
+    overrides = [*SMALL, f"algorithm.name={algorithm}"]
+    serial_out = tmp_path / "serial"
+    assert cli_main(["run", CONFIG, *overrides, f"out={serial_out}", "--quiet"]) == 0
+    cwd, out = tmp_path / "cwd", tmp_path / "dist"
+    cwd.mkdir()
+    proc = torchrun(2, ["-m", "fedloom", "run", CONFIG, *overrides, "fleet.kind=distributed",
+                        f"out={out}", "--quiet"], cwd)
+    assert proc.returncode == 0, proc.stderr
+    expected, got = final_model(serial_out), final_model(out)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert [r["train_loss"] for r in rows(out)] == [r["train_loss"] for r in rows(serial_out)]
+
+
 def rank_main(scenario: str, base: str) -> int:
     """One rank of a script scenario (under torchrun): FedAvg with BAD_CLIENT failing, with
     ``fleet.aggregation=reduce`` (``reduce``) or with FedAvg made non-reducible so it falls
