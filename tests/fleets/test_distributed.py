@@ -42,9 +42,9 @@ from fedloom.fleets.dist_env import choose_device
 from fedloom.fleets.dist_wire import (
     TensorTable,
     decode_outcomes,
-    decode_tasks,
+    decode_share,
     encode_outcomes,
-    encode_tasks,
+    encode_round,
     pack,
     unpack,
 )
@@ -157,9 +157,10 @@ def test_exact_mode_is_bitwise_the_serial_fleet(nproc: int, serial: Path, tmp_pa
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("algorithm", ["scaffold", "ditto", "feddyn"])
+@pytest.mark.parametrize(("algorithm", "nproc"), [("scaffold", 2), ("scaffold", 3),
+                                                   ("ditto", 2), ("feddyn", 2)])
 def test_algorithms_with_per_client_state_are_bitwise_the_serial_fleet(
-        algorithm: str, tmp_path: Path) -> None:
+        algorithm: str, nproc: int, tmp_path: Path) -> None:
     """Per-client extras (SCAFFOLD's c_i, Ditto's personal models, FedDyn's h_i) travel to the
     rank that trains the client and back; the final model equals the serial fleet's."""
     overrides = [*SMALL, f"algorithm.name={algorithm}"]
@@ -167,8 +168,8 @@ def test_algorithms_with_per_client_state_are_bitwise_the_serial_fleet(
     assert cli_main(["run", CONFIG, *overrides, f"out={serial_out}", "--quiet"]) == 0
     cwd, out = tmp_path / "cwd", tmp_path / "dist"
     cwd.mkdir()
-    proc = torchrun(2, ["-m", "fedloom", "run", CONFIG, *overrides, "fleet.kind=distributed",
-                        f"out={out}", "--quiet"], cwd)
+    proc = torchrun(nproc, ["-m", "fedloom", "run", CONFIG, *overrides,
+                            "fleet.kind=distributed", f"out={out}", "--quiet"], cwd)
     assert proc.returncode == 0, proc.stderr
     expected, got = final_model(serial_out), final_model(out)
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -326,14 +327,15 @@ def test_tasks_and_outcomes_cross_the_wire_unchanged() -> None:
     cfg = ClientConfig(steps=4, batch_size=3, lr=0.3, momentum=0.5)
     tasks = [Downlink(round=2, client_id=c, params=params, config=cfg,
                       extras={"c": extra} if c == 5 else {}) for c in (1, 5, 9)]
-    table = TensorTable()
-    meta = encode_tasks(tasks, table)
-    assert len(table.tensors) == 2  # the shared model once
-    got_meta, tensors = unpack(pack(meta, table.tensors))
-    back = decode_tasks(2, got_meta, tensors)
-    assert [t.config for t in back] == [cfg] * 3
-    assert all(torch.equal(t.params, params) for t in back)
-    assert torch.equal(back[1].extras["c"], extra) and back[0].extras == {}
+    meta, shared, own = encode_round(tasks, 2)  # rank 0: clients 1 and 9; rank 1: client 5
+    assert shared.tensors == [params]  # the shared model once, to every rank
+    assert [len(t.tensors) for t in own] == [0, 1]  # client 5's own tensor goes to rank 1 only
+    got_meta, tensors = unpack(pack(meta, shared.tensors))
+    (back,) = decode_share(2, got_meta, 1, 2, tensors, unpack(pack([], own[1].tensors))[1])
+    assert back.client_id == 5 and back.config == cfg and torch.equal(back.params, params)
+    assert torch.equal(back.extras["c"], extra)
+    mine = decode_share(2, got_meta, 0, 2, tensors, [])
+    assert [t.client_id for t in mine] == [1, 9] and mine[0].extras == {}
     outcomes: list[Outcome] = [
         ClientResult(round=2, client_id=1, params=torch.randn(7, dtype=torch.float64),
                      num_examples=11, num_steps=3, metrics={"train_loss": Mean(0.1 + 0.2, 3)},
@@ -377,12 +379,11 @@ def test_gpu_default_device_and_wire() -> None:
     assert choose_device(None, 1) == torch.device("cuda", 1 % count)
     assert choose_device("cuda:0,cuda:0", 1) == torch.device("cuda", 0)
     params = torch.randn(5)
-    table = TensorTable()
-    meta = encode_tasks([Downlink(round=1, client_id=0, params=params, config=ClientConfig())],
-                        table)
-    got_meta, tensors = unpack(pack(meta, table.tensors, torch.device("cuda", 0)))
+    meta, shared, _ = encode_round(
+        [Downlink(round=1, client_id=c, params=params, config=ClientConfig()) for c in (0, 1)], 2)
+    got_meta, tensors = unpack(pack(meta, shared.tensors, torch.device("cuda", 0)))
     assert tensors[0].device.type == "cuda"
-    assert torch.equal(decode_tasks(1, got_meta, tensors)[0].params.cpu(), params)
+    assert torch.equal(decode_share(1, got_meta, 1, 2, tensors, [])[0].params.cpu(), params)
 
 
 if __name__ == "__main__":  # a rank of a script scenario, started by torchrun

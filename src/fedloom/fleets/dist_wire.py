@@ -106,18 +106,42 @@ def unpack(body: torch.Tensor) -> tuple[Any, list[torch.Tensor]]:
     return decoded["meta"], tensors
 
 
-def encode_tasks(tasks: Sequence[Downlink], table: TensorTable) -> list[dict[str, Any]]:
-    """Task metadata (client id, ClientConfig fields, tensor indices) for a round's cohort."""
-    return [{"client_id": t.client_id, "config": dataclasses.asdict(t.config),
-             "params": table.add(t.params),
-             "extras": {k: table.add(v) for k, v in t.extras.items()}} for t in tasks]
+def encode_round(tasks: Sequence[Downlink], world: int
+                 ) -> tuple[list[dict[str, Any]], TensorTable, list[TensorTable]]:
+    """A cohort's task metadata, dealt over ``world`` ranks (``tasks`` sorted by client id; rank
+    r trains tasks r, r + world, ...), and where each tensor goes: one that tasks of two or more
+    ranks use (the global model) into the broadcast table; one that only rank r >= 1 uses (a
+    client's own state, SCAFFOLD's c_i) into rank r's table, sent to it alone; one that only
+    rank 0 uses nowhere (rank 0 trains from its own tensors). References: index i >= 0 into
+    the broadcast tensors, -1 - j for the rank's own j-th tensor, None for rank 0's."""
+    users: dict[int, set[int]] = {}
+    for i, t in enumerate(tasks):
+        for tensor in (t.params, *t.extras.values()):
+            users.setdefault(id(tensor), set()).add(i % world)
+    shared, private = TensorTable(), [TensorTable() for _ in range(world)]
+
+    def ref(tensor: torch.Tensor, rank: int) -> int | None:
+        if len(users[id(tensor)]) > 1:
+            return shared.add(tensor)
+        return None if rank == 0 else -1 - private[rank].add(tensor)
+
+    meta = [{"client_id": t.client_id, "config": dataclasses.asdict(t.config),
+             "params": ref(t.params, i % world),
+             "extras": {k: ref(v, i % world) for k, v in t.extras.items()}}
+            for i, t in enumerate(tasks)]
+    return meta, shared, private
 
 
-def decode_tasks(round: int, meta: Sequence[dict[str, Any]],
-                 tensors: Sequence[torch.Tensor]) -> list[Downlink]:
-    return [Downlink(round=round, client_id=int(m["client_id"]), params=tensors[m["params"]],
+def decode_share(round: int, meta: Sequence[dict[str, Any]], rank: int, world: int,
+                 shared: Sequence[torch.Tensor], own: Sequence[torch.Tensor]) -> list[Downlink]:
+    """Rank ``rank``'s tasks of a round :func:`encode_round` described."""
+    def tensor(ref: int) -> torch.Tensor:
+        return shared[ref] if ref >= 0 else own[-1 - ref]
+
+    return [Downlink(round=round, client_id=int(m["client_id"]), params=tensor(m["params"]),
                      config=ClientConfig(**m["config"]),
-                     extras={k: tensors[i] for k, i in m["extras"].items()}) for m in meta]
+                     extras={k: tensor(i) for k, i in m["extras"].items()})
+            for m in meta[rank::world]]
 
 
 def encode_outcomes(outcomes: Sequence[Outcome], table: TensorTable | None) -> list[dict[str, Any]]:

@@ -18,7 +18,9 @@ A round: rank 0 broadcasts a 4-number control tensor and one body with the tasks
 once: for FedAvg that is the flat global model, so the model moves in ONE broadcast. When the
 round trains from the model just broadcast for evaluation, the body does not repeat it. Clients
 sorted by id are dealt round-robin: rank r trains the cohort's clients r, r + W, r + 2W, ...
-(rank 0 too), on its own trainer, vectorized when ``fleet.vectorize`` is on.
+(rank 0 too), on its own trainer, vectorized when ``fleet.vectorize`` is on. A tensor only one
+worker's clients use (a client's own state: SCAFFOLD's c_i, Ditto's personal model) goes to
+that rank alone, point to point, after the broadcast; rank 0's clients' own tensors stay put.
 
 Aggregation (``fleet.aggregation``):
 
@@ -78,9 +80,9 @@ from fedloom.fleets.dist_wire import (
     TensorTable,
     control,
     decode_outcomes,
-    decode_tasks,
+    decode_share,
     encode_outcomes,
-    encode_tasks,
+    encode_round,
     pack,
     unpack,
 )
@@ -243,10 +245,17 @@ class DistributedFleet:
                     tasks: Sequence[Downlink]) -> tuple[list[Outcome], torch.Tensor | None]:
         self._require_server("fit")
         ordered = sorted(tasks, key=lambda t: t.client_id)
-        table = TensorTable()
-        meta = encode_tasks(ordered, table)
-        self._broadcast(op, round, meta, table.tensors)
-        return self._answer(op, self._train(ordered))
+        world = self.env.world_size
+        meta, shared, private = encode_round(ordered, world)
+        bodies = [pack([], table.tensors, self.env.device) if table.tensors else None
+                  for table in private]
+        sizes = [0 if body is None else body.numel() for body in bodies]
+        self._broadcast(op, round, {"tasks": meta, "own": sizes}, shared.tensors)
+        with self._collective(f"sending the clients' own tensors (round {round})"):
+            for rank, body in enumerate(bodies[1:], start=1):
+                if body is not None:  # a client's own state goes to its rank alone
+                    dist.send(body, dst=rank)
+        return self._answer(op, self._train(share_of(ordered, 0, world)))
 
     def _collective(self, what: str) -> AbstractContextManager[None]:
         return lost_ranks(f"{what} on rank {self.env.rank}")
@@ -287,13 +296,22 @@ class DistributedFleet:
             self._received = tensors
             if op is Op.EVALUATE:
                 self._evaluate_share(tensors[0])
-            else:
-                self._answer(op, self._train(decode_tasks(round, meta, tensors)))
+                continue
+            own: list[torch.Tensor] = []
+            size = int(meta["own"][self.env.rank])
+            if size:
+                own_body = torch.empty(size, dtype=torch.uint8, device=self.env.device)
+                with self._collective(f"receiving the clients' own tensors (round {round})"):
+                    dist.recv(own_body, src=0)
+                own = unpack(own_body)[1]
+            share = decode_share(round, meta["tasks"], self.env.rank, self.env.world_size,
+                                 tensors, own)
+            self._answer(op, self._train(share))
 
     # ---- every rank -------------------------------------------------------------------------
 
-    def _train(self, tasks: Sequence[Downlink]) -> list[Outcome]:
-        share = share_of(tasks, self.env.rank, self.env.world_size)
+    def _train(self, share: Sequence[Downlink]) -> list[Outcome]:
+        """Train this rank's share of the cohort (see :func:`share_of`)."""
         if not share:
             return []
         with torch_threads(self.threads):
