@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from fedloom.algorithms.aggregate import example_weighted_params
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 
@@ -120,3 +121,12 @@ class ReducibleAlgorithm(Algorithm, Protocol):
 
     def aggregate_mean(self, round: int, state: ServerState,
                        mean: torch.Tensor) -> ServerState: ...
+
+
+def step_from_mean(algorithm: ReducibleAlgorithm, round: int, state: ServerState,
+                   results: Sequence[ClientResult]) -> ServerState:
+    """``aggregate`` of an algorithm whose step reads the results only through their
+    example-weighted mean: that mean, then ``aggregate_mean`` (no results: nothing moves)."""
+    if not results:
+        return ServerState(round=round, params=state.params, extras=state.extras)
+    return algorithm.aggregate_mean(round, state, example_weighted_params(results))

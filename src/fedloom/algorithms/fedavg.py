@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedloom.algorithms.aggregate import example_weighted_params
-from fedloom.algorithms.base import PLAIN, LocalSpec, broadcast
+from fedloom.algorithms.base import PLAIN, LocalSpec, broadcast, step_from_mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -51,9 +50,7 @@ class FedAvg:
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:
-        if not results:
-            return ServerState(round=round, params=state.params, extras=state.extras)
-        return self.aggregate_mean(round, state, example_weighted_params(results))
+        return step_from_mean(self, round, state, results)
 
     def aggregate_mean(self, round: int, state: ServerState, mean: torch.Tensor) -> ServerState:
         """The step from the example-weighted mean of the local models (a reduce's result)."""
