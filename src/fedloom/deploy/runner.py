@@ -283,8 +283,8 @@ class ClientRunner:
         self._chunk_bytes = max(1, min(int(welcome.max_chunk_bytes), DEFAULT_CHUNK_BYTES))
         self._close_bulk()
         if welcome.bulk_port and self.use_bulk:
-            host = split_address(self.address)[0]
-            try:
+            try:  # (an address that is not HOST:PORT, e.g. a gRPC target URI, has no host here)
+                host = split_address(self.address)[0]
                 self._bulk = connect_bulk(host, welcome.bulk_port, welcome.bulk_ticket,
                                           tls=self.tls)
                 self._bulk.settimeout(BULK_TIMEOUT)
