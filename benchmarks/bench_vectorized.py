@@ -28,43 +28,16 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-from torch import nn
-from torch.nn import functional as F
+from overhead import plain_round  # benchmarks/overhead.py (this script's directory)
 
 from fedloom import ClientConfig, DataConfig, FedAvg, ModelConfig, Simulation, load_federated
 from fedloom.core.packages import ClientResult, Downlink, Outcome
-from fedloom.core.rng import Purpose, torch_generator
 from fedloom.data.config import DatasetName
-from fedloom.data.dataset import ArrayData, FederatedData
+from fedloom.data.dataset import ArrayData
 from fedloom.fleets.vectorized import VectorizedTrainer
 from fedloom.models import ModelName, model_factory
 
 WORKLOADS = {"W1": "mlp", "W2": "cnn"}
-
-
-def plain_round(model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
-                data: FederatedData, tasks: list[Downlink], initial: dict[str, torch.Tensor],
-                seed: int) -> list[torch.Tensor]:
-    """What a user would write without a framework: load, shuffle, SGD, collect."""
-    mean, std = data.train.mean, data.train.std
-    out = []
-    for task in tasks:
-        cfg = task.config
-        model.load_state_dict(initial)
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
-        gen = torch_generator(seed, task.round, task.client_id, Purpose.BATCHES)
-        idx = data.client_train[task.client_id]
-        for _ in range(cfg.epochs):
-            order = idx[torch.randperm(len(idx), generator=gen)].to(x_all.device)
-            for start in range(0, len(idx), cfg.batch_size):
-                b = order[start:start + cfg.batch_size]
-                x = ((x_all[b].float() / 255.0) - mean) / std
-                loss = F.cross_entropy(model(x), y_all[b])
-                opt.zero_grad()
-                torch.autograd.backward(loss)
-                opt.step()
-        out.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
-    return out
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -100,7 +73,8 @@ def bench(workload: str, *, reps: int, device: torch.device, convs: list[str],
     sides: dict[str, Callable[[list[Downlink]], object]] = {}
     model = model_fn().to(device)
     initial = {k: v.to(device) for k, v in sim.layout.unflatten(sim.initial_params).items()}
-    sides["plain"] = lambda tasks: plain_round(model, train.x, train.y, data, tasks, initial, 0)
+    sides["plain"] = lambda tasks: plain_round(model, data, tasks, initial, 0,
+                                                 on=(train.x, train.y))
     sides["serial"] = lambda tasks: [serial.fit(t) for t in tasks]
     for conv in convs if workload == "W2" else ["auto"]:
         for chunk in chunks:

@@ -29,10 +29,13 @@ WORKLOADS = {"W1": "mlp", "W2": "cnn"}
 
 
 def plain_round(model: nn.Module, data: FederatedData, tasks: list[Downlink],
-                initial: dict[str, torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """What a user would write without a framework: load, shuffle, SGD, collect."""
-    x_all, y_all = data.train.x, data.train.y
-    mean, std = data.train.mean, data.train.std
+                initial: dict[str, torch.Tensor], seed: int, *,
+                on: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """What a user would write without a framework: load, shuffle, SGD, collect. ``on``: the
+    training images and labels already on the model's device (default: ``data``'s, on cpu)."""
+    train = data.arrays()
+    x_all, y_all = on if on is not None else (train.x, train.y)
+    mean, std = train.mean, train.std
     out = []
     for task in tasks:
         cfg = task.config
@@ -41,7 +44,7 @@ def plain_round(model: nn.Module, data: FederatedData, tasks: list[Downlink],
         gen = torch_generator(seed, task.round, task.client_id, Purpose.BATCHES)
         idx = data.client_train[task.client_id]
         for _ in range(cfg.epochs):
-            order = idx[torch.randperm(len(idx), generator=gen)]
+            order = idx[torch.randperm(len(idx), generator=gen)].to(x_all.device)
             for start in range(0, len(idx), cfg.batch_size):
                 b = order[start:start + cfg.batch_size]
                 x = ((x_all[b].float() / 255.0) - mean) / std
