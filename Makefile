@@ -7,7 +7,7 @@ STAMP := $(VENV)/.fedloom-installed
 CONFIG ?= configs/default.yaml
 ARGS ?=
 
-.PHONY: run test test-slow check bench accuracy clean proto check-proto demo-deploy
+.PHONY: run test test-slow test-one-thread check bench accuracy clean proto check-proto demo-deploy
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# the numerics again on one torch thread: rounding can change with the thread count, so every
+# bitwise comparison must pin both of its sides and hold at any count
+NUMERICS ?= tests/core tests/algorithms tests/client tests/fleets tests/runtime
+test-one-thread: $(STAMP)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest -q $(NUMERICS)
 
 check: $(STAMP) check-proto
 	$(BIN)/ruff check src tests benchmarks

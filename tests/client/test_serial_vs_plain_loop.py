@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from fedloom import ClientConfig, FedAvg, Simulation
 from fedloom.core.rng import Purpose, torch_generator
+from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
 from fedloom.models import mlp
 from fedloom.sampling import UniformSampler
@@ -17,7 +18,17 @@ from tests.conftest import make_image_data
 
 def plain_fedavg(data: FederatedData, initial: dict[str, torch.Tensor], cfg: ClientConfig, *,
                  rounds: int, cohort: int, seed: int) -> torch.Tensor:
-    """FedAvg written out by hand: nothing of fedloom but the shuffle streams and the sampler."""
+    """FedAvg written out by hand: nothing of fedloom but the shuffle streams and the sampler.
+
+    It runs on one torch thread, as the simulation it is compared with: rounding can differ
+    between thread counts, so a bitwise comparison pins both sides.
+    """
+    with torch_threads(1):
+        return _plain_fedavg(data, initial, cfg, rounds=rounds, cohort=cohort, seed=seed)
+
+
+def _plain_fedavg(data: FederatedData, initial: dict[str, torch.Tensor], cfg: ClientConfig, *,
+                  rounds: int, cohort: int, seed: int) -> torch.Tensor:
     model = mlp(data.input_shape, data.num_classes, 16)
     model.load_state_dict(initial)
     global_sd = {k: v.clone() for k, v in model.state_dict().items()}
