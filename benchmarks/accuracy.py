@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from fedloom.config import load_config
-from fedloom.runtime.experiment import run_experiment
+from fedloom.app.config import load_config
+from fedloom.app.experiment import run_experiment
 
 
 def main() -> None:

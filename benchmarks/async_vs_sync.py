@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedloom.config import load_config
-from fedloom.runtime.experiment import run_experiment
+from fedloom.app.config import load_config
+from fedloom.app.experiment import run_experiment
 
 COMMON = ["clock.speed=pareto", "clock.shape=1.5", "fleet.threads=1"]
 

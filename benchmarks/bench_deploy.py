@@ -34,8 +34,8 @@ def _echo_clients(port: int, ids: Sequence[int], ca: str | None = None) -> None:
     TLS when ``ca`` is given)."""
     from fedloom.core.layout import ParamLayout
     from fedloom.core.packages import ClientResult, Downlink
-    from fedloom.deploy.client import Client
-    from fedloom.deploy.runner import Backoff, ClientRunner
+    from fedloom.runtime.client_loop import Backoff, ClientLoop
+    from fedloom.runtime.clients import Client
     from fedloom.transport.security import TlsFiles
 
     class Echo(Client):
@@ -44,7 +44,7 @@ def _echo_clients(port: int, ids: Sequence[int], ca: str | None = None) -> None:
                                 params=downlink.params, num_examples=1, num_steps=1)
 
     tls = None if ca is None else TlsFiles(ca=ca)
-    runners = [ClientRunner(f"127.0.0.1:{port}", client_id=c, client=Echo(), insecure=tls is None,
+    runners = [ClientLoop(f"127.0.0.1:{port}", client_id=c, client=Echo(), insecure=tls is None,
                             tls=tls, backoff=Backoff(initial=0.05, maximum=0.5, give_up_after=60))
                for c in ids]
     threads = [threading.Thread(target=r.run) for r in runners]
@@ -63,14 +63,14 @@ def _spawn(target: object, args: tuple[object, ...]) -> mp.process.BaseProcess:
 def bench_grpc(mb: int, clients: int, rounds: int, bulk: bool = True,
                certs: object | None = None) -> float:
     """Median seconds of a round moving the model to ``clients`` processes and back (over TLS
-    with ``certs``, a :class:`fedloom.deploy.certs.CertFiles`)."""
+    with ``certs``, a :class:`fedloom.transport.certs.CertFiles`)."""
     import torch
 
     from fedloom.core.layout import LayoutEntry, ParamLayout
     from fedloom.core.packages import ClientConfig, Downlink
-    from fedloom.deploy.grpc_fleet import GrpcFleet, RoundPolicy
-    from fedloom.deploy.service import FederationServer
+    from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
     from fedloom.transport.security import TlsFiles
+    from fedloom.transport.service import FederationServer
 
     size = mb * 2**20 // 4
     layout = ParamLayout(entries=(LayoutEntry(name="w", shape=(size,), dtype=torch.float32,
@@ -160,13 +160,13 @@ def bench_raw(mb: int, clients: int, rounds: int, *, fresh: bool) -> float:
 
 
 def _tiny_clients(port: int, ids: Sequence[int]) -> None:
-    from fedloom.deploy.runner import Backoff, ClientRunner
+    from fedloom.runtime.client_loop import Backoff, ClientLoop
 
     def fit(params: list[object], config: dict[str, object]) -> tuple[list[object], int,
                                                                       dict[str, float]]:
         return params, 1, {"train_loss": 0.0}
 
-    runners = [ClientRunner(f"127.0.0.1:{port}", client_id=c, client=fit,  # type: ignore[arg-type]
+    runners = [ClientLoop(f"127.0.0.1:{port}", client_id=c, client=fit,  # type: ignore[arg-type]
                             insecure=True, backoff=Backoff(initial=0.05, maximum=0.5,
                                                            give_up_after=60)) for c in ids]
     threads = [threading.Thread(target=r.run) for r in runners]
@@ -183,10 +183,10 @@ def bench_rounds(clients: int, rounds: int, processes: int = 4) -> float:
     from fedloom.algorithms import FedAvg
     from fedloom.core.layout import ParamLayout
     from fedloom.core.packages import ClientConfig
-    from fedloom.deploy.grpc_fleet import GrpcFleet, RoundPolicy
-    from fedloom.deploy.service import FederationServer
+    from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
     from fedloom.runtime.loop import ServerLoop
-    from fedloom.sampling import UniformSampler
+    from fedloom.runtime.sampling import UniformSampler
+    from fedloom.transport.service import FederationServer
 
     model = torch.nn.Linear(60, 10)
     layout = ParamLayout.from_module(model)
@@ -238,7 +238,7 @@ def main() -> None:
     if args.tls:
         import tempfile
 
-        from fedloom.deploy.certs import make_certs
+        from fedloom.transport.certs import make_certs
 
         with tempfile.TemporaryDirectory() as tmp:
             certs = make_certs(tmp, clients=1)

@@ -23,8 +23,8 @@ def one_run(num_clients: int, rounds: int) -> dict[str, float]:
     """Build and run in this process; peak memory and per-round seconds."""
     import resource
 
-    from fedloom.config import load_config
-    from fedloom.runtime.experiment import build_simulation
+    from fedloom.app.config import load_config
+    from fedloom.app.experiment import build_simulation
 
     cfg = load_config(None, [
         "data.name=generated", f"data.num_clients={num_clients}", "model.name=logreg",

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fedloom.config import load_config
-from fedloom.runtime.experiment import run_experiment
+from fedloom.app.config import load_config
+from fedloom.app.experiment import run_experiment
 
 RUNS = [(f"{ds}_{algo}", extra) for ds in ("synthetic_iid", "synthetic_0_0", "synthetic_0.5_0.5",
                                            "synthetic_1_1") for algo in ("fedavg", "fedprox")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from fedloom.data.dataset import ArrayData, FederatedData
+
+# deployment tests run servers and clients on 127.0.0.1; gRPC's C core stays quiet
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def make_image_data(num_clients: int = 5, per_client: tuple[int, ...] = (23, 17, 30, 9, 12),

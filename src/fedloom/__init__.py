@@ -13,8 +13,10 @@ The pieces of a run, each usable on its own::
     print(history.series("test_accuracy"))
 """
 
+import importlib
+from typing import TYPE_CHECKING
+
 from fedloom.algorithms import Algorithm, FedAvg, FedAvgOptions, LocalSpec
-from fedloom.client.trainer import LocalTrainer
 from fedloom.core.errors import (
     AggregationError,
     CheckpointError,
@@ -32,10 +34,38 @@ from fedloom.data.config import DataConfig
 from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.fleets import Fleet, SerialFleet
 from fedloom.models import ModelConfig, model_factory
+from fedloom.runtime.sampling import UniformSampler
 from fedloom.runtime.simulation import History, Simulation
-from fedloom.sampling import UniformSampler
+from fedloom.training.trainer import LocalTrainer
+
+if TYPE_CHECKING:
+    from fedloom.app.client import ConfigClient, trainer_client
+    from fedloom.app.server import ServerOptions, run_server
+    from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
+    from fedloom.runtime.client_loop import Backoff, ClientLoop, RefusedError, start_client
+    from fedloom.runtime.clients import Client, FunctionClient, TrainerClient
+    from fedloom.runtime.command_client import CommandClient
+    from fedloom.transport.certs import make_certs
+    from fedloom.transport.handlers import Event, Handlers, MessageType
+    from fedloom.transport.security import TlsFiles
+    from fedloom.transport.service import FederationServer, Limits
 
 __version__ = "0.1.0"
+
+#: deployment names, imported on first use so that ``import fedloom`` does not load gRPC
+_LAZY = {
+    "Client": "fedloom.runtime.clients", "FunctionClient": "fedloom.runtime.clients",
+    "TrainerClient": "fedloom.runtime.clients", "CommandClient": "fedloom.runtime.command_client",
+    "ClientLoop": "fedloom.runtime.client_loop", "Backoff": "fedloom.runtime.client_loop",
+    "RefusedError": "fedloom.runtime.client_loop", "start_client": "fedloom.runtime.client_loop",
+    "GrpcFleet": "fedloom.fleets.grpc", "RoundPolicy": "fedloom.fleets.grpc",
+    "FederationServer": "fedloom.transport.service", "Limits": "fedloom.transport.service",
+    "Event": "fedloom.transport.handlers", "Handlers": "fedloom.transport.handlers",
+    "MessageType": "fedloom.transport.handlers", "make_certs": "fedloom.transport.certs",
+    "TlsFiles": "fedloom.transport.security", "ServerOptions": "fedloom.app.server",
+    "run_server": "fedloom.app.server", "ConfigClient": "fedloom.app.client",
+    "trainer_client": "fedloom.app.client",
+}
 
 __all__ = [
     "AggregationError", "Algorithm", "ArrayData", "BoundModule", "CheckpointError",
@@ -44,4 +74,15 @@ __all__ = [
     "History", "LocalSpec", "LocalTrainer", "Mean", "ModelConfig", "ParamLayout", "SerialFleet",
     "ServerState", "Simulation", "TransportError", "UniformSampler", "load_federated",
     "model_factory",
+    # deployment (imported on first use)
+    "Client", "FunctionClient", "TrainerClient", "CommandClient", "ClientLoop", "Backoff",
+    "RefusedError", "start_client", "GrpcFleet", "RoundPolicy", "FederationServer", "Limits",
+    "Event", "Handlers", "MessageType", "make_certs", "TlsFiles", "ServerOptions",
+    "run_server", "ConfigClient", "trainer_client",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'fedloom' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

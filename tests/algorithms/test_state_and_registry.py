@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fedloom.algorithms import REGISTRY
-from fedloom.algorithms.state import DiskStore, MemoryStore
-from fedloom.config import load_config
+from fedloom.algorithms.client_store import DiskStore, MemoryStore
+from fedloom.app.config import load_config
 from fedloom.core.errors import ConfigError
 
 

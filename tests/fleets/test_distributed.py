@@ -31,9 +31,9 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from fedloom import ClientConfig, ConfigError, DataConfig, FedAvg, Simulation, load_federated
+from fedloom.app.config import load_config
+from fedloom.app.experiment import run_experiment
 from fedloom.cli import main as cli_main
-from fedloom.client.trainer import LocalTrainer
-from fedloom.config import load_config
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
 from fedloom.fleets import FleetConfig, FleetKind
@@ -50,8 +50,8 @@ from fedloom.fleets.dist_wire import (
 )
 from fedloom.fleets.distributed import DistributedFleet, share_of
 from fedloom.models import ModelConfig, model_factory
-from fedloom.runtime.experiment import run_experiment
-from fedloom.sampling import UniformSampler
+from fedloom.runtime.sampling import UniformSampler
+from fedloom.training.trainer import LocalTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "fedavg_synthetic_1_1.yaml")

@@ -24,16 +24,16 @@ import torch
 
 from fedloom import ClientConfig, ClientFailure, ClientResult, ConfigError, FedAvg, Simulation
 from fedloom.algorithms.base import PLAIN, LocalSpec
-from fedloom.client.spec import ClientSpec
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import Downlink, Outcome
-from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets import Fleet, FleetConfig, FleetKind
+from fedloom.fleets.client_worker import eval_slices
 from fedloom.fleets.process import ProcessFleet
 from fedloom.fleets.serial import fit_one
-from fedloom.fleets.work import eval_slices
 from fedloom.models import mlp
 from fedloom.runtime.simulation import split_outcomes
+from fedloom.training.evaluation import CentralEvaluator
+from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data
 
 DATA = make_image_data()
@@ -272,7 +272,10 @@ def alive(pid: int) -> bool:
 
 
 CTRL_C_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, signal, sys
+    # Ctrl-C raises KeyboardInterrupt even when the test runner was started with SIGINT ignored
+    # (a background job of a non-interactive shell), which its children would inherit
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from fedloom.fleets import FleetConfig, FleetKind
     from fedloom.fleets.process import ProcessFleet
     sys.path.insert(0, {here!r})

@@ -10,13 +10,13 @@ import torch
 
 from fedloom import ClientConfig, ClientFailure, ClientResult, FedAvg, Simulation
 from fedloom.algorithms.base import LocalSpec
-from fedloom.client.spec import ClientSpec
 from fedloom.core.packages import Downlink
-from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets import Fleet, FleetConfig, FleetKind
 from fedloom.fleets.thread import ThreadFleet
 from fedloom.models import mlp
 from fedloom.runtime.simulation import split_outcomes
+from fedloom.training.evaluation import CentralEvaluator
+from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data
 
 DATA = make_image_data()

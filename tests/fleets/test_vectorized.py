@@ -22,7 +22,6 @@ from torch.nn import functional as F
 
 from fedloom import ClientConfig, ConfigError, FedAvg, LocalSpec, Simulation
 from fedloom.algorithms.base import proximal_pull
-from fedloom.client.spec import ClientSpec
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
 from fedloom.data.dataset import FederatedData
@@ -30,6 +29,7 @@ from fedloom.fleets import FleetConfig, FleetKind, make_fleet
 from fedloom.fleets.vectorized import VectorizedFleet, VectorizedTrainer
 from fedloom.fleets.vectorized.kernel import weighted_cross_entropy
 from fedloom.models import cnn, init_module, logreg, mlp
+from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data
 
 TOL = 1e-5

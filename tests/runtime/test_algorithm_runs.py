@@ -9,9 +9,9 @@ import pytest
 
 from fedloom.algorithms import REGISTRY
 from fedloom.algorithms.base import result_needs
-from fedloom.config import load_config
+from fedloom.app.config import load_config
+from fedloom.app.experiment import build_simulation, run_experiment
 from fedloom.core.packages import ClientResult
-from fedloom.runtime.experiment import build_simulation, run_experiment
 from fedloom.runtime.simulation import Simulation
 
 TINY = ["data.name=synthetic", "data.num_clients=12", "model.name=logreg", "cohort.size=4",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedloom.algorithms import REGISTRY
-from fedloom.config import load_config
-from fedloom.runtime.experiment import build_simulation
+from fedloom.app.config import load_config
+from fedloom.app.experiment import build_simulation
 
 TINY = ["data.name=synthetic", "data.num_clients=8", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "client.batch_size=10", "rounds=2", "fleet.threads=1",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedloom.scheduler import DevicePool, Scheduler, Stage, StateStore, TaskGroup, TaskStatus
-from fedloom.scheduler.worker import is_out_of_memory
+from fedloom.scheduler.task_process import is_out_of_memory
 from tests.scheduler.tasks import (
     EchoTask,
     FailTask,

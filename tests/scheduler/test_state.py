@@ -11,7 +11,7 @@ import pytest
 
 from fedloom.core.errors import ConfigError
 from fedloom.scheduler import SchedulerError, Stage, StateStore, TaskStatus
-from fedloom.scheduler.state import process_alive, process_token
+from fedloom.scheduler.database import process_alive, process_token
 
 
 def test_claim_is_atomic_and_counts_starts(tmp_path: Path) -> None:

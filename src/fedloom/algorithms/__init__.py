@@ -19,6 +19,7 @@ from fedloom.algorithms.asynchronous import (
     FedBuffOptions,
 )
 from fedloom.algorithms.base import PLAIN, Algorithm, LocalSpec
+from fedloom.algorithms.client_store import ClientStateStore, DiskStore, MemoryStore
 from fedloom.algorithms.ditto import Ditto, DittoOptions
 from fedloom.algorithms.fedavg import FedAvg, FedAvgOptions
 from fedloom.algorithms.feddyn import FedDyn, FedDynOptions
@@ -35,7 +36,6 @@ from fedloom.algorithms.fedopt import (
 from fedloom.algorithms.fedprox import FedProx, FedProxOptions
 from fedloom.algorithms.qffl import QFFL, QFFLOptions
 from fedloom.algorithms.scaffold import Scaffold, ScaffoldOptions
-from fedloom.algorithms.state import ClientStateStore, DiskStore, MemoryStore
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

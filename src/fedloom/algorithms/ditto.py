@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.base import LocalSpec, ResultNeeds
+from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
 from fedloom.algorithms.fedavg import FedAvg
-from fedloom.algorithms.state import ClientStateStore, MemoryStore
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems

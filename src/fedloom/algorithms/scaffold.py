@@ -18,7 +18,7 @@ import torch
 
 from fedloom.algorithms.aggregate import example_weighted_params
 from fedloom.algorithms.base import LocalSpec, ResultNeeds
-from fedloom.algorithms.state import ClientStateStore, MemoryStore
+from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems

@@ -14,7 +14,7 @@ class DatasetName(StrEnum):
     SYNTHETIC = "synthetic"  # FedProx Synthetic(alpha, beta)
     SYNTHETIC_IID = "synthetic_iid"  # FedProx's IID synthetic variant
     LEAF_SYNTHETIC = "leaf_synthetic"
-    GENERATED = "generated"  # clients made on demand (fedloom.data.generated): any population
+    GENERATED = "generated"  # clients made on demand (fedloom.data.population): any population
 
 
 SYNTHETIC_NAMES = frozenset(

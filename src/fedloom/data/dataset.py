@@ -46,7 +46,7 @@ class ArrayData:
 class Examples(Protocol):
     """Training examples as a trainer reads them: batches by global index. An
     :class:`ArrayData` is one; so is a population generated on demand
-    (:class:`fedloom.data.generated.GeneratedClients`)."""
+    (:class:`fedloom.data.population.GeneratedClients`)."""
 
     def __len__(self) -> int: ...
 
@@ -86,7 +86,7 @@ class FederatedData:
 
     def example_counts(self) -> Sequence[int]:
         """Every client's example count (without a list where they are all equal and many)."""
-        from fedloom.data.generated import ClientRanges, Repeated
+        from fedloom.data.population import ClientRanges, Repeated
 
         if isinstance(self.client_train, ClientRanges):
             return Repeated(self.client_train.per_client, len(self.client_train))

@@ -21,8 +21,8 @@ from fedloom.core.rng import SERVER, Purpose, numpy_generator
 from fedloom.data import partition
 from fedloom.data.config import DataConfig, DatasetName, PartitionKind
 from fedloom.data.dataset import FederatedData
-from fedloom.data.generated import load_generated
 from fedloom.data.mnist import IMAGE_SHAPE, NUM_CLASSES, load_idx_dataset
+from fedloom.data.population import load_generated
 from fedloom.data.stats import label_counts, summary_line
 from fedloom.data.synthetic import fedprox_synthetic, leaf_synthetic
 

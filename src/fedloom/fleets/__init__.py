@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-from fedloom.client.spec import ClientSpec
 from fedloom.core.errors import ConfigError
 from fedloom.fleets.base import Fleet
 from fedloom.fleets.config import AggregationMode, FleetConfig, FleetKind
 from fedloom.fleets.serial import SerialFleet
+from fedloom.training.spec import ClientSpec
 
 #: kind -> "module:Class"; imported only when chosen, so the core import stays light.
 REGISTRY: dict[FleetKind, str] = {

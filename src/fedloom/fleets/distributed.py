@@ -66,12 +66,10 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from fedloom.client.spec import ClientSpec
 from fedloom.core.errors import AggregationError, ConfigError, TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
-from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets.config import AggregationMode, FleetConfig, FleetKind
 from fedloom.fleets.dist_env import DistEnv, init_group, read_env
 from fedloom.fleets.dist_wire import (
@@ -87,6 +85,8 @@ from fedloom.fleets.dist_wire import (
     unpack,
 )
 from fedloom.fleets.serial import fit_one
+from fedloom.training.evaluation import CentralEvaluator
+from fedloom.training.spec import ClientSpec
 
 log = logging.getLogger(__name__)
 

@@ -35,15 +35,11 @@ from typing import cast
 
 import torch
 
-from fedloom.client.spec import ClientSpec
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
-from fedloom.fleets.config import FleetConfig, FleetKind
-from fedloom.fleets.procpool import ProcessPool
-from fedloom.fleets.shm import SharedArena, Slab
-from fedloom.fleets.work import (
+from fedloom.fleets.client_worker import (
     EvalJob,
     FitItem,
     FitJob,
@@ -53,6 +49,10 @@ from fedloom.fleets.work import (
     eval_slices,
     vectorized_trainer,
 )
+from fedloom.fleets.config import FleetConfig, FleetKind
+from fedloom.fleets.process_pool import ProcessPool
+from fedloom.fleets.shm import SharedArena, Slab
+from fedloom.training.spec import ClientSpec
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from fedloom.client.spec import ClientSpec
-from fedloom.client.trainer import LocalTrainer
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
 from fedloom.fleets.config import FleetConfig
+from fedloom.training.spec import ClientSpec
+from fedloom.training.trainer import LocalTrainer
 
 log = logging.getLogger(__name__)
 

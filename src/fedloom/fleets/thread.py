@@ -17,12 +17,12 @@ from typing import cast
 
 import torch
 
-from fedloom.client.spec import ClientSpec
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
+from fedloom.fleets.client_worker import ClientWorker, EvalJob, eval_slices
 from fedloom.fleets.config import FleetConfig, FleetKind
-from fedloom.fleets.pool import JobError, ThreadPool
-from fedloom.fleets.work import ClientWorker, EvalJob, eval_slices
+from fedloom.fleets.pools import JobError, ThreadPool
+from fedloom.training.spec import ClientSpec
 
 log = logging.getLogger(__name__)
 

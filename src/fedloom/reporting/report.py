@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedloom.core.errors import ConfigError
-from fedloom.runtime.sinks import Row
+from fedloom.runtime.sinks import Row, read_rows
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,23 +30,6 @@ class ReportFiles:
     markdown: Path
     csv: Path
     plots: tuple[Path, ...]
-
-
-def read_rows(path: Path) -> list[Row]:
-    """The rows of a ``metrics.jsonl`` ([] when missing); a line being written is skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def accuracy_curve(rows: Sequence[Row]) -> list[tuple[int, float]]:
@@ -86,7 +69,7 @@ class TaskNumbers:
 
 def collect(sweep_dir: Path) -> tuple[dict[str, object], list[TaskNumbers]]:
     """The sweep's manifest and every task's numbers."""
-    from fedloom.scheduler.state import StateStore
+    from fedloom.scheduler.database import StateStore
 
     manifest_path = sweep_dir / "sweep.json"
     if not manifest_path.is_file():

@@ -22,22 +22,21 @@ import torch
 from torch.nn import functional as F
 
 from fedloom.algorithms.asynchronous import AsyncAlgorithm
-from fedloom.client.spec import ClientSpec
-from fedloom.client.trainer import LossFn
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink
 from fedloom.core.rng import SERVER, Purpose, torch_generator
 from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
-from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
 from fedloom.models import ModelFn, init_module
 from fedloom.runtime.clock import ClientClock, ClockConfig
-from fedloom.runtime.evaluate import RoundEvaluator
 from fedloom.runtime.loop import EvaluateFn
 from fedloom.runtime.simulation import History
 from fedloom.runtime.sinks import Row, Sink
+from fedloom.training.evaluation import CentralEvaluator, RoundEvaluator
+from fedloom.training.spec import ClientSpec
+from fedloom.training.trainer import LossFn
 
 
 def version_row(*, version: int, versions: int, eval_every: int,

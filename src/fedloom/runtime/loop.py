@@ -31,8 +31,8 @@ from fedloom.core.threads import torch_threads
 from fedloom.fleets import Fleet
 from fedloom.runtime import heterogeneity
 from fedloom.runtime.clock import ClientClock
+from fedloom.runtime.sampling import Sampler
 from fedloom.runtime.sinks import Row, Sink
-from fedloom.sampling import Sampler
 
 log = logging.getLogger(__name__)
 

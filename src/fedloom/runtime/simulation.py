@@ -20,27 +20,26 @@ import torch
 from torch.nn import functional as F
 
 from fedloom.algorithms.base import Algorithm
-from fedloom.client.spec import ClientSpec
-from fedloom.client.trainer import LossFn
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig
 from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
-from fedloom.evaluation import CentralEvaluator
 from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
 from fedloom.models import ModelFn, init_module
 from fedloom.runtime.clock import ClientClock, ClockConfig
-from fedloom.runtime.evaluate import RoundEvaluator
 from fedloom.runtime.loop import (  # re-exported: the round loop's names, for users of this module
     History,
     ServerLoop,
     is_worker,
     split_outcomes,
 )
+from fedloom.runtime.sampling import Sampler, UniformSampler
 from fedloom.runtime.sinks import Sink
-from fedloom.sampling import Sampler, UniformSampler
+from fedloom.training.evaluation import CentralEvaluator, RoundEvaluator
+from fedloom.training.spec import ClientSpec
+from fedloom.training.trainer import LossFn
 
 __all__ = ["History", "ServerLoop", "Simulation", "is_worker", "split_outcomes", "torch_threads"]
 

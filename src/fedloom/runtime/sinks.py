@@ -37,9 +37,21 @@ class JsonlSink:
         self._file.close()
 
 
-def read_jsonl(path: Path) -> list[Row]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_rows(path: Path) -> list[Row]:
+    """The rows of a ``metrics.jsonl`` ([] when missing); a line being written is skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 class ConsoleSink:

@@ -2,14 +2,14 @@
 
 ``Task`` (``load()`` on the CPU, then ``train(device) -> dict``) and ``TaskGroup`` (groups run in
 order, their tasks in parallel), run by a ``Scheduler`` whose state lives in SQLite so an
-interrupted run resumes; ``fedloom sweep`` (:mod:`fedloom.scheduler.sweep`) expands a grid of run
+interrupted run resumes; ``fedloom sweep`` (:mod:`fedloom.sweeps.sweep`) expands a grid of run
 configs x seeds into tasks and ends with a report.
 """
 
+from fedloom.scheduler.database import StateStore, TaskRow
 from fedloom.scheduler.devices import DevicePool, Nvml, open_nvml
 from fedloom.scheduler.group import TaskGroup
 from fedloom.scheduler.scheduler import RunSummary, Scheduler
-from fedloom.scheduler.state import StateStore, TaskRow
 from fedloom.scheduler.task import SchedulerError, Stage, Task, TaskStatus
 
 __all__ = [

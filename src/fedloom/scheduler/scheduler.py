@@ -41,11 +41,11 @@ from pathlib import Path
 from types import FrameType
 
 from fedloom.core.errors import ConfigError
+from fedloom.scheduler.database import StateStore
 from fedloom.scheduler.devices import DevicePool, MemoryEstimates
 from fedloom.scheduler.group import TaskGroup
-from fedloom.scheduler.state import StateStore
 from fedloom.scheduler.task import Result, Stage, Task, TaskStatus
-from fedloom.scheduler.worker import TaskProcess
+from fedloom.scheduler.task_process import TaskProcess
 
 log = logging.getLogger(__name__)
 

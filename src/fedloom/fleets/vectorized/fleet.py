@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import torch
 
-from fedloom.client.spec import ClientSpec
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import Downlink, Outcome
 from fedloom.core.threads import torch_threads
 from fedloom.fleets.config import FleetConfig
 from fedloom.fleets.vectorized.trainer import VectorizedTrainer
+from fedloom.training.spec import ClientSpec
 
 
 class VectorizedFleet:

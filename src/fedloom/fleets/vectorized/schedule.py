@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fedloom.client.trainer import batch_order
 from fedloom.core.packages import Downlink
 from fedloom.core.rng import Purpose, torch_generator
+from fedloom.training.trainer import batch_order
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -26,8 +26,6 @@ import torch
 from torch.nn import functional as F
 
 from fedloom.algorithms.base import GradHook, proximal_pull
-from fedloom.client.spec import ClientSpec
-from fedloom.client.trainer import LocalTrainer
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
@@ -38,6 +36,8 @@ from fedloom.fleets.vectorized.hooks import add_extra_loss, correct_grads
 from fedloom.fleets.vectorized.kernel import GradKernel, Tensors
 from fedloom.fleets.vectorized.schedule import Schedule, build_schedule, client_batches
 from fedloom.fleets.vectorized.sgd import StackedSGD
+from fedloom.training.spec import ClientSpec
+from fedloom.training.trainer import LocalTrainer
 
 log = logging.getLogger(__name__)
 

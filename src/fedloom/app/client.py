@@ -1,0 +1,80 @@
+"""Clients built from a run config: partition ``client_id`` of the configured dataset, trained by
+fedloom's own :class:`~fedloom.training.trainer.LocalTrainer` with the configured algorithm's
+client half. This is what ``fedloom client`` runs (the demo's clients, and any deployment whose
+clients can load their data through :func:`fedloom.data.load_federated`)."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from fedloom.algorithms import AlgorithmContext, build_algorithm
+from fedloom.app.config import RunConfig, load_config
+from fedloom.core.errors import ClientError
+from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
+from fedloom.core.packages import ClientConfig, ClientResult, Downlink
+from fedloom.data import load_federated
+from fedloom.models import model_factory
+from fedloom.runtime.clients import Client, TrainerClient
+from fedloom.training.trainer import LocalTrainer
+
+
+def trainer_client(cfg: RunConfig) -> TrainerClient:
+    """A :class:`TrainerClient` holding every partition the config's data split makes (a
+    process serves the ids it connects as), training with ``fleet.threads`` torch threads
+    (default: all cores) as the simulation does."""
+    data = load_federated(cfg.data, seed=cfg.seed)
+    model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
+    num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))
+    algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
+        num_examples=num_examples, num_trainable=sum(p.numel() for p in model_fn().parameters())))
+    return TrainerClient(LocalTrainer(model_fn=model_fn, train=data.train,
+                                      client_indices=data.client_train, seed=cfg.seed,
+                                      local=algorithm.local), threads=cfg.fleet.threads)
+
+
+def config_from_text(text: str, overrides: Sequence[str] = ()) -> RunConfig:
+    """A run config from YAML text (the server's welcome), checked like a config file."""
+    with tempfile.TemporaryDirectory(prefix="fedloom-") as tmp:
+        path = Path(tmp) / "server.yaml"
+        path.write_text(text, encoding="utf-8")
+        return load_config(path, overrides)
+
+
+class ConfigClient(Client):
+    """A :func:`trainer_client` from this client's own config, or else from the config the
+    server sends when it welcomes the client (built once, shared by every connection)."""
+
+    def __init__(self, cfg: RunConfig | None = None, overrides: Sequence[str] = ()) -> None:
+        self.cfg = cfg
+        self.overrides = list(overrides)
+        self._inner: TrainerClient | None = None
+        self._lock = threading.Lock()
+
+    def on_welcome(self, layout: ParamLayout, run_config: str) -> None:
+        with self._lock:
+            if self._inner is None:
+                if self.cfg is None and not run_config:
+                    raise ClientError("the server sent no run config: start the client with "
+                                      "--config CONFIG.yaml")
+                self._inner = trainer_client(self.cfg or config_from_text(run_config,
+                                                                          self.overrides))
+        self._inner.on_welcome(layout, run_config)
+
+    def _trainer(self) -> TrainerClient:
+        if self._inner is None:
+            raise ClientError("no welcome from the server yet")
+        return self._inner
+
+    def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
+        return self._trainer().run_fit(downlink, layout)
+
+    def run_evaluate(self, params: torch.Tensor, config: ClientConfig, layout: ParamLayout,
+                     *, round: int, client_id: int) -> tuple[dict[str, Mean], int]:
+        return self._trainer().run_evaluate(params, config, layout, round=round,
+                                            client_id=client_id)

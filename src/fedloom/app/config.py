@@ -1,0 +1,254 @@
+"""Run configuration: YAML mapped one-to-one onto typed, frozen dataclasses.
+
+OmegaConf loads the YAML and merges dotted command-line overrides (``client.lr=0.05``); the merged
+mapping is then checked against the dataclasses below, and every problem (unknown key, wrong type,
+impossible value) is reported at once in one :class:`ConfigError`, each naming the key, the value
+and what is allowed.
+
+Example:
+    >>> cfg = load_config(None, ["rounds=3", "data.name=synthetic", "model.name=logreg"])
+    >>> cfg.rounds, cfg.data.name, cfg.model.name
+    (3, 'synthetic', 'logreg')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from fedloom.algorithms import REGISTRY as ALGORITHMS
+from fedloom.algorithms.fedavg import FedAvgOptions
+from fedloom.core.errors import ConfigError
+from fedloom.core.packages import ClientConfig
+from fedloom.core.validate import Problems
+from fedloom.data.config import DataConfig
+from fedloom.fleets.config import FleetConfig
+from fedloom.models import ModelConfig
+from fedloom.runtime.clock import ClockConfig
+from fedloom.runtime.sampling import SamplerName
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CohortConfig:
+    """``size`` clients take part in each round, chosen by ``sampler``; ``dropout`` of them
+    never answer (simulated); a round needs ``min_success`` usable results (null = every client
+    that was asked) or the run stops with the failures."""
+
+    size: int = 10
+    sampler: SamplerName = SamplerName.UNIFORM
+    min_success: int | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.size >= 1, "size", self.size, "must be >= 1")
+        p.check(self.min_success is None or 1 <= self.min_success <= self.size, "min_success",
+                self.min_success, f"must be in [1, cohort.size = {self.size}] or null (all)")
+        p.check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalConfig:
+    """Evaluation every ``every`` rounds (and after the last): central, on the test set; with
+    ``train`` also of the global model on all training data; with ``federated`` also on every
+    client's local test split (accuracy mean, worst 10%)."""
+
+    every: int = 1
+    batch_size: int = 1000
+    federated: bool = False
+    train: bool = False
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.every >= 1, "every", self.every, "must be >= 1")
+        p.check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        p.raise_if_any()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlgorithmConfig:
+    """``name`` picks a registered algorithm; its own options sit beside it in the YAML."""
+
+    name: str = "fedavg"
+    options: Any = field(default_factory=FedAvgOptions)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunConfig:
+    """A whole simulation run. ``out`` null means ``runs/<name>-<timestamp>``; ``state_dir``
+    holds per-client algorithm state in memory-mapped files (null: in memory)."""
+
+    name: str = "run"
+    rounds: int = 50
+    seed: int = 0
+    out: str | None = None
+    state_dir: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    cohort: CohortConfig = field(default_factory=CohortConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.rounds >= 1, "rounds", self.rounds, "must be >= 1")
+        p.check(self.seed >= 0, "seed", self.seed, "must be >= 0")
+        p.check(self.cohort.size <= self.data.num_clients, "cohort.size", self.cohort.size,
+                f"must be <= data.num_clients ({self.data.num_clients})")
+        p.raise_if_any()
+
+
+_BAD = object()
+
+
+def _convert(tp: Any, value: Any, key: str, p: Problems) -> Any:
+    """``value`` as type ``tp``, or ``_BAD`` after recording why not."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, key, p)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, Mapping):
+            p.add(key, value, "must be a mapping (a YAML section)")
+            return _BAD
+        return from_mapping(tp, value, key, p)
+    if isinstance(tp, type) and issubclass(tp, StrEnum):
+        allowed = [m.value for m in tp]
+        if value not in allowed:
+            p.add(key, value, f"must be one of {', '.join(allowed)}")
+            return _BAD
+        return tp(value)
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+    }[tp](value)
+    if not ok:
+        p.add(key, value, f"must be {'a number' if tp is float else 'of type ' + tp.__name__}")
+        return _BAD
+    return float(value) if tp is float else value
+
+
+def from_mapping(cls: type[Any], data: Mapping[str, Any], prefix: str, p: Problems) -> Any:
+    """Build dataclass ``cls`` from ``data``, recording every problem in ``p``."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    bad = False
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            p.add(path, value, f"unknown key; allowed keys here: {', '.join(names)}")
+            bad = True
+            continue
+        converted = _convert(hints[key], value, path, p)
+        if converted is _BAD:
+            bad = True
+            if dataclasses.is_dataclass(hints[key]):  # a broken section: its defaults stand in
+                continue
+        else:
+            kwargs[key] = converted
+    try:  # with the bad keys left at their defaults, so value checks still report the rest
+        built = cls(**kwargs)
+    except ConfigError as err:
+        p.extend(prefix, err)
+        return _BAD
+    return _BAD if bad else built
+
+
+def _algorithm_from_mapping(data: Any, p: Problems) -> Any:
+    if not isinstance(data, Mapping):
+        p.add("algorithm", data, "must be a mapping with a 'name'")
+        return _BAD
+    rest = dict(data)
+    name = rest.pop("name", "fedavg")
+    if name not in ALGORITHMS:
+        p.add("algorithm.name", name, f"must be one of {', '.join(sorted(ALGORITHMS))}")
+        return _BAD
+    options_cls, _ = ALGORITHMS[name]
+    options = from_mapping(options_cls, rest, "algorithm", p)
+    return _BAD if options is _BAD else AlgorithmConfig(name=name, options=options)
+
+
+def parse_run_config(data: Mapping[str, Any]) -> RunConfig:
+    """A :class:`RunConfig` from a plain mapping; raises one ConfigError listing every problem."""
+    p = Problems()
+    rest = dict(data)
+    algorithm = _algorithm_from_mapping(rest.pop("algorithm", {}), p)
+    cfg = from_mapping(RunConfig, rest, "", p)
+    p.raise_if_any()
+    assert isinstance(cfg, RunConfig)  # from_mapping records a problem whenever it returns _BAD
+    return dataclasses.replace(cfg, algorithm=algorithm) if "algorithm" in data else cfg
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+    from yaml import YAMLError
+
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = OmegaConf.load(path)
+    except (YAMLError, OmegaConfBaseException) as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(OmegaConf.to_container(loaded), dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return loaded
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Load a YAML config (or the defaults when None) and apply dotted overrides."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    p = Problems()
+    merged = OmegaConf.create({}) if path is None else _load_yaml(Path(path))
+    if path is not None and "name" not in merged:
+        merged["name"] = Path(path).stem
+    for item in overrides:
+        if "=" not in item:
+            p.add(item, None, "an override must look like key=value, e.g. client.lr=0.05")
+            continue
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except (OmegaConfBaseException, ValueError) as err:
+            p.add(item.split("=", 1)[0], item.split("=", 1)[1], f"cannot apply override: {err}")
+    p.raise_if_any()
+    container = OmegaConf.to_container(merged, resolve=True)
+    assert isinstance(container, dict)
+    # YAML may hold non-string keys; from_mapping reports them as unknown keys.
+    return parse_run_config(typing.cast("dict[str, Any]", container))
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """A plain, YAML-ready mapping of a config (enums as strings; algorithm options inline)."""
+    if isinstance(cfg, AlgorithmConfig):
+        return {"name": cfg.name, **config_to_dict(cfg.options)}
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, StrEnum):
+        return cfg.value
+    return cfg
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))

@@ -1,0 +1,76 @@
+"""A run directory: where it goes, what a finished (or stopped) run leaves in it.
+
+``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per round, the source
+of truth; written by :class:`~fedloom.runtime.sinks.JsonlSink`), ``model.safetensors`` (the
+model of the last completed round), ``metrics.png`` and, when checkpointing, the checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import ParamLayout
+from fedloom.core.packages import ServerState
+from fedloom.runtime.sinks import Row, read_rows
+
+
+def default_out(name: str) -> Path:
+    """``runs/<name>-<time>``: where a run goes when its config names no ``out``."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_out(out: Path) -> Path:
+    """Create ``out``; refuse one that already holds a run."""
+    if (out / "metrics.jsonl").exists():
+        raise ConfigError(f"out = {str(out)!r}: already holds a run (metrics.jsonl); "
+                          "choose another out=... or remove it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def save_model(layout: ParamLayout, state: ServerState, out: Path) -> Path:
+    """``out/model.safetensors``: the global model of ``state`` as named tensors."""
+    from safetensors.torch import save_file
+
+    path = out / "model.safetensors"
+    tensors = {k: v.contiguous() for k, v in layout.unflatten(state.params).items()}
+    save_file(tensors, str(path), metadata={"round": str(state.round)})
+    return path
+
+
+def close_run_dir(out: Path, layout: ParamLayout, state: ServerState, title: str) -> None:
+    """What every run leaves however it ends: the last model and the plot of its rows."""
+    save_model(layout, state, out)
+    rows = read_rows(out / "metrics.jsonl")
+    if rows:
+        plot_metrics(rows, out / "metrics.png", title=title)
+
+
+def plot_metrics(rows: Sequence[Row], path: Path, title: str = "") -> Path:
+    """Test accuracy (left) and train/test loss (right) against the round; saves a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    evaluated = [r for r in rows if r.get("test_accuracy") is not None]
+    ax_acc.plot([r["round"] for r in evaluated], [r["test_accuracy"] for r in evaluated],
+                marker=".", color="tab:blue")
+    ax_acc.set(xlabel="round", ylabel="test accuracy", title="accuracy")
+    ax_acc.grid(alpha=0.3)
+    for key, color in (("train_loss", "tab:orange"), ("test_loss", "tab:green")):
+        pts = [r for r in rows if r.get(key) is not None]
+        ax_loss.plot([r["round"] for r in pts], [r[key] for r in pts], label=key, color=color)
+    ax_loss.set(xlabel="round", ylabel="loss", title="loss")
+    ax_loss.grid(alpha=0.3)
+    ax_loss.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

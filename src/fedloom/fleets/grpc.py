@@ -1,0 +1,240 @@
+"""The fleet of remote clients: a round's tasks go to connected clients over gRPC.
+
+:class:`GrpcFleet` implements :class:`fedloom.fleets.Fleet`, so the server runs the very
+:class:`~fedloom.runtime.loop.ServerLoop` and algorithm objects a simulation runs. ``fit`` sends
+each task to its client (the round's model is cut into chunk frames once for the whole cohort)
+and collects the answers until every task is answered, ``close_at`` results are in, or the round
+deadline passes. A task whose client is not connected waits ``absent_timeout`` seconds for it; a
+client that disconnects is dropped from the round; late answers are discarded. Each missing
+answer is a :class:`ClientFailure` value, and ``cohort.min_success`` decides whether the round
+stands.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fedloom.core.errors import TransportError
+from fedloom.core.metrics import Mean, combine
+from fedloom.core.packages import ClientConfig, ClientFailure, Downlink, Outcome
+from fedloom.transport.codec import ChunkCache
+from fedloom.transport.generated import fedloom_pb2 as pb
+from fedloom.transport.handlers import Event, MessageType
+from fedloom.transport.messages import Scalar, downlink_to_package, evaluate_to_package
+from fedloom.transport.service import FederationServer, Outgoing
+from fedloom.transport.sessions import Answer, Connection, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPolicy:
+    """When a round closes.
+
+    Attributes:
+        round_timeout: seconds from the start of a round to its deadline.
+        absent_timeout: seconds a task waits for its client to connect.
+        close_at: close the round once this many results are in (None: wait for every task).
+        evaluate_on_clients: ``evaluate`` asks every connected client for its metrics instead
+            of leaving evaluation to the server.
+    """
+
+    round_timeout: float = 600.0
+    absent_timeout: float = 30.0
+    close_at: int | None = None
+    evaluate_on_clients: bool = False
+
+
+class GrpcFleet:
+    """Runs a round's tasks on the clients connected to ``server``."""
+
+    def __init__(self, server: FederationServer, policy: RoundPolicy | None = None) -> None:
+        self.server = server
+        self.policy = policy or RoundPolicy()
+        self._ids = itertools.count(1)
+        self._busy: dict[int, int] = {}  # task id -> client id, tasks in flight (async mode)
+        self._closed = False
+
+    # -- connections -------------------------------------------------------------------------
+
+    def wait_for_clients(self, count: int, timeout: float) -> None:
+        """Block until ``count`` clients are connected; TransportError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while len(self.server.connected()) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"only {len(self.server.connected())} of {count} clients "
+                                     f"connected within {timeout:g} s")
+            self._next(min(left, 1.0))
+
+    def _next(self, timeout: float) -> Answer | Connection | None:
+        try:
+            return self.server.inbox.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return None
+
+    # -- sync rounds -----------------------------------------------------------------------
+
+    def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
+        start = time.monotonic()
+        deadline = start + self.policy.round_timeout
+        absent_deadline = start + self.policy.absent_timeout
+        self.server.handlers.emit(Event(kind=MessageType.ROUND_START, round=round,
+                                        detail={"cohort": [t.client_id for t in tasks]}))
+        cache = ChunkCache()
+        waiting = {t.client_id: t for t in tasks}
+        open_tasks: dict[int, Downlink] = {}
+        outcomes: dict[int, Outcome] = {}
+        while waiting or open_tasks:
+            if waiting:
+                open_tasks.update(self._send_fits(waiting, cache))
+            now = time.monotonic()
+            if waiting and now >= absent_deadline:
+                for cid, t in waiting.items():
+                    outcomes[cid] = ClientFailure(
+                        round=t.round, client_id=cid, stage="connect",
+                        message=f"not connected within {self.policy.absent_timeout:g} s")
+                waiting.clear()
+            if now >= deadline or self._enough(outcomes):
+                break
+            until = min(deadline, absent_deadline) if waiting else deadline
+            item = self._next(min(until - now, 1.0))
+            if isinstance(item, Answer) and item.task_id in open_tasks:
+                task = open_tasks.pop(item.task_id)
+                outcomes[task.client_id] = self._outcome(item, task)
+        self._close_round(round, open_tasks, outcomes, time.monotonic() >= deadline)
+        self.server.handlers.emit(Event(kind=MessageType.ROUND_END, round=round, detail={
+            "results": sum(not isinstance(o, ClientFailure) for o in outcomes.values())}))
+        return [outcomes[cid] for cid in sorted(outcomes)]
+
+    def _enough(self, outcomes: dict[int, Outcome]) -> bool:
+        close_at = self.policy.close_at
+        return close_at is not None and sum(
+            not isinstance(o, ClientFailure) for o in outcomes.values()) >= close_at
+
+    def _send_fits(self, waiting: dict[int, Downlink],
+                   cache: ChunkCache) -> dict[int, Downlink]:
+        """Send the waiting tasks whose clients are connected; returns them by task id."""
+        connected = set(self.server.connected())
+        ready = [t for cid, t in waiting.items() if cid in connected]
+        sends = []
+        for task in ready:
+            task_id = next(self._ids)
+            out = Outgoing(*downlink_to_package(task_id, task))
+            sends.append((Task(task_id=task_id, kind=pb.FIT, round=task.round,
+                               client_id=task.client_id), out, task))
+        sent: dict[int, Downlink] = {}
+        for (meta, _, task), ok in zip(sends, self.server.dispatch(
+                [(meta, out) for meta, out, _ in sends], cache)):
+            if ok:
+                sent[meta.task_id] = task
+                del waiting[task.client_id]
+        return sent
+
+    @staticmethod
+    def _outcome(answer: Answer, task: Downlink) -> Outcome:
+        if answer.result is not None:
+            return answer.result
+        if answer.failure is not None:
+            return answer.failure
+        return ClientFailure(round=task.round, client_id=task.client_id, stage="validate",
+                             message="the answer to a fit task carried no result")
+
+    def _close_round(self, round: int, open_tasks: dict[int, Downlink],
+                     outcomes: dict[int, Outcome], timed_out: bool) -> None:
+        if not open_tasks:
+            return
+        why = (f"no result within the round deadline ({self.policy.round_timeout:g} s)"
+               if timed_out else f"the round closed at {self.policy.close_at} results")
+        for task in open_tasks.values():
+            outcomes[task.client_id] = ClientFailure(round=round, client_id=task.client_id,
+                                                     stage="deadline", message=why)
+        self.server.expire(open_tasks)
+
+    # -- async mode ------------------------------------------------------------------------
+
+    def submit(self, task: Downlink) -> int | None:
+        """Send one fit task now; its task id, or None when its client is not connected."""
+        task_id = next(self._ids)
+        out = Outgoing(*downlink_to_package(task_id, task))
+        meta = Task(task_id=task_id, kind=pb.FIT, round=task.round, client_id=task.client_id)
+        if not self.server.dispatch([(meta, out)])[0]:
+            return None
+        self._busy[task_id] = task.client_id
+        return task_id
+
+    def forget(self, task_ids: Sequence[int]) -> None:
+        """Give up tasks in flight: their clients count as idle, their late results are dropped."""
+        for task_id in task_ids:
+            self._busy.pop(task_id, None)
+        self.server.expire(task_ids)
+
+    def idle_clients(self) -> list[int]:
+        """Connected clients with no task in flight."""
+        busy = set(self._busy.values())
+        return [c for c in self.server.connected() if c not in busy]
+
+    def collect(self, timeout: float) -> Answer | None:
+        """The next answer to a submitted task (None when none came within ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            item = self._next(min(left, 1.0))
+            if isinstance(item, Answer) and self._busy.pop(item.task_id, None) is not None:
+                return item
+        return None
+
+    # -- evaluation and properties ------------------------------------------------------------
+
+    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
+        """None (the server evaluates) unless ``evaluate_on_clients``: then the example-weighted
+        metrics every connected client reports on its own data."""
+        if not self.policy.evaluate_on_clients:
+            return None
+        answers = self._ask(pb.EVALUATE, params)
+        bags = [a.metrics for a in answers if a.metrics is not None]
+        return combine(bags) if bags else None
+
+    def properties(self) -> dict[int, dict[str, Scalar]]:
+        """Every connected client's properties (Flower's ``get_properties``)."""
+        return {a.client_id: dict(a.values or {}) for a in self._ask(pb.PROPERTIES, None)}
+
+    def _ask(self, kind: pb.Kind, params: torch.Tensor | None) -> list[Answer]:
+        cache = ChunkCache()
+        sends: list[tuple[Task, Outgoing | list[bytes]]] = []
+        for cid in self.server.connected():
+            task_id = next(self._ids)
+            tensors: dict[str, torch.Tensor] = {}
+            if params is None:
+                header = pb.Header(task_id=task_id, kind=kind, client_id=cid)
+            else:
+                header, tensors = evaluate_to_package(task_id, round=0, client_id=cid,
+                                                      params=params, config=ClientConfig())
+            sends.append((Task(task_id=task_id, kind=kind, round=0, client_id=cid),
+                          Outgoing(header, tensors)))
+        open_ids = {meta.task_id for (meta, _), ok in zip(sends, self.server.dispatch(sends, cache))
+                    if ok}
+        answers: list[Answer] = []
+        deadline = time.monotonic() + self.policy.round_timeout
+        while open_ids and (left := deadline - time.monotonic()) > 0:
+            item = self._next(min(left, 1.0))
+            if isinstance(item, Answer) and item.task_id in open_ids:
+                open_ids.discard(item.task_id)
+                if item.failure is None:
+                    answers.append(item)
+        self.server.expire(open_ids)
+        return sorted(answers, key=lambda a: a.client_id)
+
+    def close(self) -> None:
+        """Tell every client the run is over."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(TransportError):  # the server stopped already
+                self.server.finish("the run is over")

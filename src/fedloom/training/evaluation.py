@@ -1,0 +1,217 @@
+"""Evaluation of models: central (the test set, in large batches), on all training data, and
+federated (every client's local test split), and what a round of a run evaluates
+(:class:`RoundEvaluator`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import cast
+
+import torch
+from torch.nn import functional as F
+
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
+from fedloom.data.dataset import ArrayData, FederatedData
+from fedloom.models import ModelFn
+
+log = logging.getLogger(__name__)
+
+CentralFn = Callable[[torch.Tensor], dict[str, Mean]]
+PersonalFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class InferenceModel:
+    """A model for evaluation, loaded from flat parameters by copying.
+
+    Unlike training (where the model's tensors are views into the flat vector), evaluation owns
+    its tensors, so it can keep them in the layout inference runs fastest in: on CPU, models with
+    4-d weights (convolutions) are kept ``channels_last``, which oneDNN runs about 1.5x faster
+    than the default layout (W2's CNN on 10,000 MNIST images, 1 thread: 1.7 s vs 2.6 s). A model
+    whose forward cannot take channels-last tensors (``.view`` on a non-contiguous activation)
+    falls back to the default layout on its first batch. Only rounding differs between the two.
+    """
+
+    def __init__(self, model_fn: ModelFn, device: str | torch.device = "cpu") -> None:
+        module = model_fn().to(device)
+        self.layout = ParamLayout.from_module(module)
+        self.channels_last = (torch.device(device).type == "cpu"
+                              and any(p.dim() == 4 for p in module.parameters()))
+        self._tried = not self.channels_last
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.module = module.eval()
+        named = dict(module.named_parameters()) | dict(module.named_buffers())
+        self._targets = [named[e.name] for e in self.layout.entries]
+
+    def load(self, flat: torch.Tensor) -> None:
+        """Copy flat parameters (in :attr:`layout` order) into the model."""
+        with torch.no_grad():
+            for e, target in zip(self.layout.entries, self._targets, strict=True):
+                target.copy_(flat[e.offset:e.stop].view(e.shape))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last or x.dim() != 4:
+            return cast(torch.Tensor, self.module(x))
+        last = x.contiguous(memory_format=torch.channels_last)
+        if self._tried:
+            return cast(torch.Tensor, self.module(last))
+        try:
+            out = self.module(last)
+        except RuntimeError as exc:
+            log.debug("evaluating in the default layout: channels_last failed (%s)", exc)
+            self.channels_last = False
+            self._to_contiguous()
+            return cast(torch.Tensor, self.module(x))
+        self._tried = True
+        return cast(torch.Tensor, out)
+
+    def _to_contiguous(self) -> None:
+        with torch.no_grad():
+            for target in self._targets:
+                if target.dim() == 4:  # fresh strides: size-1 dims make contiguous() a no-op
+                    target.data = torch.empty(target.shape, dtype=target.dtype,
+                                              device=target.device).copy_(target.data)
+
+
+class CentralEvaluator:
+    """Loss and accuracy of flat parameters on a test set.
+
+    Example:
+        >>> # ev = CentralEvaluator(model_fn=fn, test=data.test); ev(params)["test_accuracy"].value
+    """
+
+    def __init__(self, *, model_fn: ModelFn, test: ArrayData, batch_size: int = 1000,
+                 device: str | torch.device = "cpu") -> None:
+        self.model = InferenceModel(model_fn, device)
+        self.test = test.to(device)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def __call__(self, params: torch.Tensor) -> dict[str, Mean]:
+        return self.evaluate_slice(params, 0, len(self.test))
+
+    def evaluate_slice(self, params: torch.Tensor, start: int, stop: int) -> dict[str, Mean]:
+        """Summed loss and correct counts over test examples ``[start, stop)``."""
+        self.model.load(params)
+        model = self.model
+        loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = 0
+        with torch.inference_mode():
+            for lo in range(start, stop, self.batch_size):
+                idx = torch.arange(lo, min(lo + self.batch_size, stop), device=self.device)
+                x, y = self.test.batch(idx)
+                logits = model(x)
+                loss += F.cross_entropy(logits, y, reduction="sum").double()
+                correct += int((logits.argmax(1) == y).sum())
+        n = float(stop - start)
+        return {"test_loss": Mean(float(loss), n), "test_accuracy": Mean(float(correct), n)}
+
+
+def distribution(prefix: str, accuracies: torch.Tensor, losses: torch.Tensor) -> dict[str, float]:
+    """Mean, worst 10% (mean of the lowest decile, at least one client) and std over clients."""
+    k = max(1, int(accuracies.numel()) // 10)
+    return {f"{prefix}_accuracy_mean": float(accuracies.mean()),
+            f"{prefix}_accuracy_worst10": float(accuracies.sort().values[:k].mean()),
+            f"{prefix}_accuracy_std": float(accuracies.std()) if accuracies.numel() > 1 else 0.0,
+            f"{prefix}_loss_mean": float(losses.mean())}
+
+
+class FederatedEvaluator:
+    """Accuracy of models on each client's local test split, as a distribution over clients.
+
+    The global model is evaluated in one batched pass over every client's examples, split per
+    client afterwards; personalised models (one per client) are evaluated client by client.
+    """
+
+    def __init__(self, *, model_fn: ModelFn, data: FederatedData, batch_size: int = 1000,
+                 device: str | torch.device = "cpu") -> None:
+        if data.client_test is None:
+            fix = ("its clients exist only while they train" if data.name == "generated"
+                   else "set data.client_test_fraction (e.g. 0.2)")
+            raise ConfigError(f"eval.federated needs local test splits: the dataset has none; "
+                              f"{fix}")
+        self.model = InferenceModel(model_fn, device)
+        self.data = data
+        self.batch_size = batch_size
+        self.splits = [data.local_test(c) for c in range(data.num_clients)]
+
+    def _scores(self, source: ArrayData, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example correctness and loss of the loaded model on ``source[idx]``."""
+        model = self.model
+        correct, losses = [], []
+        with torch.inference_mode():
+            for lo in range(0, int(idx.shape[0]), self.batch_size):
+                x, y = source.batch(idx[lo:lo + self.batch_size])
+                logits = model(x)
+                correct.append((logits.argmax(1) == y).double())
+                losses.append(F.cross_entropy(logits, y, reduction="none").double())
+        if not correct:
+            return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        return torch.cat(correct), torch.cat(losses)
+
+    def global_model(self, params: torch.Tensor) -> dict[str, float]:
+        """The global model on every client's local test split (prefix ``fed``)."""
+        self.model.load(params)
+        accs, losses = [], []
+        for split in self.splits:
+            assert split is not None
+            c, loss = self._scores(*split)
+            accs.append(c.mean() if c.numel() else torch.tensor(float("nan")))
+            losses.append(loss.mean() if loss.numel() else torch.tensor(float("nan")))
+        return distribution("fed", *self._valid(accs, losses))
+
+    def personal(self, params_of: Callable[[int], torch.Tensor]) -> dict[str, float]:
+        """Each client's own model on its own local test split (prefix ``personal``)."""
+        accs, losses = [], []
+        for cid, split in enumerate(self.splits):
+            assert split is not None
+            self.model.load(params_of(cid))
+            c, loss = self._scores(*split)
+            accs.append(c.mean() if c.numel() else torch.tensor(float("nan")))
+            losses.append(loss.mean() if loss.numel() else torch.tensor(float("nan")))
+        return distribution("personal", *self._valid(accs, losses))
+
+    @staticmethod
+    def _valid(accs: list[torch.Tensor], losses: list[torch.Tensor]) -> tuple[torch.Tensor,
+                                                                               torch.Tensor]:
+        a, l_ = torch.stack(accs), torch.stack(losses)
+        keep = ~torch.isnan(a)
+        return a[keep], l_[keep]
+
+
+
+class RoundEvaluator:
+    """Evaluates a global model the way the run config asks.
+
+    Args:
+        central: test-set metrics of flat params (the fleet's spread evaluation or the server's).
+        train: also report ``global_train_loss`` / ``global_train_accuracy`` over all clients'
+            training examples (the FedProx paper's training loss).
+        federated: also report the ``fed_accuracy_*`` distribution over clients' local test
+            splits, and ``personal_accuracy_*`` when the algorithm keeps personal models.
+    """
+
+    def __init__(self, *, central: CentralFn, model_fn: ModelFn, data: FederatedData,
+                 batch_size: int = 1000, train: bool = False, federated: bool = False,
+                 personal: PersonalFn | None = None) -> None:
+        self.central = central
+        self.on_train = CentralEvaluator(model_fn=model_fn, test=data.arrays(),
+                                         batch_size=batch_size) if train else None
+        self.federated = FederatedEvaluator(model_fn=model_fn, data=data,
+                                            batch_size=batch_size) if federated else None
+        self.personal = personal
+
+    def __call__(self, params: torch.Tensor) -> dict[str, float]:
+        out = {key: m.value for key, m in self.central(params).items()}
+        if self.on_train is not None:
+            for key, m in self.on_train(params).items():
+                out[key.replace("test_", "global_train_")] = m.value
+        if self.federated is not None:
+            out.update(self.federated.global_model(params))
+            if self.personal is not None:
+                personal = self.personal
+                out.update(self.federated.personal(lambda cid: personal(cid, params)))
+        return out
