@@ -33,6 +33,7 @@ test-one-thread: $(STAMP)
 check: $(STAMP) check-proto
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # gRPC code in src/fedloom/transport/generated: regenerate after editing the .proto; `check`
 # fails when the committed code is stale
