@@ -23,14 +23,14 @@ def one_run(num_clients: int, rounds: int) -> dict[str, float]:
     """Build and run in this process; peak memory and per-round seconds."""
     import resource
 
+    from fedloom.app.build import build_run
     from fedloom.app.config import load_config
-    from fedloom.app.experiment import build_simulation
 
     cfg = load_config(None, [
         "data.name=generated", f"data.num_clients={num_clients}", "model.name=logreg",
         "cohort.size=100", "client.steps=1", "client.batch_size=10", "client.lr=0.05",
         f"rounds={rounds}", "fleet.threads=1"])
-    sim = build_simulation(cfg)
+    sim = build_run(cfg)
     history = sim.run()
     seconds = [float(r["round_seconds"]) for r in history.rows[1:]]
     return {"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedloom import ClientConfig, Simulation
-from fedloom.algorithms.base import Algorithm
+from fedloom.algorithms.base import Algorithm, Base
 from fedloom.core.packages import Downlink, ServerState
 from fedloom.data.dataset import ArrayData, FederatedData
 
@@ -39,7 +39,7 @@ def quadratic_data(counts: Sequence[int]) -> FederatedData:
                          client_test=None, num_classes=2, input_shape=(dim,))
 
 
-class PerClientSteps:
+class PerClientSteps(Base):
     """Wraps an algorithm so client i takes taus[i] full-batch gradient steps."""
 
     def __init__(self, inner: Algorithm, taus: Sequence[int]) -> None:

@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fedloom.app.build import build_run
 from fedloom.app.client import ConfigClient
 from fedloom.app.config import config_to_yaml, load_config
-from fedloom.app.experiment import RunResult, build_simulation
+from fedloom.app.experiment import RunResult
 from fedloom.app.server import ServerOptions, run_server
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientResult, Downlink
@@ -40,7 +41,7 @@ pytestmark = pytest.mark.integration
 
 
 def simulated(overrides: list[str]) -> dict[str, torch.Tensor]:
-    sim = build_simulation(load_config(None, overrides))
+    sim = build_run(load_config(None, overrides))
     return sim.layout.unflatten(sim.run().final.params)
 
 
@@ -76,7 +77,7 @@ def test_three_client_processes_give_the_simulations_model_bit_for_bit(tmp_path:
         "checkpoint.safetensors", "config.yaml", "metrics.jsonl", "metrics.png",
         "model.safetensors"]
     deployed = load_file(str(run / "model.safetensors"))
-    sim = build_simulation(load_config(None, SYNTH))
+    sim = build_run(load_config(None, SYNTH))
     sim_history = sim.run()
     expected = sim.layout.unflatten(sim_history.final.params)
     assert all(torch.equal(deployed[k], v) for k, v in expected.items())

@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedloom.app.build import build_run
 from fedloom.app.config import load_config
-from fedloom.app.experiment import build_simulation
 from fedloom.core.errors import ConfigError
 from fedloom.core.rng import choose
 from fedloom.data import DataConfig, load_federated
@@ -71,22 +71,22 @@ def test_generated_population_settings_are_checked(override: str, words: str) ->
 
 
 def test_a_million_clients_train_and_the_process_fleet_agrees_with_serial() -> None:
-    big = build_simulation(load_config(None, [*W5, "data.num_clients=1000000", "rounds=2"]))
+    big = build_run(load_config(None, [*W5, "data.num_clients=1000000", "rounds=2"]))
     rows = big.run().rows
     assert [r["num_results"] for r in rows] == [10, 10]
     small = [*W5, "data.num_clients=40", "rounds=2"]
-    serial = build_simulation(load_config(None, small)).run().final.params
-    process = build_simulation(load_config(None, [*small, "fleet.kind=process",
+    serial = build_run(load_config(None, small)).run().final.params
+    process = build_run(load_config(None, [*small, "fleet.kind=process",
                                                   "fleet.workers=2"])).run().final.params
     assert torch.equal(serial, process)
-    vectorized = build_simulation(load_config(None, [*small, "fleet.kind=vectorized"])
+    vectorized = build_run(load_config(None, [*small, "fleet.kind=vectorized"])
                                   ).run().final.params
     assert torch.allclose(serial, vectorized, atol=1e-5)
 
 
 def test_eval_train_is_refused_for_a_generated_population() -> None:
     with pytest.raises(ConfigError, match="made on demand"):
-        build_simulation(load_config(None, [*W5, "data.num_clients=100", "eval.train=true"]))
+        build_run(load_config(None, [*W5, "data.num_clients=100", "eval.train=true"]))
 
 
 @settings(max_examples=200, deadline=None)

@@ -40,6 +40,7 @@ from fedloom.fleets import FleetConfig, FleetKind
 from fedloom.fleets.config import AggregationMode
 from fedloom.fleets.dist_env import choose_device
 from fedloom.fleets.dist_wire import (
+    Op,
     TensorTable,
     decode_outcomes,
     decode_share,
@@ -194,17 +195,20 @@ def rank_main(scenario: str, base: str) -> int:
             return got
         return wrapped
 
-    def forbidden(*_: object) -> None:
-        raise AssertionError(f"scenario {scenario}: this aggregation path must not run")
+    expected = Op.REDUCE if scenario == "reduce" else Op.FIT
+    server_fit = DistributedFleet._server_fit
+
+    def only_expected(self: DistributedFleet, op: Op, round: int,
+                      tasks: Sequence[Downlink]) -> Any:
+        if op is not expected:
+            raise AssertionError(f"scenario {scenario}: the {op.name} path must not run")
+        return server_fit(self, op, round, tasks)
 
     LocalTrainer.fit = flaky(LocalTrainer.fit)  # type: ignore[method-assign]
-    if scenario == "reduce":
-        DistributedFleet.fit_mean = recording(DistributedFleet.fit_mean)  # type: ignore[method-assign]
-        DistributedFleet.fit = forbidden  # type: ignore[method-assign,assignment]
-    else:
+    DistributedFleet.fit = recording(DistributedFleet.fit)  # type: ignore[method-assign]
+    DistributedFleet._server_fit = only_expected  # type: ignore[method-assign]
+    if scenario != "reduce":
         FedAvg.reducible = False
-        DistributedFleet.fit = recording(DistributedFleet.fit)  # type: ignore[method-assign]
-        DistributedFleet.fit_mean = forbidden  # type: ignore[method-assign,assignment]
     cfg = load_config(CONFIG, [*SMALL, *FLAKY, "fleet.kind=distributed",
                                "fleet.aggregation=reduce", f"out={base}/rank{rank}"])
     run_experiment(cfg, console=False)
@@ -301,7 +305,7 @@ def test_world_of_one_vectorized_share(mode: AggregationMode, world_of_one: None
     expected = small_sim("serial").run()
     sim = small_sim(FleetConfig(kind=FleetKind.DISTRIBUTED, threads=1, vectorize=True,
                                 aggregation=mode))
-    assert (sim.reducer is not None) == (mode is AggregationMode.REDUCE)
+    assert sim.fleet.reduces == (mode is AggregationMode.REDUCE)  # type: ignore[attr-defined]
     got = sim.run()
     assert not dist.is_initialized()  # close() destroyed the group it created
     assert FakeVectorizedTrainer.calls == [sim.sampler.sample(r) for r in (1, 2)]

@@ -25,13 +25,12 @@ import torch
 from fedloom import ClientConfig, ClientFailure, ClientResult, ConfigError, FedAvg, Simulation
 from fedloom.algorithms.base import PLAIN, LocalSpec
 from fedloom.core.metrics import Mean
-from fedloom.core.packages import Downlink, Outcome
+from fedloom.core.packages import Downlink, Outcome, split_outcomes
 from fedloom.fleets import Fleet, FleetConfig, FleetKind
 from fedloom.fleets.client_worker import eval_slices
 from fedloom.fleets.process import ProcessFleet
 from fedloom.fleets.serial import fit_one
 from fedloom.models import mlp
-from fedloom.runtime.simulation import split_outcomes
 from fedloom.training.evaluation import CentralEvaluator
 from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data

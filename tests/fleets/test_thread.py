@@ -10,11 +10,10 @@ import torch
 
 from fedloom import ClientConfig, ClientFailure, ClientResult, FedAvg, Simulation
 from fedloom.algorithms.base import LocalSpec
-from fedloom.core.packages import Downlink
+from fedloom.core.packages import Downlink, split_outcomes
 from fedloom.fleets import Fleet, FleetConfig, FleetKind
 from fedloom.fleets.thread import ThreadFleet
 from fedloom.models import mlp
-from fedloom.runtime.simulation import split_outcomes
 from fedloom.training.evaluation import CentralEvaluator
 from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data

@@ -21,8 +21,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedloom import ClientConfig, ConfigError, FedAvg, LocalSpec, Simulation
-from fedloom.algorithms.base import proximal_pull
+from fedloom.algorithms.base import LocalView, proximal_pull
+from fedloom.algorithms.ditto import Ditto, DittoOptions
 from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
 from fedloom.data.dataset import FederatedData
 from fedloom.fleets import FleetConfig, FleetKind, make_fleet
@@ -221,12 +223,22 @@ def halve_and_tag(result: ClientResult, downlink: Downlink) -> ClientResult:
     return dataclasses.replace(result, params=result.params * 0.5, extras=extras)
 
 
+def start_grad(view: LocalView, downlink: Downlink) -> tuple[dict[str, Mean],
+                                                            dict[str, torch.Tensor]]:
+    return {}, {"start_grad": view.gradient()}
+
+
+def start_loss(view: LocalView, downlink: Downlink) -> tuple[dict[str, Mean],
+                                                            dict[str, torch.Tensor]]:
+    return {"start_loss": view.loss()}, {}
+
+
 LOCAL_SPECS = {
     "fedprox": LocalSpec(correct_grads=partial(proximal_pull, 0.5)),
-    "scaffold-like": LocalSpec(correct_grads=shift, finish=halve_and_tag, start_grad=True),
+    "scaffold-like": LocalSpec(before=start_grad, correct_grads=shift, finish=halve_and_tag),
     "extra-loss": LocalSpec(extra_loss=proximal_term),
-    "qffl-like": LocalSpec(start_loss=True),
-    "ditto": LocalSpec(personal_lambda=0.3),
+    "qffl-like": LocalSpec(before=start_loss),
+    "ditto": Ditto(DittoOptions(lam=0.3)).local,
 }
 
 

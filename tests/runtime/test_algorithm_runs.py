@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from fedloom.algorithms import REGISTRY
-from fedloom.algorithms.base import result_needs
+from fedloom.algorithms import registry
+from fedloom.app.build import build_run
 from fedloom.app.config import load_config
-from fedloom.app.experiment import build_simulation, run_experiment
+from fedloom.app.experiment import run_experiment
 from fedloom.core.packages import ClientResult
-from fedloom.runtime.simulation import Simulation
+from fedloom.runtime.loop import ServerLoop
 
 TINY = ["data.name=synthetic", "data.num_clients=12", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "client.batch_size=10", "rounds=3", "fleet.threads=1"]
@@ -23,7 +23,7 @@ def _run(tmp_path: Path, *overrides: str) -> list[dict[str, object]]:
     return [dict(r) for r in run_experiment(cfg, console=False).history.rows]
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", sorted(registry()))
 def test_every_algorithm_runs_and_learns_something(name: str, tmp_path: Path) -> None:
     rows = _run(tmp_path, f"algorithm.name={name}", "eval.train=true")
     assert len(rows) == 3
@@ -76,18 +76,18 @@ def test_sync_rounds_report_simulated_time_with_a_clock(tmp_path: Path) -> None:
     assert times == sorted(times) and times[0] > 0  # type: ignore[operator]
 
 
-SYNC = [n for n in sorted(REGISTRY) if n not in ("fedasync", "fedbuff")]  # one update at a time
+SYNC = [n for n in sorted(registry()) if n not in ("fedasync", "fedbuff")]  # one update at a time
 
 
 @pytest.mark.parametrize("name", SYNC)
 def test_every_algorithm_declares_exactly_what_its_clients_send(name: str) -> None:
     """``result_needs`` (what a deployment server checks replies against) matches the extras and
     metrics the algorithm's own local training produces."""
-    sim = build_simulation(load_config(None, [*TINY, f"algorithm.name={name}"]))
-    assert isinstance(sim, Simulation)
+    sim = build_run(load_config(None, [*TINY, f"algorithm.name={name}"]))
+    assert isinstance(sim, ServerLoop)
     tasks = sim.algorithm.configure(1, sim.state, sim.sampler.sample(1), sim.client)
     results = [o for o in sim.fleet.fit(1, tasks) if isinstance(o, ClientResult)]
-    needs = result_needs(sim.algorithm, sim.layout)
+    needs = sim.algorithm.result_needs(sim.layout)
     assert results
     for result in results:
         assert {k: int(v.numel()) for k, v in result.extras.items()} == dict(needs.extras)

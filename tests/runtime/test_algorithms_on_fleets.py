@@ -7,20 +7,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedloom.algorithms import REGISTRY
+from fedloom.algorithms import registry
+from fedloom.app.build import build_run
 from fedloom.app.config import load_config
-from fedloom.app.experiment import build_simulation
 
 TINY = ["data.name=synthetic", "data.num_clients=8", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "client.batch_size=10", "rounds=2", "fleet.threads=1",
         "fleet.workers=2"]
-SYNC = sorted(n for n in REGISTRY if n not in ("fedasync", "fedbuff"))
+SYNC = sorted(n for n in registry() if n not in ("fedasync", "fedbuff"))
 
 
 def _final(tmp_path: Path, name: str, kind: str) -> torch.Tensor:
     cfg = load_config(None, [*TINY, f"algorithm.name={name}", f"fleet.kind={kind}",
                              f"out={tmp_path / kind}"])
-    return build_simulation(cfg).run().final.params
+    return build_run(cfg).run().final.params
 
 
 @pytest.mark.parametrize("name", [*SYNC, "fedbuff"])

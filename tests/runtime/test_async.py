@@ -16,8 +16,9 @@ from fedloom.algorithms.asynchronous import (
 )
 from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientResult
-from fedloom.runtime.async_sim import AsyncSimulation, local_steps
 from fedloom.runtime.clock import ClientClock, ClockConfig, SpeedModel
+from fedloom.runtime.simulated_clock import local_steps
+from fedloom.runtime.simulation import AsyncSimulation
 
 
 def test_staleness_functions_by_hand() -> None:

@@ -14,7 +14,7 @@ from fedloom.app.config import load_config
 from fedloom.app.server import ServerOptions, build_deployment
 from fedloom.core.packages import ClientConfig
 from fedloom.fleets.grpc import RoundPolicy
-from fedloom.runtime.async_loop import AsyncServerLoop
+from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.sinks import read_rows
 from fedloom.transport.handlers import MessageType
 from tests.loopback import SYNTH, thread_clients, tiny_server
@@ -27,7 +27,7 @@ def test_an_async_run_reaches_its_model_versions(tmp_path: Path, algorithm: str)
                              *(["algorithm.buffer_size=2"] if algorithm == "fedbuff" else [])])
     dep = build_deployment(cfg, ServerOptions(address="127.0.0.1:0", insecure=True,
                                               console=False))
-    assert isinstance(dep.loop, AsyncServerLoop)
+    assert isinstance(dep.loop, AsyncLoop)
     try:
         with thread_clients(dep.server.port, range(6), client=ConfigClient()):
             dep.fleet.wait_for_clients(6, 30)
@@ -67,7 +67,7 @@ def test_a_stale_result_is_mixed_in_with_fedasyncs_weight() -> None:
         server.handlers.register(MessageType.FIT_REPLY,
                                  lambda e: release.set() if e.client_id == 1 else None)
         fleet.wait_for_clients(2, 10)
-        loop = AsyncServerLoop(algorithm=algo, fleet=fleet, client=ClientConfig(), versions=2,
+        loop = AsyncLoop(algorithm=algo, fleet=fleet, client=ClientConfig(), versions=2,
                                layout=server.layout, initial_params=torch.zeros(8),
                                evaluate=lambda p: {}, concurrency=2)
         history = loop.run()

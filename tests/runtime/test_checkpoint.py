@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from fedloom.algorithms.client_store import DiskStore, MemoryStore
+from fedloom.app.build import build_run
 from fedloom.app.client import ConfigClient
 from fedloom.app.config import load_config
-from fedloom.app.experiment import build_simulation
 from fedloom.app.server import ServerOptions, build_deployment
 from fedloom.core.errors import CheckpointError
 from fedloom.core.packages import ServerState
@@ -32,7 +32,8 @@ from tests.loopback import SYNTH, thread_clients
 
 def _state() -> ServerState:
     return ServerState(round=7, params=torch.randn(10),
-                       extras={"m": torch.randn(10), "v": torch.rand(10)})
+                       extras={"m": torch.randn(10), "v": torch.rand(10),
+                               "buffer": torch.ones(10)})  # FedBuff's pending deltas
 
 
 @pytest.mark.parametrize("kind", ["memory", "disk"])
@@ -44,16 +45,16 @@ def test_a_checkpoint_round_trips_state_store_buffer_and_rows(tmp_path: Path, ki
     state = _state()
     rows: list[Row] = [{"round": 6, "test_accuracy": 0.5}, {"round": 7, "test_accuracy": None}]
     save_checkpoint(tmp_path, Checkpoint(state=state, store=store_contents(store),
-                                         buffer=(torch.ones(10),), rows=tuple(rows),
+                                         rows=tuple(rows),
                                          info={"starts": 12}))
     back = load_checkpoint(tmp_path)
     assert back.state.round == 7 and torch.equal(back.state.params, state.params)
-    assert set(back.state.extras) == {"m", "v"}
+    assert set(back.state.extras) == {"m", "v", "buffer"}
     assert all(torch.equal(back.state.extras[k], v) for k, v in state.extras.items())
     assert sorted(back.store) == [("c", 1), ("c", 4), ("personal", 2)]
     assert torch.equal(back.store[("c", 1)], torch.arange(4.0))
     assert list(back.rows) == rows and back.info == {"starts": 12}
-    assert torch.equal(back.buffer[0], torch.ones(10))
+    assert torch.equal(back.state.extras["buffer"], torch.ones(10))
     store.put(3, "c", torch.zeros(4))  # written after the checkpoint: must go on restore
     restore_store(store, back.store)
     assert store.get(3, "c") is None and torch.equal(store.get(1, "c"), torch.arange(4.0))
@@ -101,11 +102,11 @@ class CrashAfter:
 def test_a_resumed_server_ends_with_the_uninterrupted_model(tmp_path: Path,
                                                             algorithm: str) -> None:
     overrides = [*SYNTH, "rounds=4", f"algorithm.name={algorithm}"]
-    expected = build_simulation(load_config(None, overrides)).run().final
+    expected = build_run(load_config(None, overrides)).run().final
     cfg = load_config(None, [*overrides, f"out={tmp_path / 'run'}"])
     options = ServerOptions(address="127.0.0.1:0", insecure=True, console=False)
     dep = build_deployment(cfg, options)
-    dep.loop.sinks.insert(1, CrashAfter(2))  # after the checkpoint, before metrics.jsonl
+    dep.loop.sinks.insert(0, CrashAfter(2))  # after the checkpoint, before metrics.jsonl
     try:
         with thread_clients(dep.server.port, range(6), client=ConfigClient()):
             dep.fleet.wait_for_clients(6, 30)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fedloom import ClientConfig, ClientError, ClientResult, Downlink, FedAvg, Simulation
+from fedloom.core.packages import split_outcomes
 from fedloom.models import mlp
-from fedloom.runtime.simulation import split_outcomes
 from tests.conftest import make_image_data
 
 

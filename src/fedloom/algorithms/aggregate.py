@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from fedloom.core.errors import AggregationError
-from fedloom.core.packages import ClientResult
+from fedloom.core.packages import ClientResult, ServerState
 
 #: elements accumulated per block: a block of the output stays in cache while every update is
 #: added to it, and each op stays under torch's parallel grain (32768), so no thread pool is
@@ -46,5 +46,23 @@ def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
 
 
 def example_weighted_params(results: Sequence[ClientResult]) -> torch.Tensor:
-    """FedAvg's average: local parameters weighted by each client's ``num_examples``."""
+    """FedAvg's average: local parameters weighted by each client's ``num_examples``.
+
+    Results that all carry one tensor (a fleet that reduced the cohort's updates to their
+    example-weighted mean hands each result that mean) average to that tensor itself.
+    """
+    first = results[0].params if results else None
+    if first is not None and all(r.params is first for r in results):
+        return first
     return weighted_mean([r.params for r in results], [r.num_examples for r in results])
+
+
+def mean_step(round: int, state: ServerState, results: Sequence[ClientResult],
+              server_lr: float = 1.0) -> ServerState:
+    """FedAvg's server step: from the global model ``server_lr`` of the way to the
+    example-weighted mean of the results (1: the mean itself); no results, no move."""
+    if not results:
+        return ServerState(round=round, params=state.params, extras=state.extras)
+    mean = example_weighted_params(results)
+    params = mean if server_lr == 1.0 else torch.lerp(state.params, mean, server_lr)
+    return ServerState(round=round, params=params, extras=state.extras)

@@ -8,7 +8,12 @@ FedAsync mixes every result in: ``x <- (1 - a_t) x + a_t x_k`` with ``a_t = alph
 ``s`` constant, polynomial ``(staleness + 1)^(-a)`` or hinge ``1`` if ``staleness <= b`` else
 ``1 / (a (staleness - b) + 1)``.
 FedBuff buffers ``buffer_size`` client deltas ``x_k - x_start`` (each scaled by
-``s(staleness)``), then steps ``x <- x + server_lr * mean(buffer)``.
+``s(staleness)``), then steps ``x <- x + server_lr * mean(buffer)``. The buffer is server state
+(``extras["buffer"]``, the running sum, and ``extras["buffered"]``, the count), so a checkpoint
+carries it.
+
+Both are :class:`~fedloom.algorithms.base.AsyncAlgorithm` s: the async loop asks ``configure``
+for one client at a time and gives every result to ``on_result``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
 
 import torch
 
-from fedloom.algorithms.base import PLAIN, LocalSpec
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.algorithms.base import Base
+from fedloom.algorithms.registry import AlgorithmContext, register
+from fedloom.core.packages import ClientResult, ServerState
 from fedloom.core.validate import Problems
 
 
@@ -38,19 +43,6 @@ def staleness_weight(kind: Staleness, staleness: int, a: float, b: float) -> flo
     if kind == Staleness.HINGE:
         return 1.0 if staleness <= b else 1.0 / (a * (staleness - b) + 1.0)
     return 1.0
-
-
-@runtime_checkable
-class AsyncAlgorithm(Protocol):
-    name: str
-    local: LocalSpec
-
-    def init(self, params: torch.Tensor) -> ServerState: ...
-
-    def configure(self, state: ServerState, client_id: int, client: ClientConfig) -> Downlink: ...
-
-    def on_result(self, state: ServerState, result: ClientResult, start: torch.Tensor,
-                  staleness: int) -> tuple[ServerState, bool]: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,22 +77,22 @@ class FedBuffOptions:
         p.raise_if_any()
 
 
-def _downlink(state: ServerState, client_id: int, client: ClientConfig) -> Downlink:
-    return Downlink(round=state.round, client_id=client_id, params=state.params, config=client)
+class _Async(Base):
+    """What FedAsync and FedBuff share: no rounds to aggregate."""
+
+    asynchronous = True
+
+    def aggregate(self, round: int, state: ServerState,
+                  results: Sequence[ClientResult]) -> ServerState:
+        raise TypeError(f"{self.name} is asynchronous: its results go to on_result, one at a "
+                        "time (the async loop), not to aggregate")
 
 
-class FedAsync:
+class FedAsync(_Async):
     name = "fedasync"
-    local: LocalSpec = PLAIN
 
     def __init__(self, options: FedAsyncOptions | None = None) -> None:
         self.options = options or FedAsyncOptions()
-
-    def init(self, params: torch.Tensor) -> ServerState:
-        return ServerState(round=0, params=params.clone())
-
-    def configure(self, state: ServerState, client_id: int, client: ClientConfig) -> Downlink:
-        return _downlink(state, client_id, client)
 
     def on_result(self, state: ServerState, result: ClientResult, start: torch.Tensor,
                   staleness: int) -> tuple[ServerState, bool]:
@@ -110,36 +102,34 @@ class FedAsync:
         return ServerState(round=state.round + 1, params=params), True
 
 
-class FedBuff:
+class FedBuff(_Async):
     name = "fedbuff"
-    local: LocalSpec = PLAIN
 
     def __init__(self, options: FedBuffOptions | None = None) -> None:
         self.options = options or FedBuffOptions()
-        self._buffer: list[torch.Tensor] = []
 
-    def init(self, params: torch.Tensor) -> ServerState:
-        self._buffer = []
-        return ServerState(round=0, params=params.clone())
-
-    def configure(self, state: ServerState, client_id: int, client: ClientConfig) -> Downlink:
-        return _downlink(state, client_id, client)
+    def init_extras(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"buffer": torch.zeros_like(params), "buffered": torch.zeros((), dtype=torch.int64)}
 
     def on_result(self, state: ServerState, result: ClientResult, start: torch.Tensor,
                   staleness: int) -> tuple[ServerState, bool]:
         o = self.options
         weight = staleness_weight(o.staleness, staleness, o.a, o.b)
-        self._buffer.append((result.params - start).mul_(weight))
-        if len(self._buffer) < o.buffer_size:
-            return state, False
-        step = _mean(self._buffer)
-        self._buffer = []
-        return ServerState(round=state.round + 1,
-                           params=state.params.add(step, alpha=o.server_lr)), True
+        buffer = state.extras["buffer"].add((result.params - start).mul_(weight))
+        count = int(state.extras["buffered"]) + 1
+        if count < o.buffer_size:
+            return ServerState(round=state.round, params=state.params, extras={
+                "buffer": buffer, "buffered": torch.tensor(count)}), False
+        params = state.params.add(buffer.div_(count), alpha=o.server_lr)
+        return ServerState(round=state.round + 1, params=params,
+                           extras=self.init_extras(params)), True
 
 
-def _mean(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    out = torch.zeros_like(tensors[0])
-    for t in tensors:
-        out.add_(t)
-    return out.div_(len(tensors))
+@register("fedasync", FedAsyncOptions)
+def _build_fedasync(options: FedAsyncOptions, context: AlgorithmContext) -> FedAsync:
+    return FedAsync(options)
+
+
+@register("fedbuff", FedBuffOptions)
+def _build_fedbuff(options: FedBuffOptions, context: AlgorithmContext) -> FedBuff:
+    return FedBuff(options)

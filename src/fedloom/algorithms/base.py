@@ -1,29 +1,50 @@
-"""The algorithm seam: a server half (init, configure, aggregate) and a declarative client half.
+"""The algorithm seam: a server half and a declarative client half, in one closed contract.
 
-The client half is a :class:`LocalSpec` of optional hooks the executor calls inside its own SGD
-loop, so the same algorithm runs serially, in worker processes or vectorized. FedAvg uses none.
+Everything the round loop, the fleets and a deployment server ask of an algorithm is declared
+here, with its default in :class:`Base`; nothing is looked up with ``getattr``. State that must
+survive a checkpoint lives in :class:`ServerState` (``params`` and ``extras``) or in the run's
+client-state store, never in private attributes.
+
+The client half is a :class:`LocalSpec` of generic hooks the executor calls inside its own SGD
+loop, so the same algorithm runs serially, in worker processes or vectorized: a pass before
+training (:attr:`LocalSpec.before`, given a :class:`LocalView` of the received model on the
+client's data), an extra loss term and a per-step gradient correction, further SGD passes after
+the main one (:class:`ExtraPass`) and an end step. FedAvg uses none of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard
 
 import torch
 
-from fedloom.algorithms.aggregate import example_weighted_params
 from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.core.rng import Purpose
 
 GradHook = Callable[[torch.Tensor, torch.Tensor, Downlink], None]
+ExtraLoss = Callable[[Sequence[torch.Tensor], Downlink], torch.Tensor]
+Finish = Callable[[ClientResult, Downlink], ClientResult]
 
 
-def broadcast(round: int, state: ServerState, cohort: Sequence[int],
-              client: ClientConfig) -> list[Downlink]:
-    """The same global model and client config for every client of the cohort."""
-    return [Downlink(round=round, client_id=c, params=state.params, config=client)
-            for c in cohort]
+class LocalView(Protocol):
+    """The received model on one client's training data, for a pass before training."""
+
+    def loss(self) -> Mean:
+        """The mean task loss over all the client's training examples."""
+        ...
+
+    def gradient(self) -> torch.Tensor:
+        """The gradient of that loss, flat over the trainable tensors (layout order)."""
+        ...
+
+
+#: ``before(view, downlink) -> (metrics, extras)`` added to the client's result
+BeforeHook = Callable[[LocalView, Downlink],
+                      tuple[Mapping[str, Mean], Mapping[str, torch.Tensor]]]
 
 
 def proximal_pull(lam: float, grads: torch.Tensor, params: torch.Tensor,
@@ -33,63 +54,56 @@ def proximal_pull(lam: float, grads: torch.Tensor, params: torch.Tensor,
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ExtraPass:
+    """One more local SGD pass after the main one (Ditto's personal model).
+
+    It starts from ``start(downlink)``, draws its batches from the ``purpose`` stream of
+    ``(seed, round, client_id)`` and applies ``correct_grads`` after each backward; its final
+    parameters return as ``extras[name]`` and its mean loss as ``metrics[name + "_train_loss"]``.
+    """
+
+    name: str
+    start: Callable[[Downlink], torch.Tensor]
+    correct_grads: GradHook | None = None
+    purpose: str = Purpose.PERSONAL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LocalSpec:
-    """Hooks into the local SGD loop; ``None`` means the plain loop.
+    """Hooks into the local SGD loop; the defaults are the plain loop. Hooks must be picklable
+    (module-level functions, ``functools.partial``) for the process fleet's workers.
 
     Attributes:
+        before: a pass at the received model before training; returns metrics and extras for
+            the result (q-FFL's loss ``F_k``, SCAFFOLD option I's full gradient).
         extra_loss: added to the task loss each step, given the trainable parameters (in layout
-            order, differentiable) and the downlink (FedProx's proximal term).
+            order, differentiable) and the downlink.
         correct_grads: called after each backward as ``correct_grads(grads, params, downlink)``
             with the flat gradient and flat parameters of the trainable tensors (layout order);
             modifies ``grads`` in place (FedProx's proximal gradient, SCAFFOLD's correction).
+        passes: further SGD passes after the main one, each from its own start.
         finish: turns the raw result into the uplink (FedNova's normalisation, DP clipping).
-        start_loss: also report ``start_loss``, the received model's loss on all the client's
-            training data before local training (q-FFL's F_k).
-        start_grad: also return ``extras["start_grad"]``, the full local gradient at the
-            received model (SCAFFOLD's option I).
-        personal_lambda: after the global update, also train the client's personal model
-            (``downlink.extras["personal"]``, else the global model) with the pull
-            ``lambda/2 ||v - w_global||^2`` and return it as ``extras["personal"]`` (Ditto).
     """
 
-    extra_loss: Callable[[Sequence[torch.Tensor], Downlink], torch.Tensor] | None = None
+    before: BeforeHook | None = None
+    extra_loss: ExtraLoss | None = None
     correct_grads: GradHook | None = None
-    finish: Callable[[ClientResult, Downlink], ClientResult] | None = None
-    start_loss: bool = False
-    start_grad: bool = False
-    personal_lambda: float | None = None
+    passes: tuple[ExtraPass, ...] = ()
+    finish: Finish | None = None
 
     @property
     def is_plain(self) -> bool:
-        return (self.extra_loss is None and self.correct_grads is None and self.finish is None
-                and not self.start_loss and not self.start_grad and self.personal_lambda is None)
+        return (self.before is None and self.extra_loss is None and self.correct_grads is None
+                and not self.passes and self.finish is None)
 
 
 PLAIN = LocalSpec()
 
 
-class Algorithm(Protocol):
-    """A federated algorithm. Results reach ``aggregate`` sorted by client id."""
-
-    name: str
-    local: LocalSpec
-
-    def init(self, params: torch.Tensor) -> ServerState: ...
-
-    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
-                  client: ClientConfig) -> list[Downlink]: ...
-
-    def aggregate(self, round: int, state: ServerState,
-                  results: Sequence[ClientResult]) -> ServerState: ...
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResultNeeds:
-    """What an algorithm's ``aggregate`` reads from each client result besides ``params``.
-
-    A deployment server checks every fit reply against it (and rejects one that lacks them), so
-    an algorithm with extras or required metrics declares them with a method
-    ``result_needs(layout) -> ResultNeeds``; one without that method needs nothing more.
+    """What an algorithm's server half reads from each client result besides ``params``; a
+    deployment server rejects a fit reply that lacks it.
 
     Attributes:
         extras: extra tensors by name and number of values.
@@ -100,33 +114,124 @@ class ResultNeeds:
     metrics: frozenset[str] = frozenset()
 
 
-def result_needs(algorithm: object, layout: ParamLayout) -> ResultNeeds:
-    """The algorithm's declared :class:`ResultNeeds` (none declared: nothing beyond params)."""
-    declare = getattr(algorithm, "result_needs", None)
-    return declare(layout) if callable(declare) else ResultNeeds()
+class Selection(Protocol):
+    """How a round's cohort can be chosen: what the round loop offers :meth:`Algorithm.select`.
 
-
-@runtime_checkable
-class ReducibleAlgorithm(Algorithm, Protocol):
-    """An algorithm whose aggregate depends on the results only through their example-weighted
-    mean ``sum_k n_k x_k / sum_k n_k`` (``n_k = num_examples``), declared by ``reducible``.
-
-    A fleet may then compute that mean with one reduce collective instead of gathering every
-    update (the distributed fleet's ``fleet.aggregation=reduce``); ``aggregate_mean(round,
-    state, mean)`` must equal ``aggregate(round, state, results)`` up to float rounding. A
-    subclass whose aggregate is not such a mean sets ``reducible = False``.
+    Attributes:
+        size: the configured cohort size (``cohort.size``).
     """
 
+    size: int
+
+    def sample(self, size: int) -> list[int]:
+        """``size`` candidates drawn by the run's sampler for this round (seeded by
+        ``(seed, round)``), sorted; fewer when fewer clients are available."""
+        ...
+
+    def losses(self, client_ids: Sequence[int]) -> dict[int, float]:
+        """Each client's mean training loss at the current global model (clients that could
+        not answer are missing)."""
+        ...
+
+
+class Algorithm(Protocol):
+    """A federated algorithm: everything the loop, the fleets and a server ask of one.
+
+    Attributes:
+        name: the registry name.
+        local: the client half.
+        asynchronous: results are consumed one at a time as they arrive
+            (:class:`AsyncAlgorithm`); otherwise in rounds through :meth:`aggregate`.
+        keeps_partial_work: a straggler's reduced local work is kept rather than dropped
+            (FedProx); see :mod:`fedloom.runtime.heterogeneity`.
+        reducible: ``aggregate`` reads the results only through their example-weighted mean
+            ``sum_k n_k x_k / sum_k n_k``, so a fleet may hand it results that all carry that
+            mean (the distributed fleet's ``fleet.aggregation=reduce``).
+        personalized: clients keep models of their own (:meth:`personal_params`).
+    """
+
+    name: str
+    local: LocalSpec
+    asynchronous: bool
+    keeps_partial_work: bool
     reducible: bool
+    personalized: bool
 
-    def aggregate_mean(self, round: int, state: ServerState,
-                       mean: torch.Tensor) -> ServerState: ...
+    def init(self, params: torch.Tensor) -> ServerState: ...
+
+    def select(self, round: int, state: ServerState, selection: Selection) -> list[int]:
+        """The round's cohort, sorted."""
+        ...
+
+    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
+                  client: ClientConfig) -> list[Downlink]: ...
+
+    def aggregate(self, round: int, state: ServerState,
+                  results: Sequence[ClientResult]) -> ServerState:
+        """The next state from the round's usable results, sorted by client id."""
+        ...
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds: ...
+
+    def personal_params(self, client_id: int, params: torch.Tensor) -> torch.Tensor:
+        """The model client ``client_id`` uses when the global model is ``params`` (that one
+        unless ``personalized``)."""
+        ...
 
 
-def step_from_mean(algorithm: ReducibleAlgorithm, round: int, state: ServerState,
-                   results: Sequence[ClientResult]) -> ServerState:
-    """``aggregate`` of an algorithm whose step reads the results only through their
-    example-weighted mean: that mean, then ``aggregate_mean`` (no results: nothing moves)."""
-    if not results:
-        return ServerState(round=round, params=state.params, extras=state.extras)
-    return algorithm.aggregate_mean(round, state, example_weighted_params(results))
+class AsyncAlgorithm(Algorithm, Protocol):
+    """An algorithm that consumes client results one at a time, each with its staleness (how
+    many global model versions were made since the client received its model)."""
+
+    def on_result(self, state: ServerState, result: ClientResult, start: torch.Tensor,
+                  staleness: int) -> tuple[ServerState, bool]:
+        """The new state, and whether it is a new global model version."""
+        ...
+
+
+def is_async(algorithm: Algorithm) -> TypeGuard[AsyncAlgorithm]:
+    """Whether ``algorithm`` declares itself asynchronous."""
+    return algorithm.asynchronous
+
+
+class Base:
+    """Defaults for every member of :class:`Algorithm` but ``aggregate``: plain local SGD, a
+    cohort drawn by the sampler, the global model broadcast, nothing extra in the results.
+
+    Subclasses set ``name`` and override what differs; extra server-side tensors come from
+    :meth:`init_extras`.
+    """
+
+    name: str = "base"
+    local: LocalSpec = PLAIN
+    asynchronous: bool = False
+    keeps_partial_work: bool = False
+    reducible: bool = False
+    personalized: bool = False
+
+    def init(self, params: torch.Tensor) -> ServerState:
+        return ServerState(round=0, params=params.clone(), extras=self.init_extras(params))
+
+    def init_extras(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Server-side tensors besides the model (optimiser moments, control variates)."""
+        return {}
+
+    def select(self, round: int, state: ServerState, selection: Selection) -> list[int]:
+        return selection.sample(selection.size)
+
+    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
+                  client: ClientConfig) -> list[Downlink]:
+        return broadcast(round, state, cohort, client)
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        return ResultNeeds()
+
+    def personal_params(self, client_id: int, params: torch.Tensor) -> torch.Tensor:
+        return params
+
+
+def broadcast(round: int, state: ServerState, cohort: Sequence[int],
+              client: ClientConfig) -> list[Downlink]:
+    """The same global model and client config for every client of the cohort."""
+    return [Downlink(round=round, client_id=c, params=state.params, config=client)
+            for c in cohort]

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-
-from fedloom.algorithms.base import PLAIN, LocalSpec, broadcast, step_from_mean
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.algorithms.aggregate import mean_step
+from fedloom.algorithms.base import Base
+from fedloom.algorithms.registry import AlgorithmContext, register
+from fedloom.core.packages import ClientResult, ServerState
 from fedloom.core.validate import Problems
 
 
@@ -24,36 +24,20 @@ class FedAvgOptions:
         p.raise_if_any()
 
 
-class FedAvg:
-    """Federated averaging.
-
-    Example:
-        >>> algo = FedAvg()
-        >>> state = algo.init(torch.zeros(3))
-        >>> state.round
-        0
-    """
+class FedAvg(Base):
+    """Federated averaging: plain local SGD, the example-weighted mean of the local models."""
 
     name = "fedavg"
-    local: LocalSpec = PLAIN
-    reducible = True  # the aggregate is a function of the example-weighted mean
+    reducible = True
 
     def __init__(self, options: FedAvgOptions | None = None) -> None:
         self.options = options or FedAvgOptions()
 
-    def init(self, params: torch.Tensor) -> ServerState:
-        return ServerState(round=0, params=params.clone())
-
-    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
-                  client: ClientConfig) -> list[Downlink]:
-        return broadcast(round, state, cohort, client)
-
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:
-        return step_from_mean(self, round, state, results)
+        return mean_step(round, state, results, self.options.server_lr)
 
-    def aggregate_mean(self, round: int, state: ServerState, mean: torch.Tensor) -> ServerState:
-        """The step from the example-weighted mean of the local models (a reduce's result)."""
-        lr = self.options.server_lr
-        params = mean if lr == 1.0 else torch.lerp(state.params, mean, lr)
-        return ServerState(round=round, params=params, extras=state.extras)
+
+@register("fedavg", FedAvgOptions)
+def _build(options: FedAvgOptions, context: AlgorithmContext) -> FedAvg:
+    return FedAvg(options)

@@ -17,8 +17,9 @@ from functools import partial
 import torch
 
 from fedloom.algorithms.aggregate import example_weighted_params
-from fedloom.algorithms.base import LocalSpec, ResultNeeds
+from fedloom.algorithms.base import Base, LocalSpec, ResultNeeds
 from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
+from fedloom.algorithms.registry import AlgorithmContext, register
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
@@ -47,14 +48,10 @@ def update_linear_term(alpha: float, result: ClientResult, downlink: Downlink) -
     return dataclasses.replace(result, extras={**result.extras, "h_i": new})
 
 
-class FedDyn:
+class FedDyn(Base):
     """FedDyn with per-client linear terms in a :class:`ClientStateStore`."""
 
     name = "feddyn"
-
-    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
-        """Each result carries its new ``h_i``."""
-        return ResultNeeds(extras={"h_i": self.num_trainable or layout.size})
 
     def __init__(self, options: FedDynOptions | None = None, *, num_examples: Sequence[int],
                  num_trainable: int | None = None, store: ClientStateStore | None = None) -> None:
@@ -67,9 +64,12 @@ class FedDyn:
         self.local = LocalSpec(correct_grads=partial(dynamic_gradient, alpha),
                                finish=partial(update_linear_term, alpha))
 
-    def init(self, params: torch.Tensor) -> ServerState:
-        return ServerState(round=0, params=params.clone(),
-                           extras={"h": torch.zeros_like(params[: self.num_trainable])})
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result carries its new ``h_i``."""
+        return ResultNeeds(extras={"h_i": self.num_trainable or layout.size})
+
+    def init_extras(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"h": torch.zeros_like(params[: self.num_trainable])}
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
@@ -94,3 +94,9 @@ class FedDyn:
         params = example_weighted_params(results)
         params[:n].sub_(h, alpha=1 / alpha)
         return ServerState(round=round, params=params, extras={"h": h})
+
+
+@register("feddyn", FedDynOptions)
+def _build(options: FedDynOptions, context: AlgorithmContext) -> FedDyn:
+    return FedDyn(options, num_examples=context.num_examples, num_trainable=context.trainable,
+                  store=context.store)

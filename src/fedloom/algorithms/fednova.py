@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.algorithms.base import LocalSpec, ResultNeeds, broadcast
+from fedloom.algorithms.base import Base, LocalSpec, ResultNeeds
+from fedloom.algorithms.registry import AlgorithmContext, register
 from fedloom.core.layout import ParamLayout
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.core.packages import ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
 
@@ -46,25 +47,18 @@ def attach_solver_norm(result: ClientResult, downlink: Downlink) -> ClientResult
     return dataclasses.replace(result, extras=extras)
 
 
-class FedNova:
+class FedNova(Base):
     """Normalised averaging; plain SGD (with optional momentum) on the clients."""
 
     name = "fednova"
     local = LocalSpec(finish=attach_solver_norm)
 
-    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
-        """Each result carries its normalising factor ``a_i``."""
-        return ResultNeeds(extras={"fednova_a": 1})
-
     def __init__(self, options: FedNovaOptions | None = None) -> None:
         self.options = options or FedNovaOptions()
 
-    def init(self, params: torch.Tensor) -> ServerState:
-        return ServerState(round=0, params=params.clone())
-
-    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
-                  client: ClientConfig) -> list[Downlink]:
-        return broadcast(round, state, cohort, client)
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result carries its normalising factor ``a_i``."""
+        return ResultNeeds(extras={"fednova_a": 1})
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:
@@ -79,3 +73,8 @@ class FedNova:
         step = tau_eff * sum(w) * self.options.server_lr
         mean = weighted_mean([r.params for r in results], w)
         return ServerState(round=round, params=torch.lerp(state.params, mean, step))
+
+
+@register("fednova", FedNovaOptions)
+def _build(options: FedNovaOptions, context: AlgorithmContext) -> FedNova:
+    return FedNova(options)

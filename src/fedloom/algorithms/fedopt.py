@@ -22,8 +22,10 @@ from enum import StrEnum
 
 import torch
 
-from fedloom.algorithms.base import PLAIN, LocalSpec, broadcast, step_from_mean
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.algorithms.aggregate import example_weighted_params
+from fedloom.algorithms.base import Base
+from fedloom.algorithms.registry import AlgorithmContext, register
+from fedloom.core.packages import ClientResult, ServerState
 from fedloom.core.validate import Problems
 
 
@@ -66,10 +68,9 @@ class FedAvgMOptions:
         p.raise_if_any()
 
 
-class FedOpt:
+class FedOpt(Base):
     """FedAvg's client half with an optimiser on the server (``kind`` picks which)."""
 
-    local: LocalSpec = PLAIN
     reducible = True  # the step reads the results only through their example-weighted mean
 
     def __init__(self, kind: ServerOptimizer, options: FedOptOptions | FedAvgMOptions) -> None:
@@ -77,21 +78,19 @@ class FedOpt:
         self.options = options
         self.name = "fedavgm" if kind == ServerOptimizer.MOMENTUM else f"fed{kind.value}"
 
-    def init(self, params: torch.Tensor) -> ServerState:
+    def init_extras(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
         extras = {"m": torch.zeros_like(params)}
         if isinstance(self.options, FedOptOptions):
             extras["v"] = torch.full_like(params, self.options.tau ** 2)
-        return ServerState(round=0, params=params.clone(), extras=extras)
-
-    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
-                  client: ClientConfig) -> list[Downlink]:
-        return broadcast(round, state, cohort, client)
+        return extras
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:
-        return step_from_mean(self, round, state, results)
+        if not results:
+            return ServerState(round=round, params=state.params, extras=state.extras)
+        return self.step(round, state, example_weighted_params(results))
 
-    def aggregate_mean(self, round: int, state: ServerState, mean: torch.Tensor) -> ServerState:
+    def step(self, round: int, state: ServerState, mean: torch.Tensor) -> ServerState:
         """The server optimiser's step from the example-weighted mean of the local models."""
         delta = mean.sub(state.params)
         opts = self.options
@@ -126,3 +125,23 @@ def fedyogi(options: FedOptOptions) -> FedOpt:
 
 def fedadagrad(options: FedOptOptions) -> FedOpt:
     return FedOpt(ServerOptimizer.ADAGRAD, options)
+
+
+@register("fedavgm", FedAvgMOptions)
+def _build_fedavgm(options: FedAvgMOptions, context: AlgorithmContext) -> FedOpt:
+    return fedavgm(options)
+
+
+@register("fedadam", FedOptOptions)
+def _build_fedadam(options: FedOptOptions, context: AlgorithmContext) -> FedOpt:
+    return fedadam(options)
+
+
+@register("fedyogi", FedOptOptions)
+def _build_fedyogi(options: FedOptOptions, context: AlgorithmContext) -> FedOpt:
+    return fedyogi(options)
+
+
+@register("fedadagrad", FedOptOptions)
+def _build_fedadagrad(options: FedOptOptions, context: AlgorithmContext) -> FedOpt:
+    return fedadagrad(options)

@@ -7,11 +7,14 @@ epochs instead of being dropped.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
-from fedloom.algorithms.base import LocalSpec, proximal_pull
-from fedloom.algorithms.fedavg import FedAvg, FedAvgOptions
+from fedloom.algorithms.aggregate import mean_step
+from fedloom.algorithms.base import Base, LocalSpec, proximal_pull
+from fedloom.algorithms.registry import AlgorithmContext, register
+from fedloom.core.packages import ClientResult, ServerState
 from fedloom.core.validate import Problems
 
 
@@ -29,14 +32,23 @@ class FedProxOptions:
         p.raise_if_any()
 
 
-class FedProx(FedAvg):
-    """FedAvg's server half with the proximal client objective."""
+class FedProx(Base):
+    """FedAvg's server step with the proximal client objective."""
 
     name = "fedprox"
+    reducible = True
     keeps_partial_work = True
 
     def __init__(self, options: FedProxOptions | None = None) -> None:
-        opts = options or FedProxOptions()
-        super().__init__(FedAvgOptions(server_lr=opts.server_lr))
-        self.mu = opts.mu
-        self.local = LocalSpec(correct_grads=partial(proximal_pull, opts.mu))
+        self.options = options or FedProxOptions()
+        self.mu = self.options.mu
+        self.local = LocalSpec(correct_grads=partial(proximal_pull, self.mu))
+
+    def aggregate(self, round: int, state: ServerState,
+                  results: Sequence[ClientResult]) -> ServerState:
+        return mean_step(round, state, results, self.options.server_lr)
+
+
+@register("fedprox", FedProxOptions)
+def _build(options: FedProxOptions, context: AlgorithmContext) -> FedProx:
+    return FedProx(options)

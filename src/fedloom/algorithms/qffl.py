@@ -20,8 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.algorithms.base import LocalSpec, ResultNeeds, broadcast
+from fedloom.algorithms.base import Base, LocalSpec, LocalView, ResultNeeds, broadcast
+from fedloom.algorithms.registry import AlgorithmContext, register
 from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -50,22 +52,26 @@ def qffl_weights(losses: Sequence[float], sq_norms: Sequence[float], q: float,
     return scale, h
 
 
-class QFFL:
+def start_loss(view: LocalView, _downlink: Downlink) -> tuple[dict[str, Mean],
+                                                              dict[str, torch.Tensor]]:
+    """``F_k``: the client's loss at the received model, before it trains."""
+    return {"start_loss": view.loss()}, {}
+
+
+class QFFL(Base):
     """q-FedAvg; evaluate with federated evaluation to see the fairness it buys."""
 
     name = "qffl"
-    local = LocalSpec(start_loss=True)
+    local = LocalSpec(before=start_loss)
+
+    def __init__(self, options: QFFLOptions | None = None) -> None:
+        self.options = options or QFFLOptions()
+        # derived, not state: set from the round's client config before every aggregate
+        self._lipschitz = self.options.lipschitz
 
     def result_needs(self, layout: ParamLayout) -> ResultNeeds:
         """Each result reports the loss at the global model (``start_loss``)."""
         return ResultNeeds(metrics=frozenset({"start_loss"}))
-
-    def __init__(self, options: QFFLOptions | None = None) -> None:
-        self.options = options or QFFLOptions()
-        self._lipschitz = self.options.lipschitz
-
-    def init(self, params: torch.Tensor) -> ServerState:
-        return ServerState(round=0, params=params.clone())
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
@@ -85,3 +91,8 @@ class QFFL:
         # sum_k D_k / h = (sum_k scale_k) / h * weighted_mean(dw_k, scale_k)
         step = weighted_mean(dws, scale).mul_(sum(scale) / h)
         return ServerState(round=round, params=state.params - step)
+
+
+@register("qffl", QFFLOptions)
+def _build(options: QFFLOptions, context: AlgorithmContext) -> QFFL:
+    return QFFL(options)

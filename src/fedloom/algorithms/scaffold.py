@@ -17,9 +17,11 @@ from functools import partial
 import torch
 
 from fedloom.algorithms.aggregate import example_weighted_params
-from fedloom.algorithms.base import LocalSpec, ResultNeeds
+from fedloom.algorithms.base import Base, LocalSpec, LocalView, ResultNeeds
 from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
+from fedloom.algorithms.registry import AlgorithmContext, register
 from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
 
@@ -42,6 +44,12 @@ def control_correction(grads: torch.Tensor, _params: torch.Tensor, downlink: Dow
     grads.add_(downlink.extras["correction"][: grads.shape[0]])
 
 
+def start_gradient(view: LocalView, _downlink: Downlink) -> tuple[dict[str, Mean],
+                                                                 dict[str, torch.Tensor]]:
+    """Option I's new control variate: the full local gradient at the received model."""
+    return {}, {"start_grad": view.gradient()}
+
+
 def new_control_variate(option: int, result: ClientResult, downlink: Downlink) -> ClientResult:
     extras = dict(result.extras)
     if option == 1:
@@ -55,18 +63,15 @@ def new_control_variate(option: int, result: ClientResult, downlink: Downlink) -
     return dataclasses.replace(result, extras=extras)
 
 
-class Scaffold:
+class Scaffold(Base):
     """SCAFFOLD with per-client control variates in a :class:`ClientStateStore`.
 
     Args:
         num_examples: every registered client's example count (``p_i`` of the global ``c``).
+        num_trainable: values of the trainable tensors (the control variates' length).
     """
 
     name = "scaffold"
-
-    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
-        """Each result carries its new control variate ``c_i``."""
-        return ResultNeeds(extras={"c_i": self.num_trainable or layout.size})
 
     def __init__(self, options: ScaffoldOptions | None = None, *, num_examples: Sequence[int],
                  num_trainable: int | None = None, store: ClientStateStore | None = None) -> None:
@@ -75,13 +80,16 @@ class Scaffold:
         self.share = [n / total for n in num_examples]
         self.num_trainable = num_trainable
         self.store: ClientStateStore = store or MemoryStore()
-        self.local = LocalSpec(correct_grads=control_correction,
-                               finish=partial(new_control_variate, self.options.option),
-                               start_grad=self.options.option == 1)
+        self.local = LocalSpec(before=start_gradient if self.options.option == 1 else None,
+                               correct_grads=control_correction,
+                               finish=partial(new_control_variate, self.options.option))
 
-    def init(self, params: torch.Tensor) -> ServerState:
-        return ServerState(round=0, params=params.clone(),
-                           extras={"c": torch.zeros_like(params[: self.num_trainable])})
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """Each result carries its new control variate ``c_i``."""
+        return ResultNeeds(extras={"c_i": self.num_trainable or layout.size})
+
+    def init_extras(self, params: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"c": torch.zeros_like(params[: self.num_trainable])}
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
@@ -107,3 +115,9 @@ class Scaffold:
         params = torch.lerp(state.params, example_weighted_params(results),
                             self.options.server_lr)
         return ServerState(round=round, params=params, extras={"c": c})
+
+
+@register("scaffold", ScaffoldOptions)
+def _build(options: ScaffoldOptions, context: AlgorithmContext) -> Scaffold:
+    return Scaffold(options, num_examples=context.num_examples,
+                    num_trainable=context.trainable, store=context.store)

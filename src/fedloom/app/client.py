@@ -32,7 +32,7 @@ def trainer_client(cfg: RunConfig) -> TrainerClient:
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
     num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))
     algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
-        num_examples=num_examples, num_trainable=sum(p.numel() for p in model_fn().parameters())))
+        num_examples=num_examples, layout=ParamLayout.from_module(model_fn())))
     return TrainerClient(LocalTrainer(model_fn=model_fn, train=data.train,
                                       client_indices=data.client_train, seed=cfg.seed,
                                       local=algorithm.local), threads=cfg.fleet.threads)

@@ -22,8 +22,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from fedloom.algorithms import REGISTRY as ALGORITHMS
 from fedloom.algorithms.fedavg import FedAvgOptions
+from fedloom.algorithms.registry import registry
 from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientConfig
 from fedloom.core.validate import Problems
@@ -32,6 +32,7 @@ from fedloom.fleets.config import FleetConfig
 from fedloom.models import ModelConfig
 from fedloom.runtime.clock import ClockConfig
 from fedloom.runtime.sampling import SamplerName
+from fedloom.training.evaluation import EvalConfig
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,20 +56,16 @@ class CohortConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class EvalConfig:
-    """Evaluation every ``every`` rounds (and after the last): central, on the test set; with
-    ``train`` also of the global model on all training data; with ``federated`` also on every
-    client's local test split (accuracy mean, worst 10%)."""
+class CheckpointConfig:
+    """``every``: write the run directory's checkpoint after every this many rounds (and after
+    the last), so ``fedloom run --resume RUN_DIR`` continues a killed run; 0: none (a
+    deployment server checkpoints after every round unless told a larger ``every``)."""
 
-    every: int = 1
-    batch_size: int = 1000
-    federated: bool = False
-    train: bool = False
+    every: int = 0
 
     def __post_init__(self) -> None:
         p = Problems()
-        p.check(self.every >= 1, "every", self.every, "must be >= 1")
-        p.check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        p.check(self.every >= 0, "every", self.every, "must be >= 0 (0: no checkpoints)")
         p.raise_if_any()
 
 
@@ -98,6 +95,7 @@ class RunConfig:
     fleet: FleetConfig = field(default_factory=FleetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -178,11 +176,11 @@ def _algorithm_from_mapping(data: Any, p: Problems) -> Any:
         return _BAD
     rest = dict(data)
     name = rest.pop("name", "fedavg")
-    if name not in ALGORITHMS:
-        p.add("algorithm.name", name, f"must be one of {', '.join(sorted(ALGORITHMS))}")
+    known = registry()
+    if name not in known:
+        p.add("algorithm.name", name, f"must be one of {', '.join(sorted(known))}")
         return _BAD
-    options_cls, _ = ALGORITHMS[name]
-    options = from_mapping(options_cls, rest, "algorithm", p)
+    options = from_mapping(known[name].options, rest, "algorithm", p)
     return _BAD if options is _BAD else AlgorithmConfig(name=name, options=options)
 
 

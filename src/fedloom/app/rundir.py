@@ -7,14 +7,21 @@ model of the last completed round), ``metrics.png`` and, when checkpointing, the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedloom.app.config import RunConfig, config_to_yaml, load_config
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ServerState
-from fedloom.runtime.sinks import Row, read_rows
+from fedloom.runtime.async_loop import AsyncLoop
+from fedloom.runtime.checkpoint import load_checkpoint
+from fedloom.runtime.loop import ServerLoop
+from fedloom.runtime.sinks import JsonlSink, Row, read_rows
+
+log = logging.getLogger(__name__)
 
 
 def default_out(name: str) -> Path:
@@ -29,6 +36,37 @@ def prepare_out(out: Path) -> Path:
                           "choose another out=... or remove it")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def open_run_dir(run: ServerLoop | AsyncLoop, cfg: RunConfig, *, out: Path,
+                 resume: bool) -> Path:
+    """A fresh run directory with ``config.yaml``; or, resuming, ``out``'s run continued: the
+    config must be the run's own, ``run`` is restored from the checkpoint and ``metrics.jsonl``
+    is cut back to the checkpoint's rows (rounds written after it are run again)."""
+    if not resume:
+        prepare_out(out)
+        (out / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
+        return out
+    saved = load_config(out / "config.yaml")
+    if _without_out(saved) != _without_out(cfg):
+        raise ConfigError(f"--resume {out}: the config given differs from the run's "
+                          f"{out / 'config.yaml'} (resume with the same config, or none)")
+    run.restore(load_checkpoint(out), out)
+    log.info("resuming after round %d", run.state.round)
+    tmp = out / "metrics.jsonl.tmp"
+    tmp.unlink(missing_ok=True)
+    sink = JsonlSink(tmp)
+    for row in run.rows:
+        sink.log(row)
+    sink.close()
+    tmp.replace(out / "metrics.jsonl")
+    return out
+
+
+def _without_out(cfg: RunConfig) -> str:
+    import dataclasses
+
+    return config_to_yaml(dataclasses.replace(cfg, out=None))
 
 
 def save_model(layout: ParamLayout, state: ServerState, out: Path) -> Path:

@@ -1,12 +1,12 @@
 """A deployment server from a run config: the simulation's round loop, remote clients.
 
-:func:`run_server` builds exactly what :func:`fedloom.app.experiment.build_simulation` builds
-(data for evaluation and client counts, the initial model from the seed, the algorithm, the
-sampler, the evaluator) but hands the :class:`~fedloom.runtime.loop.ServerLoop` a
-:class:`GrpcFleet`; an asynchronous algorithm (FedAsync, FedBuff) gets the
-:class:`AsyncServerLoop`. It writes the same run directory as a simulation (``config.yaml``,
-``metrics.jsonl``, ``model.safetensors``, ``metrics.png``) plus a checkpoint after every round,
-and tells the clients to exit at the end.
+:func:`run_server` builds its run with the one build path a simulation takes
+(:func:`fedloom.app.build.build_run`: data for evaluation and client counts, the initial model
+from the seed, the algorithm, the sampler, the evaluator, the loop), handing it a
+:class:`GrpcFleet` of remote clients instead of simulated ones; an asynchronous algorithm
+(FedAsync, FedBuff) gets the async loop on the wall clock. It writes the same run directory as a
+simulation (``config.yaml``, ``metrics.jsonl``, ``model.safetensors``, ``metrics.png``) plus a
+checkpoint after every round (``checkpoint.every``), and tells the clients to exit at the end.
 
 Example:
     >>> # run_server(load_config("configs/fedavg_mnist_2nn_iid.yaml"),
@@ -18,40 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from fedloom.algorithms import AlgorithmContext, build_algorithm
-from fedloom.algorithms.asynchronous import AsyncAlgorithm
-from fedloom.algorithms.base import Algorithm, result_needs
-from fedloom.algorithms.client_store import ClientStateStore, make_store
-from fedloom.app.config import RunConfig, config_to_yaml, load_config
+from fedloom.algorithms.base import Algorithm, is_async
+from fedloom.app.build import Run, build_run
+from fedloom.app.config import RunConfig, config_to_yaml
 from fedloom.app.experiment import RunResult
-from fedloom.app.rundir import close_run_dir, default_out, prepare_out
+from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean
-from fedloom.core.packages import ServerState
-from fedloom.data import load_federated
 from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
-from fedloom.models import init_module, model_factory
-from fedloom.runtime.async_loop import AsyncServerLoop
-from fedloom.runtime.checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    restore_store,
-    rows_up_to,
-    save_checkpoint,
-    store_contents,
-)
+from fedloom.runtime.assemble import FleetRequest
+from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.loop import ServerLoop
-from fedloom.runtime.sampling import ConnectedSampler, Sampler, make_sampler
-from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Row, Sink
-from fedloom.training.evaluation import CentralEvaluator, RoundEvaluator
+from fedloom.runtime.sampling import ConnectedSampler
+from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink
 from fedloom.transport.handlers import Handlers
 from fedloom.transport.messages import ReplySchema
 from fedloom.transport.security import TlsFiles, TokenBook
@@ -100,30 +82,11 @@ class ServerOptions:
                               "FILE and/or --client-ca (mutual TLS), or --insecure")
 
 
-def reply_schema(algorithm: Algorithm | AsyncAlgorithm, layout: ParamLayout) -> ReplySchema:
-    """What the algorithm's aggregate reads from a fit reply beyond the parameters (its
-    declared :class:`~fedloom.algorithms.base.ResultNeeds`)."""
-    needs = result_needs(algorithm, layout)
+def reply_schema(algorithm: Algorithm, layout: ParamLayout) -> ReplySchema:
+    """What the algorithm reads from a fit reply beyond the parameters (its declared
+    :class:`~fedloom.algorithms.base.ResultNeeds`)."""
+    needs = algorithm.result_needs(layout)
     return ReplySchema(extras=dict(needs.extras), metrics=needs.metrics)
-
-
-class Checkpointer:
-    """A sink that writes the checkpoint before the row reaches the other sinks."""
-
-    def __init__(self, out: Path, *, state: Callable[[], ServerState], store: ClientStateStore,
-                 algorithm: object, rows: list[Row], info: Callable[[], dict[str, Any]]) -> None:
-        self.out, self.state, self.store = out, state, store
-        self.algorithm, self.rows, self.info = algorithm, rows, info
-
-    def log(self, row: Row) -> None:
-        self.rows.append(row)
-        buffer = tuple(getattr(self.algorithm, "_buffer", ()))  # FedBuff's pending deltas
-        save_checkpoint(self.out, Checkpoint(state=self.state(), store=store_contents(self.store),
-                                             buffer=buffer, rows=tuple(self.rows),
-                                             info=self.info()))
-
-    def close(self) -> None:
-        pass
 
 
 @dataclass(slots=True, kw_only=True)
@@ -133,32 +96,9 @@ class Deployment:
     cfg: RunConfig
     server: FederationServer
     fleet: GrpcFleet
-    loop: ServerLoop | AsyncServerLoop
+    loop: Run
     out: Path
     sinks: list[Sink]
-
-
-def _out_dir(cfg: RunConfig, options: ServerOptions) -> tuple[Path, Checkpoint | None]:
-    if options.resume is None:
-        out = prepare_out(Path(cfg.out) if cfg.out else default_out(cfg.name))
-        (out / "config.yaml").write_text(config_to_yaml(cfg), encoding="utf-8")
-        return out, None
-    out = Path(options.resume)
-    saved = load_config(out / "config.yaml")
-    if config_to_yaml(dataclasses.replace(saved, out=None)) != config_to_yaml(
-            dataclasses.replace(cfg, out=None)):
-        raise ConfigError(f"--resume {out}: the config given differs from the run's "
-                          f"{out / 'config.yaml'} (resume with the same config, or none)")
-    ckpt = load_checkpoint(out)
-    rows = rows_up_to(ckpt.rows, ckpt.state.round)
-    tmp = out / "metrics.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
-    sink = JsonlSink(tmp)
-    for row in rows:
-        sink.log(row)
-    sink.close()
-    tmp.replace(out / "metrics.jsonl")
-    return out, ckpt
 
 
 def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
@@ -167,82 +107,39 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     if cfg.cohort.dropout or cfg.client.straggler_fraction:
         log.warning("cohort.dropout and client.straggler_fraction simulate heterogeneity; a "
                     "deployment has real clients and ignores them")
+    real = dataclasses.replace(
+        cfg, client=dataclasses.replace(cfg.client, straggler_fraction=0.0),
+        cohort=dataclasses.replace(cfg.cohort, dropout=0.0))
     tokens = TokenBook.from_file(options.tokens) if options.tokens else None
-    data = load_federated(cfg.data, seed=cfg.seed)
-    model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
-    model = init_module(model_fn, cfg.seed)
-    layout = ParamLayout.from_module(model)
-    num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))
-    store = make_store(cfg.state_dir, data.num_clients)
-    algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
-        num_examples=num_examples, num_trainable=layout.num_trainable, store=store))
-    is_async = isinstance(algorithm, AsyncAlgorithm)
-    out, ckpt = _out_dir(cfg, options)
-    server = FederationServer(
-        options.address, layout=layout, tls=options.tls, insecure=options.insecure,
-        tokens=tokens, client_ids=range(data.num_clients),
-        schema=reply_schema(algorithm, layout), run_config=config_to_yaml(cfg),
-        mode="async" if is_async else "sync", limits=options.limits, handlers=options.handlers,
-        bulk_port=options.bulk_port)
-    fleet = GrpcFleet(server, options.policy)
-    evaluator = CentralEvaluator(model_fn=model_fn, test=data.test,
-                                 batch_size=cfg.eval.batch_size)
+    out = Path(options.resume) if options.resume else (Path(cfg.out) if cfg.out
+                                                       else default_out(cfg.name))
 
-    def central(params: torch.Tensor) -> dict[str, Mean]:
-        spread = fleet.evaluate(params)
-        return evaluator(params) if spread is None else spread
+    def grpc_fleet(request: FleetRequest) -> GrpcFleet:
+        algorithm, layout = request.algorithm, request.layout
+        server = FederationServer(
+            options.address, layout=layout, tls=options.tls, insecure=options.insecure,
+            tokens=tokens, client_ids=range(len(request.spec.client_indices)),
+            schema=reply_schema(algorithm, layout), run_config=config_to_yaml(cfg),
+            mode="async" if is_async(algorithm) else "sync", limits=options.limits,
+            handlers=options.handlers, bulk_port=options.bulk_port)
+        return GrpcFleet(server, options.policy)
 
-    evaluate = RoundEvaluator(central=central, model_fn=model_fn, data=data,
-                              batch_size=cfg.eval.batch_size, train=cfg.eval.train,
-                              federated=cfg.eval.federated,
-                              personal=getattr(algorithm, "personal_params", None))
-    rows: list[Row] = [] if ckpt is None else rows_up_to(ckpt.rows, ckpt.state.round)
-    client = dataclasses.replace(cfg.client, straggler_fraction=0.0)
-    initial = layout.module_to_flat(model)
-    loop: ServerLoop | AsyncServerLoop
-    if isinstance(algorithm, AsyncAlgorithm):
-        loop = AsyncServerLoop(
-            algorithm=algorithm, fleet=fleet, client=client, versions=cfg.rounds, layout=layout,
-            initial_params=initial, evaluate=evaluate, seed=cfg.seed, eval_every=cfg.eval.every,
-            concurrency=cfg.clock.concurrency, task_timeout=options.policy.round_timeout,
-            idle_timeout=options.start_timeout, threads=cfg.fleet.threads)
-    else:
-        sampler: Sampler = make_sampler(cfg.cohort.sampler, num_examples=num_examples,
-                               size=cfg.cohort.size, seed=cfg.seed)
-        if options.sample_connected:
-            sampler = ConnectedSampler(sampler, available=server.connected, seed=cfg.seed)
-        loop = ServerLoop(
-            algorithm=algorithm, fleet=fleet, client=client, rounds=cfg.rounds, layout=layout,
-            sampler=sampler,
-            evaluate=evaluate, initial_params=initial, seed=cfg.seed,
-            min_success=cfg.cohort.min_success, eval_every=cfg.eval.every,
-            threads=cfg.fleet.threads)
-    if ckpt is not None:
-        _restore(loop, algorithm, store, ckpt)
-    info = (lambda: {"starts": loop.starts}) if isinstance(loop, AsyncServerLoop) else dict
-    sinks: list[Sink] = [Checkpointer(out, state=lambda: loop.state, store=store,
-                                      algorithm=algorithm, rows=rows, info=info),
-                         JsonlSink(out / "metrics.jsonl")]
+    run = build_run(real, fleet=grpc_fleet,
+                    checkpointer=Checkpointer(out, every=max(1, cfg.checkpoint.every)),
+                    task_timeout=options.policy.round_timeout,
+                    idle_timeout=options.start_timeout)
+    fleet = run.fleet
+    assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built
+    if isinstance(run, ServerLoop) and options.sample_connected:
+        run.sampler = ConnectedSampler(run.sampler, available=fleet.server.connected,
+                                       seed=cfg.seed)
+    open_run_dir(run, cfg, out=out, resume=options.resume is not None)
+    sinks: list[Sink] = [JsonlSink(out / "metrics.jsonl")]
     if options.console:
-        sinks.append(ConsoleSink(cfg.rounds, title=cfg.name))
-    loop.sinks.extend(sinks)
-    server.start()
-    return Deployment(cfg=cfg, server=server, fleet=fleet, loop=loop, out=out, sinks=sinks)
-
-
-def _restore(loop: ServerLoop | AsyncServerLoop, algorithm: object, store: ClientStateStore,
-             ckpt: Checkpoint) -> None:
-    state = ckpt.state
-    if state.params.shape != loop.state.params.shape:
-        raise ConfigError(f"the checkpoint's model has {state.params.numel()} values, this "
-                          f"config's {loop.state.params.numel()}")
-    loop.state = state
-    restore_store(store, ckpt.store)
-    if hasattr(algorithm, "_buffer"):
-        algorithm._buffer = [t.clone() for t in ckpt.buffer]
-    if isinstance(loop, AsyncServerLoop):
-        loop.starts = int(ckpt.info.get("starts", 0))
-    log.info("resuming after round %d", state.round)
+        sinks.append(ConsoleSink(cfg.rounds, title=cfg.name, done=run.state.round))
+    run.sinks.extend(sinks)
+    fleet.server.start()
+    return Deployment(cfg=cfg, server=fleet.server, fleet=fleet, loop=run, out=out, sinks=sinks)
 
 
 def run_server(cfg: RunConfig, options: ServerOptions) -> RunResult:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 #: the loggers of a deployment's parts, shown at INFO by the deployment commands
 DEPLOY_LOGGERS = ("fedloom.transport", "fedloom.fleets.grpc", "fedloom.runtime.client_loop",
-                  "fedloom.runtime.async_loop", "fedloom.app.server", "fedloom.app.demo")
+                  "fedloom.runtime.async_loop", "fedloom.app.server", "fedloom.app.rundir",
+                  "fedloom.app.demo")
 
 SERVER_EPILOG = """\
 security: TLS is on unless --insecure; clients authenticate with tokens (--tokens FILE, one

@@ -44,8 +44,9 @@ overrides (dotted key=value, any number):
   data.alpha=X (Dirichlet concentration, or Synthetic's alpha)  data.beta=X (Synthetic's beta)
   data.shards_per_client=K  data.quantity_sigma=X  data.min_examples=N
   model.name=mlp|cnn|logreg  model.hidden=N
-  algorithm.name=fedavg|fedprox|scaffold|fednova|feddyn|fedavgm|fedadam|fedyogi|fedadagrad
-  algorithm.<option>=X  (server_lr, mu, option, alpha, momentum, beta1, beta2, tau)
+  algorithm.name=NAME  (fedavg, fedprox, scaffold, fednova, feddyn, fedavgm, fedadam, fedyogi,
+    fedadagrad, qffl, ditto, fedasync, fedbuff, fedper, powd, ...: every registered algorithm)
+  algorithm.<option>=X  (the algorithm's own options: server_lr, mu, lam, q, ...)
   state_dir=DIR  (per-client algorithm state in memory-mapped files)
   cohort.size=N
   client.epochs=E  client.steps=N|null  client.batch_size=B (0 = full batch)  client.lr=X
@@ -53,7 +54,8 @@ overrides (dotted key=value, any number):
   fleet.kind=serial|thread|process|vectorized|distributed  fleet.workers=N  fleet.threads=N
   fleet.share_dir=DIR  fleet.chunk=N  fleet.devices=cpu|cuda:0,cuda:1  fleet.vectorize=true
   fleet.aggregation=exact|reduce
-  eval.every=N  eval.batch_size=N
+  eval.every=N  eval.batch_size=N  eval.train=true  eval.federated=true
+  checkpoint.every=N  (a checkpoint every N rounds: `fedloom run --resume RUN_DIR` continues)
 """
 
 
@@ -65,10 +67,14 @@ def _parser() -> argparse.ArgumentParser:
                         ("partition", "show how a config splits the data over clients")):
         cmd = sub.add_parser(name, help=help_, epilog=OVERRIDES_HELP,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
-        cmd.add_argument("config", help="YAML run config (e.g. configs/fedavg_mnist_2nn_iid.yaml)")
+        cmd.add_argument("config", nargs="?" if name == "run" else None,
+                         help="YAML run config (e.g. configs/fedavg_mnist_2nn_iid.yaml)")
         cmd.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         if name == "run":
             cmd.add_argument("--quiet", action="store_true", help="no progress bar")
+            cmd.add_argument("--resume", metavar="RUN_DIR",
+                             help="continue a killed run from its checkpoint (a run started "
+                                  "with checkpoint.every=N; same config, or none)")
         else:
             cmd.add_argument("--plot", type=Path, default=None,
                              help="where to write the label-distribution plot "
@@ -94,8 +100,11 @@ def _run(args: argparse.Namespace) -> int:
     from fedloom.app.config import load_config
     from fedloom.app.experiment import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
-    result = run_experiment(cfg, console=not args.quiet)
+    if args.config is None and args.resume is None:
+        raise ConfigError("give a CONFIG.yaml (or --resume RUN_DIR)")
+    path = args.config if args.config is not None else Path(args.resume) / "config.yaml"
+    cfg = load_config(path, args.overrides)
+    result = run_experiment(cfg, console=not args.quiet, resume=args.resume)
     if not result.history.rows:  # a torchrun worker rank: rank 0 reports
         return 0
     last = [r for r in result.history.rows if r.get("test_accuracy") is not None]

@@ -8,7 +8,7 @@ that escapes the round.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -94,3 +94,47 @@ class ClientFailure:
 
 
 Outcome = ClientResult | ClientFailure
+
+
+
+def update_problem(params: torch.Tensor, size: int) -> str | None:
+    """What is wrong with a flat update of a model of ``size`` values (None: nothing)."""
+    if params.shape != (size,):
+        return f"update has shape {tuple(params.shape)}, expected ({size},)"
+    if not bool(torch.isfinite(params).all()):
+        return "update contains NaN or infinite values"
+    return None
+
+
+def checked(outcome: Outcome, size: int) -> Outcome:
+    """The outcome, or a :class:`ClientFailure` (stage ``validate``) when its update has the
+    wrong shape or non-finite values."""
+    if isinstance(outcome, ClientFailure):
+        return outcome
+    problem = update_problem(outcome.params, size)
+    return outcome if problem is None else ClientFailure(
+        round=outcome.round, client_id=outcome.client_id, stage="validate", message=problem)
+
+
+def split_outcomes(outcomes: Sequence[Outcome], size: int) -> tuple[list[ClientResult],
+                                                                   list[ClientFailure]]:
+    """Usable results sorted by client id, and failures (including updates that fail
+    :func:`checked`). Results sharing one update tensor (a reduced mean) check it once."""
+    ok: list[ClientResult] = []
+    failed: list[ClientFailure] = []
+    problems: dict[int, str | None] = {}
+    for o in outcomes:
+        if isinstance(o, ClientFailure):
+            failed.append(o)
+            continue
+        key = id(o.params)
+        if key not in problems:
+            problems[key] = update_problem(o.params, size)
+        problem = problems[key]
+        if problem is None:
+            ok.append(o)
+        else:
+            failed.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
+                                        message=problem))
+    ok.sort(key=lambda r: r.client_id)
+    return ok, failed

@@ -1,9 +1,17 @@
-"""The fleet seam: where clients run. Fleets change how clients run, never what they compute."""
+"""The fleet seam: where clients run. Fleets change how clients run, never what they compute.
+
+A :class:`Fleet` runs a round's tasks (``fit``); :class:`FleetBase` supplies the defaults of its
+other members, so a fleet implements only what it does differently. A fleet that also takes
+tasks one at a time and answers as they finish is an :class:`AsyncFleet` (the gRPC fleet on the
+wall clock; :class:`fedloom.runtime.simulated_clock.SimulatedClock` over any fleet on a
+simulated one): the one async loop drives either.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -14,12 +22,106 @@ from fedloom.core.packages import Downlink, Outcome
 class Fleet(Protocol):
     """Runs a round's client tasks and returns one outcome per task, sorted by client id.
 
-    ``evaluate`` lets a fleet spread central evaluation over its workers; a fleet that returns
-    None leaves evaluation to the server, which evaluates in its own process.
+    Attributes:
+        is_worker: this process serves another's fleet (a torchrun rank other than 0) and
+            calls :meth:`serve` instead of running a loop.
     """
+
+    is_worker: bool
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]: ...
 
+    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
+        """Test metrics spread over the fleet's workers, or None: the server evaluates."""
+        ...
+
+    def client_losses(self, params: torch.Tensor,
+                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
+        """Each client's training loss at ``params`` computed where the clients are, or None:
+        the server computes them from its copy of the data (simulations)."""
+        ...
+
+    def serve(self) -> None:
+        """On a worker process: answer the fleet's owner until it says stop."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class FleetBase:
+    """Defaults: no worker processes to serve, evaluation and client losses left to the
+    server, nothing to close."""
+
+    is_worker: bool = False
+
+    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
+        return None
+
+    def client_losses(self, params: torch.Tensor,
+                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
+        return None
+
+    def serve(self) -> None:
+        raise RuntimeError(f"{type(self).__name__} has no worker processes to serve")
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Arrival:
+    """A submitted task's outcome, as an async fleet delivers it.
+
+    Attributes:
+        task_id: what :meth:`AsyncFleet.submit` returned for the task.
+        outcome: the client's result or failure.
+        compute_seconds: wall seconds this process spent training to produce it (simulated
+            clocks train lazily; 0 where clients train elsewhere).
+    """
+
+    task_id: int
+    outcome: Outcome
+    compute_seconds: float = 0.0
+
+
+@runtime_checkable
+class AsyncFleet(Protocol):
+    """Clients that take one task at a time and answer when they finish, on some clock.
+
+    Attributes:
+        simulated: ``now()`` is simulated time (rows report it as ``sim_time``).
+        is_worker: as :attr:`Fleet.is_worker`.
+    """
+
+    simulated: bool
+    is_worker: bool
+
+    def idle_clients(self) -> list[int]:
+        """Clients that could take a task now, sorted."""
+        ...
+
+    def submit(self, task: Downlink) -> int | None:
+        """Start ``task``; its task id, or None when its client cannot take it."""
+        ...
+
+    def collect(self, timeout: float) -> Arrival | None:
+        """The next finished task (None when none finished within ``timeout`` seconds)."""
+        ...
+
+    def forget(self, task_ids: Sequence[int]) -> None:
+        """Give up tasks in flight: their clients are idle again, late answers are dropped."""
+        ...
+
+    def now(self) -> float:
+        """Seconds on this fleet's clock."""
+        ...
+
+    def reachable(self) -> bool:
+        """Whether any client can still answer (a deployment with nobody connected cannot)."""
+        ...
+
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None: ...
+
+    def serve(self) -> None: ...
 
     def close(self) -> None: ...

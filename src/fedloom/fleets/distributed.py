@@ -33,10 +33,11 @@ Aggregation (``fleet.aggregation``):
 * ``reduce``: for algorithms declaring ``reducible`` (the aggregate depends on the results only
   through the example-weighted mean sum_k n_k x_k / sum_k n_k; FedAvg does), each rank sums
   n_k x_k in float64 with sum_k n_k appended, ONE ``reduce`` to rank 0 adds the ranks' sums and
-  the mean is rounded to the parameter dtype once; only metadata is gathered. It differs from
-  exact mode by float32 rounding of the serial weighted sum: the tests hold it to
-  |reduce - exact| <= 1e-6 + 1e-5 |exact| after 3 rounds. Other algorithms fall back to exact,
-  with a warning (``Simulation`` decides, since it knows the algorithm).
+  the mean is rounded to the parameter dtype once; only metadata is gathered, and every result
+  rank 0 returns carries that mean as its ``params`` (one tensor, which the aggregate then
+  averages to itself). It differs from exact mode by float32 rounding of the serial weighted
+  sum: the tests hold it to |reduce - exact| <= 1e-6 + 1e-5 |exact| after 3 rounds. Other
+  algorithms (``ClientSpec.reducible`` False) fall back to exact, with a warning.
 
 Evaluation is spread: each rank evaluates a contiguous run of whole eval batches of the test
 set, and one reduce of the float64 (sum, weight) pairs gives the metrics, equal to the central
@@ -55,7 +56,6 @@ trains (default: the cores divided among the node's ranks).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -66,10 +66,13 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from fedloom.core.errors import AggregationError, ConfigError, TransportError
+from fedloom.core.errors import AggregationError, TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
-from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
+from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome, checked
+from fedloom.core.threads import torch_threads
+from fedloom.fleets.base import FleetBase
+from fedloom.fleets.client_worker import vectorized_trainer
 from fedloom.fleets.config import AggregationMode, FleetConfig, FleetKind
 from fedloom.fleets.dist_env import DistEnv, init_group, read_env
 from fedloom.fleets.dist_wire import (
@@ -101,16 +104,6 @@ class ManyClientTrainer(Protocol):
 
 
 @contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
 def lost_ranks(where: str) -> Iterator[None]:
     """A failed collective (a rank crashed, a timeout) as a TransportError saying where."""
     try:
@@ -118,20 +111,6 @@ def lost_ranks(where: str) -> Iterator[None]:
     except RuntimeError as err:  # torch.distributed's errors (DistBackendError, timeouts)
         raise TransportError(f"distributed fleet: a collective failed {where}; another rank "
                              f"probably stopped or timed out (see its log): {err}") from err
-
-
-def checked(outcome: Outcome, size: int) -> Outcome:
-    """The outcome, or a failure when its update has the wrong shape or non-finite values."""
-    if isinstance(outcome, ClientFailure):
-        return outcome
-    problem = (f"update has shape {tuple(outcome.params.shape)}, expected ({size},)"
-               if outcome.params.shape != (size,) else
-               None if bool(torch.isfinite(outcome.params).all()) else
-               "update contains NaN or infinite values")
-    if problem is None:
-        return outcome
-    return ClientFailure(round=outcome.round, client_id=outcome.client_id, stage="validate",
-                         message=problem)
 
 
 def to_cpu(outcome: Outcome) -> Outcome:
@@ -146,27 +125,13 @@ def share_of(tasks: Sequence[Downlink], rank: int, world: int) -> list[Downlink]
     return sorted(tasks, key=lambda t: t.client_id)[rank::world]
 
 
-def load_vectorized() -> type:
-    """``fedloom.fleets.vectorized.VectorizedTrainer``, imported only when asked for."""
-    name = "fedloom.fleets.vectorized"
-    try:
-        cls: type = importlib.import_module(name).VectorizedTrainer
-        return cls
-    except ModuleNotFoundError as err:
-        if err.name != name:
-            raise
-    except AttributeError:
-        pass
-    raise ConfigError(f"fleet.vectorize = True: the vectorized trainer ({name}.VectorizedTrainer)"
-                      " is not available in this version")
-
-
-class DistributedFleet:
+class DistributedFleet(FleetBase):
     """One rank's part of a fleet spread over torch.distributed ranks (see the module doc).
 
     Attributes:
         is_worker: True on ranks other than 0, which call :meth:`serve` instead of the loop.
-        reduces: ``fleet.aggregation`` is ``reduce``: rank 0 may call :meth:`fit_mean`.
+        reduces: ``fleet.aggregation`` is ``reduce`` and the algorithm is reducible: ``fit``
+            reduces the updates to their example-weighted mean.
     """
 
     def __init__(self, spec: ClientSpec, cfg: FleetConfig | None = None) -> None:
@@ -174,7 +139,10 @@ class DistributedFleet:
         self.env: DistEnv = read_env(cfg)
         self.spec = spec
         self.is_worker = self.env.rank != 0
-        self.reduces = cfg.aggregation == AggregationMode.REDUCE
+        self.reduces = cfg.aggregation == AggregationMode.REDUCE and spec.reducible
+        if cfg.aggregation == AggregationMode.REDUCE and not spec.reducible:
+            log.warning("fleet.aggregation = reduce: the algorithm is not reducible (its "
+                        "aggregate is not an example-weighted mean); aggregating exactly instead")
         self.threads = cfg.threads or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         self.layout = ParamLayout.from_module(spec.model_fn())
         self._fit_share = self._share_trainer(cfg)
@@ -193,7 +161,7 @@ class DistributedFleet:
         if not cfg.vectorize:
             trainer = self.spec.trainer(device)
             return lambda share: [fit_one(trainer, t) for t in share]
-        many: ManyClientTrainer = load_vectorized()(self.spec, device=device, chunk=cfg.chunk)
+        many: ManyClientTrainer = vectorized_trainer()(self.spec, device=device, chunk=cfg.chunk)
 
         def fit_many(share: Sequence[Downlink]) -> list[Outcome]:
             try:
@@ -207,14 +175,13 @@ class DistributedFleet:
     # ---- rank 0: the Fleet protocol -------------------------------------------------------
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
-        """Train the cohort over all ranks; every outcome, sorted by client id (exact mode)."""
-        return self._server_fit(Op.FIT, round, tasks)[0]
-
-    def fit_mean(self, round: int,
-                 tasks: Sequence[Downlink]) -> tuple[list[Outcome], torch.Tensor | None]:
-        """Train the cohort; the outcomes (results without params, which were not sent) and
-        the example-weighted mean of the usable updates (None when there are none)."""
-        return self._server_fit(Op.REDUCE, round, tasks)
+        """Train the cohort over all ranks; every outcome, sorted by client id. Reducing, each
+        result's ``params`` is the one example-weighted mean of the usable updates."""
+        if not self.reduces:
+            return self._server_fit(Op.FIT, round, tasks)[0]
+        outcomes, mean = self._server_fit(Op.REDUCE, round, tasks)
+        return [dataclasses.replace(o, params=mean)
+                if isinstance(o, ClientResult) and mean is not None else o for o in outcomes]
 
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
         """The test metrics of ``params``, each rank evaluating a slice of the test set."""

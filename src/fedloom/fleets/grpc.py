@@ -8,6 +8,9 @@ deadline passes. A task whose client is not connected waits ``absent_timeout`` s
 client that disconnects is dropped from the round; late answers are discarded. Each missing
 answer is a :class:`ClientFailure` value, and ``cohort.min_success`` decides whether the round
 stands.
+
+It is also an :class:`~fedloom.fleets.base.AsyncFleet` on the wall clock (``submit`` one task,
+``collect`` answers as they come), which the async loop drives for FedAsync and FedBuff.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from fedloom.core.errors import TransportError
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientFailure, Downlink, Outcome
+from fedloom.fleets.base import Arrival, FleetBase
 from fedloom.transport.codec import ChunkCache
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.handlers import Event, MessageType
@@ -53,8 +57,10 @@ class RoundPolicy:
     evaluate_on_clients: bool = False
 
 
-class GrpcFleet:
+class GrpcFleet(FleetBase):
     """Runs a round's tasks on the clients connected to ``server``."""
+
+    simulated = False  # as an async fleet, its clock is the wall clock
 
     def __init__(self, server: FederationServer, policy: RoundPolicy | None = None) -> None:
         self.server = server
@@ -62,6 +68,7 @@ class GrpcFleet:
         self._ids = itertools.count(1)
         self._busy: dict[int, int] = {}  # task id -> client id, tasks in flight (async mode)
         self._closed = False
+        self._started = time.monotonic()
 
     # -- connections -------------------------------------------------------------------------
 
@@ -182,14 +189,24 @@ class GrpcFleet:
         busy = set(self._busy.values())
         return [c for c in self.server.connected() if c not in busy]
 
-    def collect(self, timeout: float) -> Answer | None:
+    def collect(self, timeout: float) -> Arrival | None:
         """The next answer to a submitted task (None when none came within ``timeout``)."""
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             item = self._next(min(left, 1.0))
-            if isinstance(item, Answer) and self._busy.pop(item.task_id, None) is not None:
-                return item
+            if isinstance(item, Answer):
+                client_id = self._busy.pop(item.task_id, None)
+                if client_id is not None:
+                    return Arrival(task_id=item.task_id, outcome=item.result or item.failure or
+                                   ClientFailure(round=0, client_id=client_id, stage="validate",
+                                                 message="the answer carried no result"))
         return None
+
+    def now(self) -> float:
+        return time.monotonic() - self._started
+
+    def reachable(self) -> bool:
+        return bool(self._busy) or bool(self.server.connected())
 
     # -- evaluation and properties ------------------------------------------------------------
 
@@ -202,14 +219,25 @@ class GrpcFleet:
         bags = [a.metrics for a in answers if a.metrics is not None]
         return combine(bags) if bags else None
 
+    def client_losses(self, params: torch.Tensor,
+                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
+        """Each connected client of ``client_ids`` evaluates ``params`` on its own data (its
+        ``test_loss``); clients that do not answer are missing."""
+        wanted = set(client_ids)
+        answers = self._ask(pb.EVALUATE, params, [c for c in self.server.connected()
+                                                  if c in wanted])
+        return {a.client_id: a.metrics["test_loss"] for a in answers
+                if a.metrics is not None and "test_loss" in a.metrics}
+
     def properties(self) -> dict[int, dict[str, Scalar]]:
         """Every connected client's properties (Flower's ``get_properties``)."""
         return {a.client_id: dict(a.values or {}) for a in self._ask(pb.PROPERTIES, None)}
 
-    def _ask(self, kind: pb.Kind, params: torch.Tensor | None) -> list[Answer]:
+    def _ask(self, kind: pb.Kind, params: torch.Tensor | None,
+             client_ids: Sequence[int] | None = None) -> list[Answer]:
         cache = ChunkCache()
         sends: list[tuple[Task, Outgoing | list[bytes]]] = []
-        for cid in self.server.connected():
+        for cid in self.server.connected() if client_ids is None else client_ids:
             task_id = next(self._ids)
             tensors: dict[str, torch.Tensor] = {}
             if params is None:

@@ -39,6 +39,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
+from fedloom.fleets.base import FleetBase
 from fedloom.fleets.client_worker import (
     EvalJob,
     FitItem,
@@ -106,7 +107,7 @@ class _Session:
         self.arena.close()
 
 
-class ProcessFleet:
+class ProcessFleet(FleetBase):
     """Clients in a pool of persistent worker processes; see the module docstring."""
 
     def __init__(self, spec: ClientSpec, cfg: FleetConfig | None = None) -> None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import torch
-
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
+from fedloom.fleets.base import FleetBase
 from fedloom.fleets.config import FleetConfig
 from fedloom.training.spec import ClientSpec
 from fedloom.training.trainer import LocalTrainer
@@ -26,7 +24,7 @@ def fit_one(trainer: LocalTrainer, task: Downlink) -> Outcome:
                              message=f"{type(exc).__name__}: {exc}")
 
 
-class SerialFleet:
+class SerialFleet(FleetBase):
     """Runs every client of the cohort in turn on one :class:`LocalTrainer`."""
 
     def __init__(self, spec: ClientSpec, cfg: FleetConfig | None = None) -> None:
@@ -35,9 +33,3 @@ class SerialFleet:
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
         return [fit_one(self.trainer, t) for t in sorted(tasks, key=lambda t: t.client_id)]
-
-    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
-        return None
-
-    def close(self) -> None:
-        pass

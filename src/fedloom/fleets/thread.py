@@ -19,6 +19,7 @@ import torch
 
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
+from fedloom.fleets.base import FleetBase
 from fedloom.fleets.client_worker import ClientWorker, EvalJob, eval_slices
 from fedloom.fleets.config import FleetConfig, FleetKind
 from fedloom.fleets.pools import JobError, ThreadPool
@@ -27,7 +28,7 @@ from fedloom.training.spec import ClientSpec
 log = logging.getLogger(__name__)
 
 
-class ThreadFleet:
+class ThreadFleet(FleetBase):
     """Clients on ``fleet.workers`` threads (default: one per core)."""
 
     def __init__(self, spec: ClientSpec, cfg: FleetConfig | None = None) -> None:

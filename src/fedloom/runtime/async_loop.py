@@ -1,30 +1,46 @@
-"""Asynchronous deployment: clients train on the newest model and are mixed in as they finish.
+"""The one asynchronous loop: clients train on the newest model and are mixed in as they finish.
 
-FedLab's ActiveClientManager and FedAsync's setting: up to ``concurrency`` connected clients
-train at once, each on the newest global model the moment it is idle; every result goes to the
-:class:`~fedloom.algorithms.asynchronous.AsyncAlgorithm` with its staleness (model versions since
-the client received its model): FedAsync mixes it in with a staleness-weighted rate, FedBuff
-buffers it. One metrics row per new global model version, shaped like the async simulation's.
-A task out longer than ``task_timeout`` is given up and its late result discarded.
+FedLab's ActiveClientManager and FedAsync's setting: up to ``concurrency`` clients train at
+once, each on the newest global model the moment it is idle; every result goes to the
+:class:`~fedloom.algorithms.base.AsyncAlgorithm` with its staleness (model versions since the
+client received its model): FedAsync mixes it in with a staleness-weighted rate, FedBuff buffers
+it. One metrics row per new global model version.
+
+The loop runs on any :class:`~fedloom.fleets.base.AsyncFleet`: remote clients on the wall clock
+(:class:`~fedloom.fleets.grpc.GrpcFleet`) or simulated clients on a simulated clock
+(:class:`~fedloom.runtime.simulated_clock.SimulatedClock` over any fleet). Which idle clients
+get the model is drawn from the generator of ``(seed, tasks handed out)``. A task out longer than
+``task_timeout`` seconds on the fleet's clock is given up and its late result discarded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from fedloom.algorithms.asynchronous import AsyncAlgorithm
+from fedloom.algorithms.base import AsyncAlgorithm
+from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean
-from fedloom.core.packages import ClientConfig, ServerState
+from fedloom.core.metrics import Mean, combine
+from fedloom.core.packages import ClientConfig, ClientResult, checked
 from fedloom.core.rng import SERVER, Purpose, torch_generator
-from fedloom.fleets.grpc import GrpcFleet
-from fedloom.runtime.async_sim import run_closing, version_row
+from fedloom.core.threads import torch_threads
+from fedloom.fleets.base import AsyncFleet
+from fedloom.runtime.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    check_resumable,
+    record,
+    restore_store,
+    rows_up_to,
+    store_contents,
+)
 from fedloom.runtime.loop import EvaluateFn, History
 from fedloom.runtime.sinks import Row, Sink
 
@@ -37,103 +53,146 @@ class _Job:
     sent: float
 
 
-class AsyncServerLoop:
+@dataclass(slots=True)
+class _Window:
+    """What happened since the last new model version."""
+
+    consumed: int = 0
+    failures: int = 0
+    compute_seconds: float = 0.0
+    staleness: list[int] = dataclasses.field(default_factory=list)
+    metrics: list[Mapping[str, Mean]] = dataclasses.field(default_factory=list)
+
+
+class AsyncLoop:
     """Runs ``algorithm`` over ``fleet`` until ``versions`` global model versions exist.
 
     Args:
         concurrency: clients training at once.
-        task_timeout: seconds a task may take before it is given up.
-        idle_timeout: seconds with no client connected and nothing in flight before the run
-            stops with a TransportError.
-        on_version: called with the state after each new version (checkpoints).
+        task_timeout: seconds (on the fleet's clock) a task may take before it is given up
+            (None: never).
+        idle_timeout: wall seconds with no client reachable and nothing in flight before the
+            run stops with a TransportError.
+        store: the algorithm's client-state store (what a checkpoint saves besides the state).
+        checkpointer: writes a checkpoint every so many versions.
     """
 
-    def __init__(self, *, algorithm: AsyncAlgorithm, fleet: GrpcFleet, client: ClientConfig,
+    def __init__(self, *, algorithm: AsyncAlgorithm, fleet: AsyncFleet, client: ClientConfig,
                  versions: int, layout: ParamLayout, initial_params: torch.Tensor,
                  evaluate: EvaluateFn, seed: int = 0, eval_every: int = 1,
-                 concurrency: int = 10, task_timeout: float = 600.0,
+                 concurrency: int = 10, task_timeout: float | None = 600.0,
                  idle_timeout: float = 600.0, threads: int | None = None,
-                 sinks: Sequence[Sink] = (),
-                 on_version: Callable[[ServerState], None] | None = None) -> None:
+                 sinks: Sequence[Sink] = (), store: ClientStateStore | None = None,
+                 checkpointer: Checkpointer | None = None) -> None:
         self.algorithm, self.fleet, self.client = algorithm, fleet, client
         self.versions, self.layout, self.evaluate = versions, layout, evaluate
         self.seed, self.eval_every, self.concurrency = seed, eval_every, concurrency
         self.task_timeout, self.idle_timeout, self.threads = task_timeout, idle_timeout, threads
         self.sinks = list(sinks)
-        self.on_version = on_version
+        self.store, self.checkpointer = store, checkpointer
         self.state = algorithm.init(initial_params)
         self.starts = 0  # tasks handed out: the downlink round of the next, for its seeds
+        self.rows: list[Row] = []
         self._jobs: dict[int, _Job] = {}
 
     def run(self) -> History:
-        rows = run_closing(self.fleet, self.threads, self._loop)
-        return History(rows=tuple(rows), final=self.state, layout=self.layout)
+        start = len(self.rows)
+        with torch_threads(self.threads):
+            try:
+                self._loop()
+            finally:
+                self.fleet.close()
+        return History(rows=tuple(self.rows[start:]), final=self.state, layout=self.layout)
 
-    def _loop(self) -> list[Row]:
-        rows: list[Row] = []
-        staleness: list[int] = []
-        metrics: list[Mapping[str, Mean]] = []
-        consumed = failures = 0
+    def _loop(self) -> None:
+        window = _Window()
         quiet_since = time.monotonic()
         while self.state.round < self.versions:
             self._hand_out()
             self._give_up_late()
-            answer = self.fleet.collect(timeout=1.0)
-            if answer is None:
-                if self._jobs or self.fleet.server.connected():
+            arrival = self.fleet.collect(timeout=1.0)
+            if arrival is None:
+                if self._jobs or self.fleet.reachable():
                     quiet_since = time.monotonic()
                 elif time.monotonic() - quiet_since > self.idle_timeout:
                     raise TransportError(f"no client for {self.idle_timeout:g} s")
                 continue
-            job = self._jobs.pop(answer.task_id, None)
+            job = self._jobs.pop(arrival.task_id, None)
             if job is None:
                 continue
-            if answer.result is None:
-                failures += 1
+            window.compute_seconds += arrival.compute_seconds
+            outcome = checked(arrival.outcome, self.layout.size)
+            if not isinstance(outcome, ClientResult):
+                window.failures += 1
                 continue
             lag = self.state.round - job.version
-            self.state, changed = self.algorithm.on_result(self.state, answer.result,
-                                                           job.params, lag)
-            consumed += 1
-            staleness.append(lag)
-            metrics.append(answer.result.metrics)
+            self.state, changed = self.algorithm.on_result(self.state, outcome, job.params, lag)
+            window.consumed += 1
+            window.staleness.append(lag)
+            window.metrics.append(outcome.metrics)
             if changed:
-                rows.append(self._row(consumed, failures, staleness, metrics))
-                staleness, metrics, failures = [], [], 0
-        return rows
+                record(self._row(window), last=self.versions, rows=self.rows, sinks=self.sinks,
+                       checkpointer=self.checkpointer, snapshot=self.snapshot)
+                window = _Window(consumed=window.consumed)
 
     def _hand_out(self) -> None:
         """The newest model to idle clients, up to ``concurrency`` in flight (seeded order)."""
-        idle = self.fleet.idle_clients()
         free = self.concurrency - len(self._jobs)
-        if not idle or free <= 0:
+        if free <= 0:
+            return
+        idle = self.fleet.idle_clients()
+        if not idle:
             return
         gen = torch_generator(self.seed, self.starts, SERVER, Purpose.COHORT)
         order = [idle[i] for i in torch.randperm(len(idle), generator=gen).tolist()]
         for cid in order[:free]:
-            task = dataclasses.replace(self.algorithm.configure(self.state, cid, self.client),
-                                       round=self.starts + 1)
+            task = dataclasses.replace(
+                self.algorithm.configure(self.state.round, self.state, [cid], self.client)[0],
+                round=self.starts + 1)
             task_id = self.fleet.submit(task)
             if task_id is not None:
-                self._jobs[task_id] = _Job(cid, self.state.round, task.params, time.monotonic())
+                self._jobs[task_id] = _Job(cid, self.state.round, task.params, self.fleet.now())
                 self.starts += 1
 
     def _give_up_late(self) -> None:
-        now = time.monotonic()
+        if self.task_timeout is None:
+            return
+        now = self.fleet.now()
         late = [tid for tid, job in self._jobs.items() if now - job.sent > self.task_timeout]
         if late:
             self.fleet.forget(late)
             for tid in late:
                 del self._jobs[tid]
 
-    def _row(self, consumed: int, failures: int, staleness: list[int],
-             metrics: Sequence[Mapping[str, Mean]]) -> Row:
-        row = version_row(version=self.state.round, versions=self.versions,
-                          eval_every=self.eval_every, evaluate=self.evaluate,
-                          params=self.state.params, consumed=consumed, staleness=staleness,
-                          metrics=metrics, num_failures=failures)
-        if self.on_version is not None:
-            self.on_version(self.state)
-        for sink in self.sinks:
-            sink.log(row)
+    def _row(self, window: _Window) -> Row:
+        """The row of a new global model version: updates consumed, mean staleness, train
+        loss, failures, and the evaluation on its cadence (the last version always)."""
+        train = combine(window.metrics)
+        row: Row = {"round": self.state.round, "client_updates": window.consumed,
+                    "mean_staleness": sum(window.staleness) / max(len(window.staleness), 1),
+                    "train_loss": train["train_loss"].value if "train_loss" in train else None,
+                    "num_failures": window.failures, "fit_seconds": window.compute_seconds}
+        if self.fleet.simulated:
+            row["sim_time"] = self.fleet.now()
+        version = self.state.round
+        if version % self.eval_every == 0 or version == self.versions:
+            start = time.perf_counter()
+            row.update(self.evaluate(self.state.params))
+            row["eval_seconds"] = time.perf_counter() - start
+        else:
+            row["test_accuracy"] = row["test_loss"] = None
         return row
+
+    def snapshot(self) -> Checkpoint:
+        """What a checkpoint holds of this loop now (tasks in flight are not kept: a resumed
+        run hands out fresh ones)."""
+        return Checkpoint(state=self.state, store=store_contents(self.store),
+                          rows=tuple(self.rows), info={"starts": self.starts})
+
+    def restore(self, ckpt: Checkpoint, directory: Path) -> None:
+        """Continue from ``ckpt``, read from ``directory``."""
+        check_resumable(ckpt, self.state, directory)
+        self.state = ckpt.state
+        restore_store(self.store, ckpt.store)
+        self.rows = rows_up_to(ckpt.rows, ckpt.state.round)
+        self.starts = int(ckpt.info.get("starts", 0))

@@ -1,19 +1,23 @@
-"""Server checkpoints: everything a killed server needs to continue as if it had not stopped.
+"""Checkpoints: everything a killed run needs to continue as if it had not stopped.
 
-One safetensors file per run directory, replaced atomically after every completed round (write
-to a temporary file, fsync, rename, fsync the directory): the global parameters, the algorithm's
-server-side tensors (``ServerState.extras``: server optimiser moments, SCAFFOLD's ``c``), the
-contents of the client-state store (SCAFFOLD's ``c_i``, FedDyn's ``h_i``, Ditto's personal
-models), FedBuff's buffer, the sampler's state where it has one, the round number and the metric
-rows written so far. Samplers and client batch orders here derive from (seed, round) and carry no
-other state, so with the same seed and clients a resumed run ends with the identical model.
+One safetensors file per run directory, replaced atomically (write to a temporary file, fsync,
+rename, fsync the directory) after every ``every``-th completed round and after the last: the
+global parameters, the algorithm's server-side tensors (``ServerState.extras``: server optimiser
+moments, SCAFFOLD's ``c``, FedBuff's buffer), the contents of the client-state store (SCAFFOLD's
+``c_i``, FedDyn's ``h_i``, Ditto's personal models), the round, the metric rows written so far
+and the loop's own counters (simulated time, tasks handed out). Samplers and client batch orders
+derive from (seed, round) and carry no other state, so a resumed synchronous run ends with the
+identical model. Simulations and deployment servers write the same file.
+
+A file that cannot be read, or whose keys, types or JSON are wrong, is refused with a
+:class:`CheckpointError` naming the file and the key.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.core.errors import CheckpointError
 from fedloom.core.packages import ServerState
-from fedloom.runtime.sinks import Row
+from fedloom.runtime.sinks import Row, Sink
 
 FILENAME = "checkpoint.safetensors"
 FORMAT = "fedloom-checkpoint/1"
@@ -33,22 +37,31 @@ FORMAT = "fedloom-checkpoint/1"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Checkpoint:
-    """A server's state after a completed round (or async model version)."""
+    """A loop's state after a completed round (or async model version).
+
+    Attributes:
+        state: the server state.
+        store: every ``(key, client_id) -> tensor`` of the client-state store.
+        rows: the metric rows written so far.
+        info: the loop's counters (``sim_time``, ``starts``), JSON numbers.
+    """
 
     state: ServerState
     store: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
-    buffer: tuple[torch.Tensor, ...] = ()
     rows: tuple[Row, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def store_contents(store: ClientStateStore) -> dict[tuple[str, int], torch.Tensor]:
+def store_contents(store: ClientStateStore | None) -> dict[tuple[str, int], torch.Tensor]:
     """Every (key, client id) -> tensor a client-state store holds."""
-    return {entry: value.clone() for entry, value in store.items()}
+    return {} if store is None else {entry: value.clone() for entry, value in store.items()}
 
 
-def restore_store(store: ClientStateStore, contents: dict[tuple[str, int], torch.Tensor]) -> None:
+def restore_store(store: ClientStateStore | None,
+                  contents: dict[tuple[str, int], torch.Tensor]) -> None:
     """Make ``store`` hold exactly ``contents`` (entries written after the checkpoint go)."""
+    if store is None:
+        return
     store.clear()
     for (key, cid), value in contents.items():
         store.put(cid, key, value)
@@ -59,7 +72,6 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
     tensors = {"params": ckpt.state.params.contiguous()}
     tensors.update({f"extras/{k}": v.contiguous() for k, v in ckpt.state.extras.items()})
     tensors.update({f"store/{key}/{cid}": v.contiguous() for (key, cid), v in ckpt.store.items()})
-    tensors.update({f"buffer/{i}": v.contiguous() for i, v in enumerate(ckpt.buffer)})
     meta = {"format": FORMAT, "round": str(ckpt.state.round),
             "rows": json.dumps(list(ckpt.rows)), "info": json.dumps(ckpt.info)}
     target = directory / FILENAME
@@ -80,33 +92,106 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
+    """The checkpoint of run directory ``directory``, checked key by key."""
     path = directory / FILENAME
     if not path.exists():
         raise CheckpointError(f"{directory} holds no checkpoint ({FILENAME}): nothing to resume "
-                              "(the server writes one after each completed round)")
+                              "(a run writes one after each completed round with "
+                              "checkpoint.every=N; a server always does)")
     try:
         tensors = load_file(str(path))
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} cannot be read: {err}") from None
-    if meta.get("format") != FORMAT or "params" not in tensors:
-        raise CheckpointError(f"{path} is not a {FORMAT} file")
-    extras = {k.removeprefix("extras/"): v for k, v in tensors.items() if k.startswith("extras/")}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: key 'format' = {meta.get('format')!r}, expected "
+                              f"{FORMAT!r}")
+    if "params" not in tensors or tensors["params"].dim() != 1:
+        raise CheckpointError(f"{path}: tensor 'params' is missing or not a flat vector")
+    state = ServerState(round=_round(path, meta), params=tensors["params"], extras={
+        k.removeprefix("extras/"): v for k, v in tensors.items() if k.startswith("extras/")})
+    rows = _json(path, meta, "rows", list)
+    if not all(isinstance(r, dict) for r in rows):
+        raise CheckpointError(f"{path}: key 'rows' must be a JSON list of objects")
+    return Checkpoint(state=state, store=_store(path, tensors), rows=tuple(rows),
+                      info=_json(path, meta, "info", dict))
+
+
+def _round(path: Path, meta: dict[str, str]) -> int:
+    text = meta.get("round")
+    if text is None or not text.isdigit():
+        raise CheckpointError(f"{path}: key 'round' = {text!r}, expected a round number")
+    return int(text)
+
+
+def _json(path: Path, meta: dict[str, str], key: str, kind: type[Any]) -> Any:
+    try:
+        value = json.loads(meta.get(key, "null"))
+    except ValueError as err:
+        raise CheckpointError(f"{path}: key {key!r} is not valid JSON ({err})") from None
+    if not isinstance(value, kind):
+        raise CheckpointError(f"{path}: key {key!r} must be a JSON {kind.__name__}, "
+                              f"got {type(value).__name__}")
+    return value
+
+
+def _store(path: Path, tensors: dict[str, torch.Tensor]) -> dict[tuple[str, int], torch.Tensor]:
     store: dict[tuple[str, int], torch.Tensor] = {}
     for name, value in tensors.items():
         if name.startswith("store/"):
             key, _, cid = name.removeprefix("store/").rpartition("/")
+            if not key or not cid.isdigit():
+                raise CheckpointError(f"{path}: tensor {name!r} is not 'store/KEY/CLIENT_ID'")
             store[(key, int(cid))] = value
-    buffer = tuple(tensors[f"buffer/{i}"] for i in range(
-        sum(1 for k in tensors if k.startswith("buffer/"))))
-    return Checkpoint(state=ServerState(round=int(meta["round"]), params=tensors["params"],
-                                        extras=extras),
-                      store=store, buffer=buffer, rows=tuple(json.loads(meta.get("rows", "[]"))),
-                      info=json.loads(meta.get("info", "{}")))
+    return store
 
 
 def rows_up_to(rows: Sequence[Row], round: int) -> list[Row]:
     return [r for r in rows if isinstance(r.get("round"), int) and int(r["round"] or 0) <= round]
+
+
+def check_resumable(ckpt: Checkpoint, expected: ServerState, where: Path) -> None:
+    """Refuse a checkpoint that does not fit this run's model and algorithm, naming the key."""
+    path = where / FILENAME
+    got, want = ckpt.state, expected
+    if got.params.shape != want.params.shape or got.params.dtype != want.params.dtype:
+        raise CheckpointError(f"{path}: tensor 'params' has {got.params.numel()} values of "
+                              f"{got.params.dtype}, this run's model {want.params.numel()} of "
+                              f"{want.params.dtype}")
+    if set(got.extras) != set(want.extras):
+        raise CheckpointError(f"{path}: the algorithm's tensors are {sorted(got.extras)}, this "
+                              f"run's algorithm keeps {sorted(want.extras)}")
+    for key, value in want.extras.items():
+        if got.extras[key].shape != value.shape:
+            raise CheckpointError(f"{path}: tensor 'extras/{key}' has shape "
+                                  f"{tuple(got.extras[key].shape)}, expected {tuple(value.shape)}")
+
+
+class Checkpointer:
+    """Saves a loop's :class:`Checkpoint` into ``directory`` every ``every`` rounds (and after
+    the last), before the round's row reaches the sinks: a run killed between the two is
+    resumed from the checkpoint, whose rows then replace ``metrics.jsonl``'s.
+    """
+
+    def __init__(self, directory: Path, *, every: int = 1) -> None:
+        if every < 1:
+            raise CheckpointError(f"checkpoint.every = {every}: must be >= 1")
+        self.directory = directory
+        self.every = every
+
+    def due(self, round: int, last: int) -> bool:
+        return round % self.every == 0 or round >= last
+
+
+def record(row: Row, *, last: int, rows: list[Row], sinks: Sequence[Sink],
+           checkpointer: Checkpointer | None, snapshot: Callable[[], Checkpoint]) -> None:
+    """A loop's completed round: keep its row, checkpoint when due, then tell the sinks."""
+    rows.append(row)
+    version = row.get("round")
+    if checkpointer is not None and isinstance(version, int) and checkpointer.due(version, last):
+        save_checkpoint(checkpointer.directory, snapshot())
+    for sink in sinks:
+        sink.log(row)

@@ -1,8 +1,9 @@
-"""The round, once: sample, configure, fit on the fleet, aggregate, evaluate, log.
+"""The round, once: select, configure, fit on the fleet, aggregate, evaluate, log, checkpoint.
 
-:class:`ServerLoop` is the one server runtime every run uses: :class:`fedloom.Simulation` builds
-its pieces from a dataset and a model, a deployment server builds them around remote clients. The
-loop never knows which fleet it has.
+:class:`ServerLoop` is the one synchronous server runtime every run uses (a simulation, a
+torchrun job, a deployment server); :func:`fedloom.app.build.build_run` assembles it from a
+config. It never knows which fleet it has: what is special to one fleet (worker ranks, reduced
+updates, remote clients) lives in that fleet.
 """
 
 from __future__ import annotations
@@ -11,30 +12,36 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from pathlib import Path
 
 import torch
 
-from fedloom.algorithms.base import Algorithm, ReducibleAlgorithm
+from fedloom.algorithms.base import Algorithm
+from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import combine
-from fedloom.core.packages import (
-    ClientConfig,
-    ClientFailure,
-    ClientResult,
-    Downlink,
-    Outcome,
-    ServerState,
-)
+from fedloom.core.metrics import Mean, combine
+from fedloom.core.packages import ClientConfig, ClientResult, ServerState, split_outcomes
 from fedloom.core.threads import torch_threads
-from fedloom.fleets import Fleet
+from fedloom.fleets.base import Fleet
 from fedloom.runtime import heterogeneity
+from fedloom.runtime.checkpoint import (
+    Checkpoint,
+    Checkpointer,
+    check_resumable,
+    record,
+    restore_store,
+    rows_up_to,
+    store_contents,
+)
 from fedloom.runtime.clock import ClientClock
 from fedloom.runtime.sampling import Sampler
 from fedloom.runtime.sinks import Row, Sink
 
 log = logging.getLogger(__name__)
+
+EvaluateFn = Callable[[torch.Tensor], dict[str, float]]
+LossesFn = Callable[[torch.Tensor, Sequence[int]], dict[int, Mean]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,58 +60,28 @@ class History:
         return self.layout.unflatten(self.final.params)
 
 
-@runtime_checkable
-class ServingFleet(Protocol):
-    """A fleet spanning processes (torchrun ranks): on a worker it serves rank 0's server loop."""
+class RoundSelection:
+    """The :class:`~fedloom.algorithms.base.Selection` a round offers the algorithm: the
+    sampler's draws for this round, and the clients' losses at the current model (asked of
+    the fleet, else computed by ``losses`` on the server's copy of the data)."""
 
-    is_worker: bool
+    def __init__(self, *, sampler: Sampler, round: int, params: torch.Tensor, fleet: Fleet,
+                 losses: LossesFn | None) -> None:
+        self.size = sampler.size
+        self._sampler, self._round, self._params = sampler, round, params
+        self._fleet, self._losses = fleet, losses
 
-    def serve(self) -> None: ...
+    def sample(self, size: int) -> list[int]:
+        return self._sampler.sample(self._round, size)
 
-
-@runtime_checkable
-class ReducingFleet(Protocol):
-    """A fleet that can return the example-weighted mean of the updates instead of each update
-    (``reduces``: the user asked for it) when the algorithm is :class:`ReducibleAlgorithm`."""
-
-    reduces: bool
-
-    def fit_mean(self, round: int, tasks: Sequence[Downlink]) -> tuple[list[Outcome],
-                                                                      torch.Tensor | None]: ...
-
-
-def is_worker(fleet: object) -> bool:
-    """Whether this process serves a fleet (a torchrun rank other than 0), not the server loop."""
-    return isinstance(fleet, ServingFleet) and fleet.is_worker
-
-
-def split_outcomes(outcomes: Sequence[Outcome], size: int | None) -> tuple[list[ClientResult],
-                                                                          list[ClientFailure]]:
-    """Usable results sorted by client id, and failures (including updates that fail checks).
-
-    ``size`` None: the updates were checked where they were reduced and are not here to check.
-    """
-    ok: list[ClientResult] = []
-    failed: list[ClientFailure] = []
-    for o in outcomes:
-        if isinstance(o, ClientFailure):
-            failed.append(o)
-        elif size is None:
-            ok.append(o)
-        elif o.params.shape != (size,):
-            failed.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
-                                        message=f"update has shape {tuple(o.params.shape)}, "
-                                                f"expected ({size},)"))
-        elif not bool(torch.isfinite(o.params).all()):
-            failed.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
-                                        message="update contains NaN or infinite values"))
-        else:
-            ok.append(o)
-    ok.sort(key=lambda r: r.client_id)
-    return ok, failed
-
-
-EvaluateFn = Callable[[torch.Tensor], dict[str, float]]
+    def losses(self, client_ids: Sequence[int]) -> dict[int, float]:
+        found = self._fleet.client_losses(self._params, client_ids)
+        if found is None:
+            if self._losses is None:
+                raise ClientError("the algorithm asks for the clients' losses, but this run "
+                                  "can compute none", round=self._round, stage="select")
+            found = self._losses(self._params, client_ids)
+        return {cid: m.value for cid, m in found.items()}
 
 
 class ServerLoop:
@@ -113,7 +90,7 @@ class ServerLoop:
     Args:
         algorithm: the server half (and, through the fleet, the client half).
         fleet: where the clients run.
-        sampler: chooses each round's cohort.
+        sampler: draws each round's candidates (the cohort, unless the algorithm selects).
         evaluate: metrics of the global model (called every ``eval_every`` rounds and last).
         client: local training hyperparameters sent to every client.
         rounds: the last round to run.
@@ -124,7 +101,10 @@ class ServerLoop:
         dropout: the share of each cohort that never answers (simulated system heterogeneity;
             stragglers come from ``client.straggler_fraction``).
         clock: client speeds; rounds then also report ``sim_time`` (simulated seconds).
-        on_round: called with the state after each completed round (checkpoints).
+        losses: clients' losses at a model, for algorithms that select by them, where the
+            fleet cannot ask the clients.
+        store: the algorithm's client-state store (what a checkpoint saves besides the state).
+        checkpointer: writes a checkpoint every so many rounds.
     """
 
     def __init__(self, *, algorithm: Algorithm, fleet: Fleet, sampler: Sampler,
@@ -132,98 +112,61 @@ class ServerLoop:
                  initial_params: torch.Tensor, seed: int = 0, min_success: int | None = None,
                  dropout: float = 0.0, eval_every: int = 1, clock: ClientClock | None = None,
                  threads: int | None = None, sinks: Sequence[Sink] = (),
-                 on_round: Callable[[ServerState], None] | None = None) -> None:
-        self.algorithm = algorithm
-        self.fleet = fleet
-        self.sampler = sampler
-        self.evaluate = evaluate
-        self.client = client
-        self.rounds = rounds
-        self.layout = layout
-        self.initial_params = initial_params
-        self.seed = seed
-        self.min_success = min_success
-        self.dropout = dropout
-        self.eval_every = eval_every
-        self.clock = clock
+                 losses: LossesFn | None = None, store: ClientStateStore | None = None,
+                 checkpointer: Checkpointer | None = None) -> None:
+        self.algorithm, self.fleet, self.sampler = algorithm, fleet, sampler
+        self.evaluate, self.client, self.rounds = evaluate, client, rounds
+        self.layout, self.initial_params, self.seed = layout, initial_params, seed
+        self.min_success, self.dropout, self.eval_every = min_success, dropout, eval_every
+        self.clock, self.threads, self.sinks = clock, threads, list(sinks)
+        self.losses, self.store, self.checkpointer = losses, store, checkpointer
         self.sim_time = 0.0
-        self.threads = threads
-        self.sinks = list(sinks)
-        self.on_round = on_round
+        self.rows: list[Row] = []  # every row of the run, restored ones included
         self.state = algorithm.init(initial_params)
-        self.reducer = self._reducer()
-
-    def _reducer(self) -> tuple[ReducingFleet, ReducibleAlgorithm] | None:
-        """The fleet and algorithm when updates are to be reduced (``fleet.aggregation=reduce``)."""
-        fleet, algorithm = self.fleet, self.algorithm
-        if not (isinstance(fleet, ReducingFleet) and fleet.reduces) or is_worker(fleet):
-            return None
-        if isinstance(algorithm, ReducibleAlgorithm) and algorithm.reducible:
-            return fleet, algorithm
-        log.warning("fleet.aggregation = reduce: algorithm %r is not reducible (its aggregate is "
-                    "not an example-weighted mean); aggregating exactly instead", algorithm.name)
-        return None
 
     def run(self) -> History:
-        """Run all rounds from the current state; returns the history of this call."""
-        rows: list[Row] = []
-        if isinstance(self.fleet, ServingFleet) and self.fleet.is_worker:
-            with torch_threads(self.threads):
-                try:  # until rank 0's server loop ends
-                    self.fleet.serve()
-                finally:
-                    self.fleet.close()
-            return History(rows=(), final=self.state, layout=self.layout)
+        """Run the rounds after the current state's; returns the rows of this call."""
+        start = len(self.rows)
         with torch_threads(self.threads):
             try:
                 for rnd in range(self.state.round + 1, self.rounds + 1):
                     self.state, row = self.run_round(rnd, self.state)
-                    rows.append(row)
-                    if self.on_round is not None:
-                        self.on_round(self.state)
-                    for sink in self.sinks:
-                        sink.log(row)
+                    record(row, last=self.rounds, rows=self.rows, sinks=self.sinks,
+                           checkpointer=self.checkpointer, snapshot=self.snapshot)
             finally:
                 self.fleet.close()
-        return History(rows=tuple(rows), final=self.state, layout=self.layout)
+        return History(rows=tuple(self.rows[start:]), final=self.state, layout=self.layout)
 
     def run_round(self, rnd: int, state: ServerState) -> tuple[ServerState, Row]:
         """One round: the same steps a user-owned loop would take."""
         start = time.perf_counter()
-        cohort = self.sampler.sample(rnd)
+        cohort = self.algorithm.select(rnd, state, RoundSelection(
+            sampler=self.sampler, round=rnd, params=state.params, fleet=self.fleet,
+            losses=self.losses))
         hetero = heterogeneity.apply(
             self.algorithm.configure(rnd, state, cohort, self.client), round=rnd, seed=self.seed,
             dropout=self.dropout, straggler_fraction=self.client.straggler_fraction,
-            keeps_partial_work=getattr(self.algorithm, "keeps_partial_work", False))
-        tasks = hetero.tasks
-        average: torch.Tensor | None = None
-        if self.reducer is None:
-            outcomes = self.fleet.fit(rnd, tasks)
-        else:
-            outcomes, average = self.reducer[0].fit_mean(rnd, tasks)
+            keeps_partial_work=self.algorithm.keeps_partial_work)
+        results, failures = split_outcomes(self.fleet.fit(rnd, hetero.tasks), self.layout.size)
         fit_done = time.perf_counter()
-        ok, failed = split_outcomes(outcomes, None if self.reducer else self.layout.size)
-        for f in failed:
+        for f in failures:
             log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
                         f.message)
-        needed = len(tasks) if self.min_success is None else self.min_success
-        if len(ok) < needed:
-            detail = "; ".join(f"client {f.client_id} at {f.stage}: {f.message}" for f in failed)
-            raise ClientError(f"only {len(ok)} of {len(tasks)} clients succeeded, "
+        needed = len(hetero.tasks) if self.min_success is None else self.min_success
+        if len(results) < needed:
+            detail = "; ".join(f"client {f.client_id} at {f.stage}: {f.message}"
+                               for f in failures)
+            raise ClientError(f"only {len(results)} of {len(hetero.tasks)} clients succeeded, "
                               f"cohort.min_success needs {needed}: {detail}", round=rnd,
                               stage="fit")
-        if self.reducer is not None and average is not None:
-            state = self.reducer[1].aggregate_mean(rnd, state, average)
-        else:
-            state = self.algorithm.aggregate(rnd, state, ok)
+        state = self.algorithm.aggregate(rnd, state, results)
         agg_done = time.perf_counter()
-        row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(ok),
-                    "num_failures": len(failed), "num_dropped": len(hetero.dropped)}
-        train = combine(r.metrics for r in ok)
-        row["train_loss"] = train["train_loss"].value if "train_loss" in train else None
+        row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(results),
+                    "num_failures": len(failures), "num_dropped": len(hetero.dropped),
+                    "train_loss": _train_loss(results)}
         if self.clock is not None:
-            self.sim_time += max((self.clock.duration(r.client_id, r.num_steps) for r in ok),
-                                 default=0.0)
+            self.sim_time += max((self.clock.duration(r.client_id, r.num_steps)
+                                  for r in results), default=0.0)
             row["sim_time"] = self.sim_time
         if rnd % self.eval_every == 0 or rnd == self.rounds:
             row.update(self.evaluate(state.params))
@@ -233,3 +176,22 @@ class ServerLoop:
         row.update(fit_seconds=fit_done - start, aggregate_seconds=agg_done - fit_done,
                    eval_seconds=end - agg_done, round_seconds=end - start)
         return state, row
+
+    def snapshot(self) -> Checkpoint:
+        """What a checkpoint holds of this loop now."""
+        return Checkpoint(state=self.state, store=store_contents(self.store),
+                          rows=tuple(self.rows), info={"sim_time": self.sim_time})
+
+    def restore(self, ckpt: Checkpoint, directory: Path) -> None:
+        """Continue from ``ckpt``, read from ``directory`` (the next :meth:`run` starts after
+        its round)."""
+        check_resumable(ckpt, self.state, directory)
+        self.state = ckpt.state
+        restore_store(self.store, ckpt.store)
+        self.rows = rows_up_to(ckpt.rows, ckpt.state.round)
+        self.sim_time = float(ckpt.info.get("sim_time", 0.0))
+
+
+def _train_loss(results: Sequence[ClientResult]) -> float | None:
+    train = combine(r.metrics for r in results)
+    return train["train_loss"].value if "train_loss" in train else None

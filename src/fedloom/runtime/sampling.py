@@ -1,7 +1,9 @@
 """Cohort sampling: which clients take part in a round, seeded by (seed, round).
 
-Samplers are pluggable: anything with ``sample(round) -> list[int]`` (sorted client ids) can be
-passed to :class:`fedloom.Simulation`; the registered ones are chosen with ``cohort.sampler``.
+Samplers are pluggable: anything with a ``size`` and ``sample(round, size=None) -> list[int]``
+(sorted client ids) can be passed to :class:`fedloom.Simulation`; the registered ones are chosen
+with ``cohort.sampler``. ``size`` overrides the cohort size for one draw: an algorithm's
+selection may ask for more candidates than the cohort it picks from them (power-of-choice).
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ class SamplerName(StrEnum):
 
 
 class Sampler(Protocol):
-    """Chooses a round's cohort; returns client ids sorted ascending."""
+    """Chooses a round's cohort; returns client ids sorted ascending.
 
-    def sample(self, round: int) -> list[int]: ...
+    Attributes:
+        size: the cohort size (``cohort.size``).
+    """
+
+    size: int
+
+    def sample(self, round: int, size: int | None = None) -> list[int]:
+        """``size`` (default :attr:`size`) clients for ``round``, seeded by (seed, round)."""
+        ...
 
 
 LARGE_POPULATION = 1 << 16
@@ -56,11 +66,12 @@ class UniformSampler:
         self.size = size
         self.seed = seed
 
-    def sample(self, round: int) -> list[int]:
+    def sample(self, round: int, size: int | None = None) -> list[int]:
+        k = min(self.size if size is None else size, self.num_clients)
         gen = torch_generator(self.seed, round, SERVER, Purpose.COHORT)
         if self.num_clients > LARGE_POPULATION:  # O(size), not O(num_clients), per round
-            return choose(self.num_clients, self.size, gen)
-        chosen = torch.randperm(self.num_clients, generator=gen)[: self.size]
+            return choose(self.num_clients, k, gen)
+        chosen = torch.randperm(self.num_clients, generator=gen)[:k]
         return sorted(chosen.tolist())
 
 
@@ -76,9 +87,10 @@ class WeightedSampler:
         self.size = size
         self.seed = seed
 
-    def sample(self, round: int) -> list[int]:
+    def sample(self, round: int, size: int | None = None) -> list[int]:
+        k = min(self.size if size is None else size, int((self.weights > 0).sum()))
         gen = torch_generator(self.seed, round, SERVER, Purpose.COHORT)
-        return sorted(torch.multinomial(self.weights, self.size, replacement=False,
+        return sorted(torch.multinomial(self.weights, k, replacement=False,
                                         generator=gen).tolist())
 
 
@@ -91,10 +103,11 @@ class RoundRobinSampler:
         self.order = torch.randperm(num_clients, generator=gen).tolist()
         self.size = size
 
-    def sample(self, round: int) -> list[int]:
+    def sample(self, round: int, size: int | None = None) -> list[int]:
         n = len(self.order)
         start = (round - 1) * self.size
-        return sorted({self.order[(start + i) % n] for i in range(self.size)})
+        return sorted({self.order[(start + i) % n]
+                       for i in range(min(self.size if size is None else size, n))})
 
 
 class ConnectedSampler:
@@ -116,11 +129,12 @@ class ConnectedSampler:
     def __init__(self, base: Sampler, *, available: Callable[[], Collection[int]],
                  seed: int) -> None:
         self.base = base
+        self.size = base.size
         self.available = available
         self.seed = seed
 
-    def sample(self, round: int) -> list[int]:
-        cohort = self.base.sample(round)
+    def sample(self, round: int, size: int | None = None) -> list[int]:
+        cohort = self.base.sample(round, size)
         up = set(self.available())
         present = [c for c in cohort if c in up]
         missing = len(cohort) - len(present)

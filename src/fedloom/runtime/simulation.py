@@ -1,4 +1,4 @@
-"""A federated simulation: the server loop over simulated clients built from a dataset.
+"""Simulations from Python objects: the round loops over simulated clients built from a dataset.
 
 Example:
     >>> from fedloom import ClientConfig, DataConfig, FedAvg, ModelConfig, Simulation
@@ -16,32 +16,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import Algorithm
+from fedloom.algorithms.base import Algorithm, AsyncAlgorithm
 from fedloom.core.errors import ConfigError
-from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig
-from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
-from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
-from fedloom.models import ModelFn, init_module
+from fedloom.fleets.base import Fleet
+from fedloom.models import ModelFn
+from fedloom.runtime.assemble import FleetChoice, assemble
+from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.clock import ClientClock, ClockConfig
-from fedloom.runtime.loop import (  # re-exported: the round loop's names, for users of this module
-    History,
-    ServerLoop,
-    is_worker,
-    split_outcomes,
-)
+from fedloom.runtime.loop import History, ServerLoop
 from fedloom.runtime.sampling import Sampler, UniformSampler
+from fedloom.runtime.simulated_clock import SimulatedClock
 from fedloom.runtime.sinks import Sink
-from fedloom.training.evaluation import CentralEvaluator, RoundEvaluator
-from fedloom.training.spec import ClientSpec
+from fedloom.training.evaluation import EvalConfig
 from fedloom.training.trainer import LossFn
 
-__all__ = ["History", "ServerLoop", "Simulation", "is_worker", "split_outcomes", "torch_threads"]
+__all__ = ["AsyncSimulation", "History", "Simulation"]
 
 
 class Simulation(ServerLoop):
@@ -70,45 +63,56 @@ class Simulation(ServerLoop):
 
     def __init__(self, *, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm,
                  client: ClientConfig, rounds: int, cohort_size: int, seed: int = 0,
-                 fleet: str | FleetConfig | Fleet = "serial", sampler: Sampler | None = None,
+                 fleet: FleetChoice = "serial", sampler: Sampler | None = None,
                  min_success: int | None = None, dropout: float = 0.0, eval_every: int = 1,
                  eval_batch_size: int = 1000, eval_train: bool = False,
                  eval_federated: bool = False, clock: ClockConfig | None = None,
-                 threads: int | None = None,
-                 loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = ()) -> None:
+                 threads: int | None = None, loss_fn: LossFn = F.cross_entropy,
+                 sinks: Sequence[Sink] = ()) -> None:
         if rounds < 1:
             raise ConfigError(f"rounds = {rounds}: must be >= 1")
-        self.data = data
-        self.model_fn = model_fn
-        model = init_module(model_fn, seed)
-        layout = ParamLayout.from_module(model)
-        self.spec = ClientSpec(model_fn=model_fn, train=data.train,
-                               client_indices=data.client_train, seed=seed,
-                               local=algorithm.local, loss_fn=loss_fn, test=data.test,
-                               eval_batch_size=eval_batch_size)
-        if isinstance(fleet, str):
-            kinds = [k.value for k in FleetKind]
-            if fleet not in kinds:
-                raise ConfigError(f"fleet.kind = {fleet!r}: must be one of {', '.join(kinds)}")
-            fleet = FleetConfig(kind=FleetKind(fleet))
-        built = make_fleet(fleet, self.spec) if isinstance(fleet, FleetConfig) else fleet
-        self.evaluator = CentralEvaluator(model_fn=model_fn, test=data.test,
-                                          batch_size=eval_batch_size)
+        parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=seed,
+                         fleet=fleet, loss_fn=loss_fn, evaluation=EvalConfig(
+                             every=eval_every, batch_size=eval_batch_size, train=eval_train,
+                             federated=eval_federated))
+        self.data, self.model_fn, self.spec, self.evaluator = (data, model_fn, parts.spec,
+                                                               parts.central)
         super().__init__(
-            algorithm=algorithm, fleet=built,
+            algorithm=algorithm, fleet=parts.fleet,
             sampler=sampler or UniformSampler(num_clients=data.num_clients, size=cohort_size,
                                               seed=seed),
-            evaluate=RoundEvaluator(
-                central=self._central, model_fn=model_fn, data=data, batch_size=eval_batch_size,
-                train=eval_train, federated=eval_federated,
-                personal=getattr(algorithm, "personal_params", None)),
-            client=client, rounds=rounds, layout=layout,
-            initial_params=layout.module_to_flat(model), seed=seed, min_success=min_success,
+            evaluate=parts.evaluate, client=client, rounds=rounds, layout=parts.layout,
+            initial_params=parts.initial_params, seed=seed, min_success=min_success,
             dropout=dropout, eval_every=eval_every, threads=threads, sinks=sinks,
+            losses=parts.losses,
             clock=None if clock is None else ClientClock(clock, num_clients=data.num_clients,
                                                          seed=seed))
 
-    def _central(self, params: torch.Tensor) -> dict[str, Mean]:
-        spread = self.fleet.evaluate(params)
-        return self.evaluator(params) if spread is None else spread
 
+class AsyncSimulation(AsyncLoop):
+    """An asynchronous simulation: the async loop over simulated clients on a simulated clock
+    (``clock.concurrency`` train at once), until ``versions`` global models were made."""
+
+    def __init__(self, *, data: FederatedData, model_fn: ModelFn, algorithm: AsyncAlgorithm,
+                 client: ClientConfig, versions: int, clock: ClockConfig, seed: int = 0,
+                 fleet: FleetChoice = "serial", eval_every: int = 1,
+                 eval_batch_size: int = 1000, eval_train: bool = False,
+                 eval_federated: bool = False, threads: int | None = None,
+                 loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = ()) -> None:
+        parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=seed,
+                         fleet=fleet, loss_fn=loss_fn, evaluation=EvalConfig(
+                             every=eval_every, batch_size=eval_batch_size, train=eval_train,
+                             federated=eval_federated))
+        self.data, self.model_fn, self.spec = data, model_fn, parts.spec
+        super().__init__(
+            algorithm=algorithm, fleet=simulated(parts.fleet, clock, data, seed),
+            client=client, versions=versions, layout=parts.layout,
+            initial_params=parts.initial_params, evaluate=parts.evaluate, seed=seed,
+            eval_every=eval_every, concurrency=min(clock.concurrency, data.num_clients),
+            task_timeout=None, threads=threads, sinks=sinks)
+
+
+def simulated(fleet: Fleet, clock: ClockConfig, data: FederatedData, seed: int) -> SimulatedClock:
+    """``fleet``'s clients on the simulated clock ``clock`` describes."""
+    return SimulatedClock(fleet, clock=ClientClock(clock, num_clients=data.num_clients, seed=seed),
+                          num_clients=data.num_clients, num_examples=data.example_counts())

@@ -57,7 +57,7 @@ def read_rows(path: Path) -> list[Row]:
 class ConsoleSink:
     """A progress bar over rounds and one line per evaluated round (rich)."""
 
-    def __init__(self, rounds: int, title: str = "training") -> None:
+    def __init__(self, rounds: int, title: str = "training", done: int = 0) -> None:
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -74,7 +74,7 @@ class ConsoleSink:
             TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=self.console, transient=False,
         )
-        self.task = self.progress.add_task(title, total=rounds, status="")
+        self.task = self.progress.add_task(title, total=rounds, completed=done, status="")
         self.progress.start()
 
     def log(self, row: Row) -> None:

@@ -5,7 +5,8 @@ federated (every client's local test split), and what a round of a run evaluates
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -14,6 +15,7 @@ from torch.nn import functional as F
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
+from fedloom.core.validate import Problems
 from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.models import ModelFn
 
@@ -181,6 +183,55 @@ class FederatedEvaluator:
         keep = ~torch.isnan(a)
         return a[keep], l_[keep]
 
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalConfig:
+    """Evaluation every ``every`` rounds (and after the last): central, on the test set; with
+    ``train`` also of the global model on all training data; with ``federated`` also on every
+    client's local test split (accuracy mean, worst 10%)."""
+
+    every: int = 1
+    batch_size: int = 1000
+    federated: bool = False
+    train: bool = False
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(self.every >= 1, "every", self.every, "must be >= 1")
+        p.check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        p.raise_if_any()
+
+
+class ClientLosses:
+    """Clients' mean task loss at a global model over their own training examples, computed on
+    the server's copy of the data: what a simulation answers when an algorithm asks for the
+    clients' current losses (power-of-choice selection); a deployment asks the clients.
+
+    Example:
+        >>> # ClientLosses(model_fn=fn, data=data)(params, [3, 7]) -> {3: Mean, 7: Mean}
+    """
+
+    def __init__(self, *, model_fn: ModelFn, data: FederatedData,
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+                 batch_size: int = 1000) -> None:
+        self.model = InferenceModel(model_fn)
+        self.data = data
+        self.loss_fn = loss_fn
+        self.batch_size = batch_size
+
+    def __call__(self, params: torch.Tensor, client_ids: Sequence[int]) -> dict[int, Mean]:
+        self.model.load(params)
+        out: dict[int, Mean] = {}
+        with torch.inference_mode():
+            for cid in client_ids:
+                idx = self.data.client_train[cid]
+                total = torch.zeros((), dtype=torch.float64)
+                for lo in range(0, int(idx.shape[0]), self.batch_size):
+                    x, y = self.data.train.batch(idx[lo:lo + self.batch_size])
+                    total += self.loss_fn(self.model(x), y).double() * y.shape[0]
+                out[cid] = Mean(float(total), float(idx.shape[0]))
+        return out
 
 
 class RoundEvaluator:

@@ -24,6 +24,8 @@ class ClientSpec:
     Attributes:
         train: all training examples; ``client_indices[k]`` selects client k's.
         test: the central test set, for fleets that spread evaluation over their workers.
+        reducible: the algorithm's aggregate reads the results only through their
+            example-weighted mean, so a fleet may reduce the updates to it.
     """
 
     model_fn: ModelFn
@@ -35,6 +37,7 @@ class ClientSpec:
     test: ArrayData | None = None
     eval_batch_size: int = 1000
     extras: dict[str, object] = field(default_factory=dict)
+    reducible: bool = False
 
     def trainer(self, device: str | torch.device = "cpu") -> LocalTrainer:
         return LocalTrainer(model_fn=self.model_fn, train=self.train,

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from functools import partial
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import PLAIN, GradHook, LocalSpec, proximal_pull
+from fedloom.algorithms.base import PLAIN, ExtraPass, GradHook, LocalSpec
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientResult, Downlink
@@ -87,19 +86,26 @@ class LocalTrainer:
                                                    for k, v in downlink.extras.items()})
         self.bound.load(downlink.params)
         indices = self.client_indices[downlink.client_id]
-        metrics = {"start_loss": self.local_loss(indices)} if local.start_loss else {}
-        extras = {"start_grad": self.local_gradient(indices)} if local.start_grad else {}
+        metrics, extras = self.before(downlink, indices)
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
         metrics["train_loss"], steps = self._sgd(downlink, indices, gen, local.correct_grads)
         params = self._host(self.bound.read())
-        if local.personal_lambda is not None:
-            extras["personal"], metrics["personal_train_loss"] = self._personal(
-                downlink, indices, local.personal_lambda)
+        for extra in local.passes:
+            extras[extra.name], metrics[f"{extra.name}_train_loss"] = self._pass(
+                extra, downlink, indices)
         result = ClientResult(
             round=downlink.round, client_id=downlink.client_id, params=params,
             num_examples=int(indices.shape[0]), num_steps=steps, metrics=metrics, extras=extras,
         )
         return local.finish(result, received) if local.finish is not None else result
+
+    def before(self, downlink: Downlink, indices: torch.Tensor) -> tuple[dict[str, Mean],
+                                                                         dict[str, torch.Tensor]]:
+        """The algorithm's pass before training, at the loaded model: its metrics and extras."""
+        if self.local.before is None:
+            return {}, {}
+        metrics, extras = self.local.before(_View(self, indices), downlink)
+        return dict(metrics), dict(extras)
 
     def _sgd(self, downlink: Downlink, indices: torch.Tensor, gen: torch.Generator,
              correct: GradHook | None) -> tuple[Mean, int]:
@@ -131,13 +137,12 @@ class LocalTrainer:
             if losses else 0.0
         return Mean(loss_sum, float(sum(sizes))), len(sizes)
 
-    def _personal(self, downlink: Downlink, indices: torch.Tensor,
-                  lam: float) -> tuple[torch.Tensor, Mean]:
-        """Ditto's personal pass: the client's own model, pulled toward the global one."""
-        start = downlink.extras.get("personal")
-        self.bound.load(downlink.params if start is None else start)
-        gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.PERSONAL)
-        loss, _ = self._sgd(downlink, indices, gen, partial(proximal_pull, lam))
+    def _pass(self, extra: ExtraPass, downlink: Downlink,
+              indices: torch.Tensor) -> tuple[torch.Tensor, Mean]:
+        """One more SGD pass (Ditto's personal model) from ``extra.start``."""
+        self.bound.load(extra.start(downlink))
+        gen = torch_generator(self.seed, downlink.round, downlink.client_id, extra.purpose)
+        loss, _ = self._sgd(downlink, indices, gen, extra.correct_grads)
         return self._host(self.bound.read()), loss
 
     def _host(self, t: torch.Tensor) -> torch.Tensor:
@@ -170,3 +175,16 @@ class LocalTrainer:
                 x, y = self.train.batch(indices[start:start + batch_size])
                 total += self.loss_fn(self.model(x), y).double() * y.shape[0]
         return Mean(float(total), float(indices.shape[0]))
+
+
+class _View:
+    """The :class:`~fedloom.algorithms.base.LocalView` a trainer offers its ``before`` hook."""
+
+    def __init__(self, trainer: LocalTrainer, indices: torch.Tensor) -> None:
+        self.trainer, self.indices = trainer, indices
+
+    def loss(self) -> Mean:
+        return self.trainer.local_loss(self.indices)
+
+    def gradient(self) -> torch.Tensor:
+        return self.trainer.local_gradient(self.indices)

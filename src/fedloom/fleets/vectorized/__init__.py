@@ -22,8 +22,8 @@ What to expect:
   compute bound and gains little from batching (about 1.0x the serial fleet; 1.1x with
   ``fleet.chunk=2``); the 2NN is where this fleet pays (about 4.3x the plain loop, 2 cores).
 - The algorithm's hooks run as in the serial trainer: ``extra_loss``/``correct_grads`` per
-  client and step (a Python loop over the chunk), ``start_loss``/``start_grad`` per client on the
-  serial trainer, Ditto's personal pass as a second batched pass, ``finish`` per result.
+  client and step (a Python loop over the chunk), ``before`` per client on the serial trainer,
+  each extra pass (Ditto's personal model) as another batched pass, ``finish`` per result.
 """
 
 from fedloom.fleets.vectorized.fleet import VectorizedFleet

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import Downlink, Outcome
 from fedloom.core.threads import torch_threads
+from fedloom.fleets.base import FleetBase
 from fedloom.fleets.config import FleetConfig
 from fedloom.fleets.vectorized.trainer import VectorizedTrainer
 from fedloom.training.spec import ClientSpec
 
 
-class VectorizedFleet:
+class VectorizedFleet(FleetBase):
     """Stacks the cohort's clients (``fleet.chunk`` at a time) on ``fleet.devices``' first device.
 
     One process, so it uses ``fleet.threads`` torch threads (default: every core).
@@ -31,9 +29,3 @@ class VectorizedFleet:
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
         with torch_threads(self.threads):
             return self.trainer.fit_many(tasks)
-
-    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
-        return None
-
-    def close(self) -> None:
-        pass

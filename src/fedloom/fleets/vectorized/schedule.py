@@ -46,7 +46,7 @@ class Schedule:
 
 
 def client_batches(task: Downlink, indices: torch.Tensor, seed: int,
-                   purpose: Purpose = Purpose.BATCHES) -> list[torch.Tensor]:
+                   purpose: str = Purpose.BATCHES) -> list[torch.Tensor]:
     """The serial trainer's batches for this task, in order (``purpose`` names the stream)."""
     cfg = task.config
     if indices.shape[0] == 0:

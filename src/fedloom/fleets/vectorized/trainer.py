@@ -7,9 +7,9 @@ client's gradient (:mod:`.kernel`), one fused update steps every client (:mod:`.
 run out of batches at different steps; they are masked from then on, never fed fake examples.
 
 The client half of the algorithm runs as in :class:`LocalTrainer`: ``extra_loss`` and
-``correct_grads`` per client and step (:mod:`.hooks`), ``finish`` per result, ``start_loss`` and
-``start_grad`` per client on the serial trainer (one pass over the client's data at the received
-model), and Ditto's personal pass (``personal_lambda``) as a second batched pass.
+``correct_grads`` per client and step (:mod:`.hooks`), ``finish`` per result, ``before`` per
+client on the serial trainer (one pass over the client's data at the received model), and every
+:class:`~fedloom.algorithms.base.ExtraPass` (Ditto's personal model) as another batched pass.
 
 Results agree with the serial trainer within float tolerance (the batched kernels sum in another
 order): tests/fleets/test_vectorized.py states and checks the tolerance.
@@ -20,16 +20,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import GradHook, proximal_pull
+from fedloom.algorithms.base import GradHook
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
-from fedloom.core.rng import Purpose
 from fedloom.fleets.vectorized.check import check_model
 from fedloom.fleets.vectorized.conv import ConvMode, use_loop_convolutions
 from fedloom.fleets.vectorized.hooks import add_extra_loss, correct_grads
@@ -140,22 +138,18 @@ class VectorizedTrainer:
         before = [self._before(t) for t in tasks]
         main = self._sgd(tasks, self._stack_flat([t.params for t in tasks]),
                          build_schedule(batches), local.correct_grads)
-        personal = None
-        if local.personal_lambda is not None:
-            starts = [t.extras.get("personal", t.params) for t in tasks]
-            personal = self._sgd(
-                tasks, self._stack_flat(starts),
-                build_schedule([client_batches(t, self.spec.client_indices[t.client_id],
-                                               self.spec.seed, Purpose.PERSONAL)
-                                for t in tasks]),
-                partial(proximal_pull, local.personal_lambda))
+        passes = [(extra, self._sgd(
+            tasks, self._stack_flat([extra.start(t) for t in tasks]),
+            build_schedule([client_batches(t, self.spec.client_indices[t.client_id],
+                                           self.spec.seed, extra.purpose) for t in tasks]),
+            extra.correct_grads)) for extra in local.passes]
         out: list[Outcome] = []
         for j, task in enumerate(tasks):
             metrics, extras = before[j]
             metrics["train_loss"] = main.losses[j]
-            if personal is not None:
-                extras["personal"] = personal.params[j]
-                metrics["personal_train_loss"] = personal.losses[j]
+            for extra, done in passes:
+                extras[extra.name] = done.params[j]
+                metrics[f"{extra.name}_train_loss"] = done.losses[j]
             result = ClientResult(
                 round=task.round, client_id=task.client_id, params=main.params[j],
                 num_examples=int(self.spec.client_indices[task.client_id].shape[0]),
@@ -164,18 +158,14 @@ class VectorizedTrainer:
         return out
 
     def _before(self, task: Downlink) -> tuple[dict[str, Mean], dict[str, torch.Tensor]]:
-        """``start_loss`` and ``start_grad`` at the received model, on the serial trainer."""
-        local = self.spec.local
-        if not (local.start_loss or local.start_grad):
+        """The algorithm's pass before training, per client on the serial trainer."""
+        if self.spec.local.before is None:
             return {}, {}
         if self._reference is None:
             self._reference = self.spec.trainer(self.device)
         ref = self._reference
         ref.bound.load(task.params)
-        indices = self.spec.client_indices[task.client_id]
-        metrics = {"start_loss": ref.local_loss(indices)} if local.start_loss else {}
-        extras = {"start_grad": ref.local_gradient(indices)} if local.start_grad else {}
-        return metrics, extras
+        return ref.before(task, self.spec.client_indices[task.client_id])
 
     def _stack_flat(self, flats: Sequence[torch.Tensor]) -> torch.Tensor:
         """(K, P) starting parameters; a view (not a copy) when all clients share one."""

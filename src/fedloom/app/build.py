@@ -1,0 +1,94 @@
+"""The one build path: a resolved config (plus, optionally, a fleet) -> a runnable loop.
+
+``fedloom run`` (simulations, synchronous and asynchronous), a torchrun job (every rank builds
+the same run; the distributed fleet makes ranks other than 0 serve) and ``fedloom server`` (a
+fleet of remote clients) all call :func:`build_run`. It loads the data, builds the model and
+the algorithm the config names, assembles the chain (:func:`fedloom.runtime.assemble.assemble`)
+and puts the loop around it: :class:`~fedloom.runtime.loop.ServerLoop` for synchronous
+algorithms, :class:`~fedloom.runtime.async_loop.AsyncLoop` for asynchronous ones, on the fleet's
+own clock when it has one (remote clients) and on a simulated clock otherwise.
+
+Example:
+    >>> loop = build_run(load_config("configs/default.yaml", ["rounds=2"]))  # doctest: +SKIP
+    >>> loop.run().series("test_accuracy")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from fedloom.algorithms.base import is_async
+from fedloom.algorithms.client_store import make_store
+from fedloom.algorithms.registry import AlgorithmContext, build_algorithm
+from fedloom.app.config import RunConfig
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import ParamLayout
+from fedloom.core.threads import torch_threads
+from fedloom.data import load_federated
+from fedloom.fleets.base import AsyncFleet
+from fedloom.models import model_factory
+from fedloom.runtime.assemble import FleetChoice, assemble
+from fedloom.runtime.async_loop import AsyncLoop
+from fedloom.runtime.checkpoint import Checkpointer
+from fedloom.runtime.clock import ClientClock
+from fedloom.runtime.loop import ServerLoop
+from fedloom.runtime.sampling import make_sampler
+from fedloom.runtime.simulation import simulated
+
+Run = ServerLoop | AsyncLoop
+
+
+def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None,
+              checkpointer: Checkpointer | None = None,
+              task_timeout: float | None = None, idle_timeout: float = 600.0) -> Run:
+    """Everything ``cfg`` names, built and ready to ``run()``; nothing has run yet.
+
+    Args:
+        fleet: where clients run (default: ``cfg.fleet``); a factory gets the clients' spec,
+            the layout and the algorithm (a deployment builds its gRPC server from them).
+        checkpointer: writes the run's checkpoint every so many rounds.
+        task_timeout: asynchronous runs: seconds a task may take on the fleet's clock before
+            it is given up (None: never).
+        idle_timeout: asynchronous runs: wall seconds with no client reachable before the run
+            stops.
+    """
+    data = load_federated(cfg.data, seed=cfg.seed)
+    if cfg.cohort.size > data.num_clients:
+        raise ConfigError(f"cohort.size = {cfg.cohort.size}: the data has only "
+                          f"{data.num_clients} clients")
+    model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
+    num_examples = data.example_counts()
+    store = make_store(cfg.state_dir, data.num_clients)
+    algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
+        num_examples=num_examples, layout=ParamLayout.from_module(model_fn()), store=store))
+    parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
+                     fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval)
+    # remote clients keep their own time; simulated ones run on the configured clock
+    timed = parts.fleet if isinstance(parts.fleet, AsyncFleet) else None
+    if is_async(algorithm):
+        clocked = timed or simulated(parts.fleet, cfg.clock, data, cfg.seed)
+        return AsyncLoop(
+            algorithm=algorithm, fleet=clocked, client=cfg.client, versions=cfg.rounds,
+            layout=parts.layout, initial_params=parts.initial_params, evaluate=parts.evaluate,
+            seed=cfg.seed, eval_every=cfg.eval.every,
+            concurrency=min(cfg.clock.concurrency, data.num_clients), task_timeout=task_timeout,
+            idle_timeout=idle_timeout, threads=cfg.fleet.threads, store=store,
+            checkpointer=checkpointer)
+    return ServerLoop(
+        algorithm=algorithm, fleet=parts.fleet,
+        sampler=make_sampler(cfg.cohort.sampler, num_examples=num_examples,
+                             size=cfg.cohort.size, seed=cfg.seed),
+        evaluate=parts.evaluate, client=cfg.client, rounds=cfg.rounds, layout=parts.layout,
+        initial_params=parts.initial_params, seed=cfg.seed, min_success=cfg.cohort.min_success,
+        dropout=cfg.cohort.dropout, eval_every=cfg.eval.every, threads=cfg.fleet.threads,
+        clock=None if timed is not None else ClientClock(cfg.clock, num_clients=data.num_clients,
+                                                         seed=cfg.seed),
+        losses=parts.losses, store=store, checkpointer=checkpointer)
+
+
+def serve_worker(run: Run) -> None:
+    """On a process that serves another's fleet (a torchrun rank other than 0): answer it
+    until it says stop, under the run's torch thread count."""
+    with torch_threads(run.threads):
+        try:
+            run.fleet.serve()
+        finally:
+            run.fleet.close()

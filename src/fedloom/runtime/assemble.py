@@ -1,0 +1,110 @@
+"""The chain every run is made of, assembled in one place: data -> model -> layout -> client
+spec -> fleet -> evaluator (:func:`assemble`).
+
+:func:`fedloom.app.build.build_run` (a config, for ``fedloom run``, torchrun and ``fedloom
+server``) and the Python API (:class:`~fedloom.runtime.simulation.Simulation`,
+:class:`~fedloom.runtime.simulation.AsyncSimulation`) both call it; only the loop they put
+around the parts differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from fedloom.algorithms.base import Algorithm
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import ParamLayout
+from fedloom.core.metrics import Mean
+from fedloom.data.dataset import FederatedData
+from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
+from fedloom.fleets.base import FleetBase
+from fedloom.models import ModelFn, init_module
+from fedloom.training.evaluation import (
+    CentralEvaluator,
+    ClientLosses,
+    EvalConfig,
+    RoundEvaluator,
+)
+from fedloom.training.spec import ClientSpec
+from fedloom.training.trainer import LossFn
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetRequest:
+    """What a fleet factory gets: the clients' spec, the model's layout, the algorithm."""
+
+    spec: ClientSpec
+    layout: ParamLayout
+    algorithm: Algorithm
+
+
+FleetFactory = Callable[[FleetRequest], Fleet]
+#: a fleet kind ("serial", ...), its config, a built fleet, or a factory of one
+FleetChoice = str | FleetConfig | Fleet | FleetFactory
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parts:
+    """A run's pieces, before a loop is put around them.
+
+    Attributes:
+        central: the server's own test-set evaluator.
+        evaluate: what a round evaluates (the fleet's spread evaluation when it has one).
+        losses: clients' training losses at a model, on the server's copy of the data.
+    """
+
+    layout: ParamLayout
+    initial_params: torch.Tensor
+    spec: ClientSpec
+    fleet: Fleet
+    central: CentralEvaluator
+    evaluate: RoundEvaluator
+    losses: ClientLosses = field(repr=False)
+
+
+def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, seed: int = 0,
+             fleet: FleetChoice = "serial", loss_fn: LossFn = F.cross_entropy,
+             evaluation: EvalConfig | None = None) -> Parts:
+    """Build a run's parts: the initial model drawn from ``seed``, the clients' spec, the fleet
+    and the evaluators."""
+    evaluation = evaluation or EvalConfig()
+    model = init_module(model_fn, seed)
+    layout = ParamLayout.from_module(model)
+    spec = ClientSpec(model_fn=model_fn, train=data.train, client_indices=data.client_train,
+                      seed=seed, local=algorithm.local, loss_fn=loss_fn, test=data.test,
+                      eval_batch_size=evaluation.batch_size, reducible=algorithm.reducible)
+    built = _fleet(fleet, FleetRequest(spec=spec, layout=layout, algorithm=algorithm))
+    central = CentralEvaluator(model_fn=model_fn, test=data.test,
+                               batch_size=evaluation.batch_size)
+
+    def spread_or_server(params: torch.Tensor) -> dict[str, Mean]:
+        spread = built.evaluate(params)
+        return central(params) if spread is None else spread
+
+    return Parts(
+        layout=layout, initial_params=layout.module_to_flat(model), spec=spec, fleet=built,
+        central=central,
+        evaluate=RoundEvaluator(central=spread_or_server, model_fn=model_fn, data=data,
+                                batch_size=evaluation.batch_size, train=evaluation.train,
+                                federated=evaluation.federated,
+                                personal=algorithm.personal_params
+                                if algorithm.personalized else None),
+        losses=ClientLosses(model_fn=model_fn, data=data, loss_fn=loss_fn,
+                            batch_size=evaluation.batch_size))
+
+
+def _fleet(choice: FleetChoice, request: FleetRequest) -> Fleet:
+    if isinstance(choice, str):
+        kinds = [k.value for k in FleetKind]
+        if choice not in kinds:
+            raise ConfigError(f"fleet.kind = {choice!r}: must be one of {', '.join(kinds)}")
+        choice = FleetConfig(kind=FleetKind(choice))
+    if isinstance(choice, FleetConfig):
+        return make_fleet(choice, request.spec)
+    if isinstance(choice, FleetBase) or not callable(choice):
+        return choice
+    return choice(request)
