@@ -71,9 +71,13 @@ def test_an_option_of_another_algorithm_is_refused() -> None:
 
 def _build(name: str) -> Algorithm:
     from fedloom.algorithms import AlgorithmContext, build_algorithm
+    from fedloom.core.layout import ParamLayout
 
     options = load_config(None, [f"algorithm.name={name}"]).algorithm.options
-    return build_algorithm(name, options, AlgorithmContext(num_examples=(3, 5, 2)))
+    layout = ParamLayout.from_module(torch.nn.Sequential(torch.nn.Linear(1, 1),
+                                                         torch.nn.Linear(1, 2)))  # 6 values
+    return build_algorithm(name, options, AlgorithmContext(num_examples=(3, 5, 2),
+                                                           layout=layout))
 
 
 def _reducible(name: str) -> bool:

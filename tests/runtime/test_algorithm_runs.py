@@ -16,6 +16,8 @@ from fedloom.runtime.loop import ServerLoop
 
 TINY = ["data.name=synthetic", "data.num_clients=12", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "client.batch_size=10", "rounds=3", "fleet.threads=1"]
+#: what an algorithm needs of the run beyond TINY (FedPer: a model with a body and a head)
+NEEDS = {"fedper": ["model.name=mlp", "model.hidden=8"]}
 
 
 def _run(tmp_path: Path, *overrides: str) -> list[dict[str, object]]:
@@ -25,7 +27,7 @@ def _run(tmp_path: Path, *overrides: str) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("name", sorted(registry()))
 def test_every_algorithm_runs_and_learns_something(name: str, tmp_path: Path) -> None:
-    rows = _run(tmp_path, f"algorithm.name={name}", "eval.train=true")
+    rows = _run(tmp_path, f"algorithm.name={name}", "eval.train=true", *NEEDS.get(name, ()))
     assert len(rows) == 3
     losses = [r["global_train_loss"] for r in rows]
     assert all(isinstance(v, float) for v in losses)
@@ -83,7 +85,7 @@ SYNC = [n for n in sorted(registry()) if n not in ("fedasync", "fedbuff")]  # on
 def test_every_algorithm_declares_exactly_what_its_clients_send(name: str) -> None:
     """``result_needs`` (what a deployment server checks replies against) matches the extras and
     metrics the algorithm's own local training produces."""
-    sim = build_run(load_config(None, [*TINY, f"algorithm.name={name}"]))
+    sim = build_run(load_config(None, [*TINY, f"algorithm.name={name}", *NEEDS.get(name, ())]))
     assert isinstance(sim, ServerLoop)
     tasks = sim.algorithm.configure(1, sim.state, sim.sampler.sample(1), sim.client)
     results = [o for o in sim.fleet.fit(1, tasks) if isinstance(o, ClientResult)]

@@ -14,12 +14,14 @@ from fedloom.app.config import load_config
 TINY = ["data.name=synthetic", "data.num_clients=8", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "client.batch_size=10", "rounds=2", "fleet.threads=1",
         "fleet.workers=2"]
+#: what an algorithm needs of the run beyond TINY (FedPer: a model with a body and a head)
+NEEDS = {"fedper": ["model.name=mlp", "model.hidden=8"]}
 SYNC = sorted(n for n in registry() if n not in ("fedasync", "fedbuff"))
 
 
 def _final(tmp_path: Path, name: str, kind: str) -> torch.Tensor:
-    cfg = load_config(None, [*TINY, f"algorithm.name={name}", f"fleet.kind={kind}",
-                             f"out={tmp_path / kind}"])
+    cfg = load_config(None, [*TINY, *NEEDS.get(name, ()), f"algorithm.name={name}",
+                             f"fleet.kind={kind}", f"out={tmp_path / kind}"])
     return build_run(cfg).run().final.params
 
 
