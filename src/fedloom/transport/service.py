@@ -23,7 +23,7 @@ import torch
 
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.packages import ClientFailure
+from fedloom.transport.admission import Limits, authenticate, expect_hello
 from fedloom.transport.bulk import (
     BULK_MIN_BYTES,
     split_address,
@@ -31,21 +31,29 @@ from fedloom.transport.bulk import (
 from fedloom.transport.bulk_channel import BulkChannel
 from fedloom.transport.channel import SERVICE, grpc_options
 from fedloom.transport.codec import (
-    DEFAULT_CHUNK_BYTES,
     PROTOCOL,
     Assembler,
     ChunkCache,
-    MessageRejected,
-    Package,
     describe,
     encode,
-    itemsize,
 )
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.handlers import Event, Handlers, MessageType
+from fedloom.transport.inbound import Inbound
 from fedloom.transport.messages import ReplySchema, layout_to_proto
-from fedloom.transport.security import CLIENT_ID_KEY, TOKEN_KEY, TlsFiles, TokenBook
-from fedloom.transport.sessions import Answer, BulkPackage, Connection, Outbound, Session, Task
+from fedloom.transport.security import TlsFiles, TokenBook
+from fedloom.transport.sessions import (
+    Answer,
+    BulkPackage,
+    Connection,
+    Outbound,
+    Session,
+    Task,
+    exit_frame,
+    header_frame,
+)
+
+__all__ = ["FederationServer", "Limits", "Outgoing"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,33 +66,6 @@ class Outgoing:
 
     header: pb.Header
     tensors: Mapping[str, torch.Tensor]
-
-
-def _header_frame(header: pb.Header) -> bytes:
-    return pb.ServerFrame(header=header).SerializeToString()
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Limits:
-    """What the server accepts.
-
-    Attributes:
-        max_clients: clients connected at once; more are refused (RESOURCE_EXHAUSTED).
-        max_update_bytes: the largest reply payload per task (None: four model sizes + 1 MiB,
-            room for the model and the extras of every algorithm here).
-        chunk_bytes: the chunk size the server sends and the largest it accepts.
-        idle_timeout: seconds a client may stay silent before its hello, or in the middle of
-            a package, before its stream is closed.
-    """
-
-    max_clients: int = 1000
-    max_update_bytes: int | None = None
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    idle_timeout: float = 60.0
-
-    def update_bytes(self, layout: ParamLayout) -> int:
-        if self.max_update_bytes is not None:
-            return self.max_update_bytes
-        return 4 * layout.size * itemsize(layout.dtype) + (1 << 20)
 
 
 class FederationServer:
@@ -137,6 +118,8 @@ class FederationServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self.inbound = Inbound(layout=layout, schema=schema, limits=self.limits,
+                               handlers=self.handlers, inbox=self.inbox, bulk=lambda: self._bulk)
 
     # -- lifecycle (any thread) ------------------------------------------------------------
 
@@ -235,9 +218,9 @@ class FederationServer:
         payload = sum(t.numel() * t.element_size() for t in out.tensors.values())
         if session is not None and session.bulk is not None and payload >= BULK_MIN_BYTES:
             out.header.bulk = True
-            return BulkPackage(describe(out.header, out.tensors, _header_frame),
+            return BulkPackage(describe(out.header, out.tensors, header_frame),
                                tuple(out.tensors.values()))
-        return encode(out.header, out.tensors, wrap_header=_header_frame,
+        return encode(out.header, out.tensors, wrap_header=header_frame,
                       chunk_bytes=self.limits.chunk_bytes, cache=cache)
 
     def expire(self, task_ids: Collection[int]) -> None:
@@ -285,7 +268,7 @@ class FederationServer:
             session = self._sessions.get(cid)
             if session is not None:
                 session.outbox.put_nowait([frame.SerializeToString()])
-                self._drop(session, "asked to reconnect")
+                self.inbound.drop(session, "asked to reconnect")
 
     async def _exit_all(self, reason: str) -> None:
         for session in list(self._sessions.values()):
@@ -296,15 +279,19 @@ class FederationServer:
 
     async def _join(self, requests: AsyncIterator[bytes],
                     context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
-        client_id = await self._authenticate(context)
+        with self._lock:
+            connected = frozenset(self._sessions)
+        client_id = await authenticate(context, client_ids=self.client_ids, tokens=self.tokens,
+                                       connected=connected, limits=self.limits,
+                                       handlers=self.handlers)
         session = Session(client_id=client_id, peer=context.peer(), assembler=Assembler(
             max_payload_bytes=self.limits.update_bytes(self.layout),
             max_chunk_bytes=self.limits.chunk_bytes))
-        await self._hello(requests, context, session)
+        await expect_hello(requests, context, session, self.limits.idle_timeout)
         if self._bulk is not None:
             session.ticket = self._bulk.issue(session)
         self._register(session)
-        reader = asyncio.create_task(self._read(requests, session))
+        reader = asyncio.create_task(self.inbound.read(requests, session))
         try:
             yield self._welcome_frame(session)
             if self._finished is not None:
@@ -333,19 +320,6 @@ class FederationServer:
             welcome.bulk_port, welcome.bulk_ticket = self.bulk_port, session.ticket
         return pb.ServerFrame(welcome=welcome).SerializeToString()
 
-    async def _receive_bulk(self, session: Session) -> None:
-        """Read the pending package's payload from the bulk connection, then take it."""
-        assert self._bulk is not None
-        header = session.assembler.pending
-        try:
-            pkg = await self._bulk.receive(session)
-        except MessageRejected as rejection:
-            if rejection.fatal:
-                raise
-            self._reject(session, rejection, header)  # the package is lost, not the stream
-            return
-        self._take(session, pkg)
-
     async def _send_bulk(self, session: Session, item: BulkPackage) -> bool:
         """Write a package's payload on the bulk connection; False (session dropped) when it
         failed."""
@@ -353,56 +327,16 @@ class FederationServer:
         try:
             await self._bulk.send(session, item.tensors)
         except OSError as err:
-            self._drop(session, f"bulk connection lost ({err})")
+            self.inbound.drop(session, f"bulk connection lost ({err})")
             return False
         return True
-
-    async def _authenticate(self, context: grpc.aio.ServicerContext[bytes, bytes]) -> int:
-        meta = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
-        raw_id = meta.get(CLIENT_ID_KEY, "")
-        token = meta.get(TOKEN_KEY, "").removeprefix("Bearer ")
-        client_id = int(raw_id) if raw_id.isdigit() and len(raw_id) < 16 else None
-        problem = None
-        if client_id is None:
-            problem = (grpc.StatusCode.UNAUTHENTICATED, "no client id in the call metadata")
-        elif self.client_ids is not None and client_id not in self.client_ids:
-            problem = (grpc.StatusCode.PERMISSION_DENIED, f"client id {client_id} is not one of "
-                       "this run's clients")
-        elif self.tokens is not None and not self.tokens.check(client_id, token):
-            problem = (grpc.StatusCode.UNAUTHENTICATED,
-                       f"{'no' if not token else 'a wrong'} token for client {client_id}")
-        elif client_id not in self._sessions and len(self._sessions) >= self.limits.max_clients:
-            problem = (grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"the server is full ({self.limits.max_clients} clients)")
-        if problem is not None:
-            log.warning("refused a client from %s: %s", context.peer(), problem[1])
-            self.handlers.emit(Event(kind=MessageType.REFUSED, client_id=client_id,
-                                     detail={"reason": problem[1]}))
-            await context.abort(*problem)
-        assert client_id is not None
-        return client_id
-
-    async def _hello(self, requests: AsyncIterator[bytes],
-                     context: grpc.aio.ServicerContext[bytes, bytes], session: Session) -> None:
-        try:
-            raw = await asyncio.wait_for(anext(requests), self.limits.idle_timeout)
-            hello = pb.ClientFrame.FromString(raw)
-            ok = hello.WhichOneof("frame") == "hello" and hello.hello.protocol == PROTOCOL
-            detail = f"expected a hello for {PROTOCOL}"
-        except (TimeoutError, StopAsyncIteration):
-            ok, detail = False, f"no hello within {self.limits.idle_timeout} s"
-        except Exception as err:  # a frame that does not even parse
-            ok, detail = False, f"malformed hello ({type(err).__name__})"
-        if not ok:
-            log.warning("client %d (%s): %s", session.client_id, session.peer, detail)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, detail)
 
     def _register(self, session: Session) -> None:
         with self._lock:
             old = self._sessions.get(session.client_id)
             self._sessions[session.client_id] = session
         if old is not None:
-            self._drop(old, "superseded by a new connection of the same client")
+            self.inbound.drop(old, "superseded by a new connection of the same client")
         log.info("client %d connected from %s", session.client_id, session.peer)
         self.inbox.put(Connection(client_id=session.client_id, up=True))
         self.handlers.emit(Event(kind=MessageType.CONNECTED, client_id=session.client_id,
@@ -414,103 +348,9 @@ class FederationServer:
                 del self._sessions[session.client_id]
             else:
                 return
-        self._drop(session, session.close_reason or "disconnected")
+        self.inbound.drop(session, session.close_reason or "disconnected")
         self.inbox.put(Connection(client_id=session.client_id, up=False))
         self.handlers.emit(Event(kind=MessageType.DISCONNECTED, client_id=session.client_id,
                                  detail={"reason": session.close_reason or "disconnected"}))
 
-    def _drop(self, session: Session, reason: str) -> None:
-        """Fail the session's open tasks and close it."""
-        for task in list(session.tasks.values()):
-            self._fail(session, task, "disconnect", reason)
-        session.close(reason)
 
-    def _fail(self, session: Session, task: Task, stage: str, message: str) -> None:
-        session.tasks.pop(task.task_id, None)
-        failure = ClientFailure(round=task.round, client_id=task.client_id, stage=stage,
-                                message=message)
-        self.inbox.put(Answer(task_id=task.task_id, client_id=task.client_id, failure=failure))
-        self.handlers.emit(Event(kind=MessageType.FAILURE, client_id=task.client_id,
-                                 round=task.round, task_id=task.task_id,
-                                 detail={"stage": stage, "message": message}))
-
-    async def _read(self, requests: AsyncIterator[bytes], session: Session) -> None:
-        try:
-            while session.close_reason is None:
-                timeout = self.limits.idle_timeout if session.assembler.busy else None
-                try:
-                    raw = await asyncio.wait_for(anext(requests), timeout)
-                except StopAsyncIteration:
-                    session.assembler.end()
-                    break
-                self._receive(session, raw)
-                if session.assembler.bulk_pending:
-                    await self._receive_bulk(session)
-        except MessageRejected as rejection:
-            self._reject(session, rejection, None)
-        except TimeoutError:
-            self._drop(session, f"idle for {self.limits.idle_timeout} s in the middle of a "
-                                "package")
-        except asyncio.CancelledError:
-            pass
-        except Exception as err:  # the stream broke (reset, oversized gRPC message, ...)
-            log.info("client %d: stream ended: %s", session.client_id, err)
-        finally:
-            session.close(session.close_reason or "disconnected")
-
-    def _receive(self, session: Session, raw: bytes) -> None:
-        pending = session.assembler.pending
-        pkg: Package | None = None
-        try:
-            pkg = session.frame(raw)
-        except MessageRejected as rejection:
-            self._reject(session, rejection, pending or session.assembler.pending)
-            return
-        if pkg is not None:
-            self._take(session, pkg)
-
-    def _take(self, session: Session, pkg: Package) -> None:
-        """Match a complete package to its task and pass the answer on."""
-        try:
-            answer = session.answer(pkg, self.layout, self.schema)
-        except MessageRejected as rejection:
-            self._reject(session, rejection, pkg.header)
-            return
-        if answer is not None:
-            self._accept(answer)
-
-    def _accept(self, answer: Answer) -> None:
-        self.inbox.put(answer)
-        kind = (MessageType.FAILURE if answer.failure else MessageType.FIT_REPLY if answer.result
-                else MessageType.EVALUATE_REPLY if answer.metrics is not None
-                else MessageType.PROPERTIES_REPLY)
-        detail: dict[str, object] = {}
-        if answer.result is not None:
-            detail["num_examples"] = answer.result.num_examples
-        if answer.failure is not None:
-            detail.update(stage=answer.failure.stage, message=answer.failure.message)
-        round_ = (answer.result.round if answer.result else answer.failure.round
-                  if answer.failure else None)
-        self.handlers.emit(Event(kind=kind, client_id=answer.client_id, round=round_,
-                                 task_id=answer.task_id, detail=detail))
-
-    def _reject(self, session: Session, rejection: MessageRejected,
-                header: pb.Header | None) -> None:
-        log.warning("client %d: %s", session.client_id, rejection)
-        self.handlers.emit(Event(kind=MessageType.REJECTED, client_id=session.client_id,
-                                 task_id=None if header is None else header.task_id,
-                                 detail={"reason": rejection.reason.value,
-                                         "detail": rejection.detail}))
-        lost = list(session.tasks.values()) if rejection.fatal else [session.task_of(header)]
-        for task in lost:
-            if task is not None:
-                self._fail(session, task, "validate", str(rejection))
-        notice = pb.Header(kind=pb.REJECTED, task_id=0 if header is None else header.task_id,
-                           reason=str(rejection)[:4000])
-        session.outbox.put_nowait([_header_frame(notice)])
-        if rejection.fatal:
-            self._drop(session, str(rejection))
-
-
-def exit_frame(reason: str) -> bytes:
-    return pb.ServerFrame(header=pb.Header(kind=pb.EXIT, reason=reason)).SerializeToString()

@@ -162,3 +162,13 @@ class Session:
             answer = Answer(task_id=tid, client_id=cid, values=values_from_proto(h.values))
         del self.tasks[task.task_id]
         return answer
+
+
+def header_frame(header: pb.Header) -> bytes:
+    """A header as one server frame on the stream."""
+    return pb.ServerFrame(header=header).SerializeToString()
+
+
+def exit_frame(reason: str) -> bytes:
+    """The instruction to exit, with its reason."""
+    return header_frame(pb.Header(kind=pb.EXIT, reason=reason))

@@ -1,0 +1,148 @@
+"""What a client sends on its stream: frames assembled into packages, checked, matched to
+their tasks and passed on as answers.
+
+A package that fails a check is rejected with a named reason (logged, sent back, its task a
+:class:`~fedloom.core.packages.ClientFailure`); a fatal rejection (broken framing) also closes
+that client's stream. Nobody else's stream is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+from collections.abc import AsyncIterator, Callable
+
+from fedloom.core.layout import ParamLayout
+from fedloom.core.packages import ClientFailure
+from fedloom.transport.admission import Limits
+from fedloom.transport.bulk_channel import BulkChannel
+from fedloom.transport.codec import MessageRejected, Package
+from fedloom.transport.generated import fedloom_pb2 as pb
+from fedloom.transport.handlers import Event, Handlers, MessageType
+from fedloom.transport.messages import ReplySchema
+from fedloom.transport.sessions import Answer, Connection, Session, Task, header_frame
+
+log = logging.getLogger(__name__)
+
+
+class Inbound:
+    """Reads clients' streams for a server and puts answers and failures on ``inbox``.
+
+    Args:
+        layout: replies are checked against it.
+        schema: what each fit reply must carry for the algorithm (None: parameters only).
+        bulk: the server's bulk channel, once it has one.
+    """
+
+    def __init__(self, *, layout: ParamLayout, schema: ReplySchema | None, limits: Limits,
+                 handlers: Handlers, inbox: queue.Queue[Answer | Connection],
+                 bulk: Callable[[], BulkChannel | None]) -> None:
+        self.layout, self.schema, self.limits = layout, schema, limits
+        self.handlers, self.inbox, self.bulk = handlers, inbox, bulk
+
+    async def _receive_bulk(self, session: Session) -> None:
+        """Read the pending package's payload from the bulk connection, then take it."""
+        bulk = self.bulk()
+        assert bulk is not None
+        header = session.assembler.pending
+        try:
+            pkg = await bulk.receive(session)
+        except MessageRejected as rejection:
+            if rejection.fatal:
+                raise
+            self._reject(session, rejection, header)  # the package is lost, not the stream
+            return
+        self._take(session, pkg)
+
+    def drop(self, session: Session, reason: str) -> None:
+        """Fail the session's open tasks and close it."""
+        for task in list(session.tasks.values()):
+            self.fail(session, task, "disconnect", reason)
+        session.close(reason)
+
+    def fail(self, session: Session, task: Task, stage: str, message: str) -> None:
+        session.tasks.pop(task.task_id, None)
+        failure = ClientFailure(round=task.round, client_id=task.client_id, stage=stage,
+                                message=message)
+        self.inbox.put(Answer(task_id=task.task_id, client_id=task.client_id, failure=failure))
+        self.handlers.emit(Event(kind=MessageType.FAILURE, client_id=task.client_id,
+                                 round=task.round, task_id=task.task_id,
+                                 detail={"stage": stage, "message": message}))
+
+    async def read(self, requests: AsyncIterator[bytes], session: Session) -> None:
+        try:
+            while session.close_reason is None:
+                timeout = self.limits.idle_timeout if session.assembler.busy else None
+                try:
+                    raw = await asyncio.wait_for(anext(requests), timeout)
+                except StopAsyncIteration:
+                    session.assembler.end()
+                    break
+                self._receive(session, raw)
+                if session.assembler.bulk_pending:
+                    await self._receive_bulk(session)
+        except MessageRejected as rejection:
+            self._reject(session, rejection, None)
+        except TimeoutError:
+            self.drop(session, f"idle for {self.limits.idle_timeout} s in the middle of a "
+                                "package")
+        except asyncio.CancelledError:
+            pass
+        except Exception as err:  # the stream broke (reset, oversized gRPC message, ...)
+            log.info("client %d: stream ended: %s", session.client_id, err)
+        finally:
+            session.close(session.close_reason or "disconnected")
+
+    def _receive(self, session: Session, raw: bytes) -> None:
+        pending = session.assembler.pending
+        pkg: Package | None = None
+        try:
+            pkg = session.frame(raw)
+        except MessageRejected as rejection:
+            self._reject(session, rejection, pending or session.assembler.pending)
+            return
+        if pkg is not None:
+            self._take(session, pkg)
+
+    def _take(self, session: Session, pkg: Package) -> None:
+        """Match a complete package to its task and pass the answer on."""
+        try:
+            answer = session.answer(pkg, self.layout, self.schema)
+        except MessageRejected as rejection:
+            self._reject(session, rejection, pkg.header)
+            return
+        if answer is not None:
+            self._accept(answer)
+
+    def _accept(self, answer: Answer) -> None:
+        self.inbox.put(answer)
+        kind = (MessageType.FAILURE if answer.failure else MessageType.FIT_REPLY if answer.result
+                else MessageType.EVALUATE_REPLY if answer.metrics is not None
+                else MessageType.PROPERTIES_REPLY)
+        detail: dict[str, object] = {}
+        if answer.result is not None:
+            detail["num_examples"] = answer.result.num_examples
+        if answer.failure is not None:
+            detail.update(stage=answer.failure.stage, message=answer.failure.message)
+        round_ = (answer.result.round if answer.result else answer.failure.round
+                  if answer.failure else None)
+        self.handlers.emit(Event(kind=kind, client_id=answer.client_id, round=round_,
+                                 task_id=answer.task_id, detail=detail))
+
+    def _reject(self, session: Session, rejection: MessageRejected,
+                header: pb.Header | None) -> None:
+        log.warning("client %d: %s", session.client_id, rejection)
+        self.handlers.emit(Event(kind=MessageType.REJECTED, client_id=session.client_id,
+                                 task_id=None if header is None else header.task_id,
+                                 detail={"reason": rejection.reason.value,
+                                         "detail": rejection.detail}))
+        lost = list(session.tasks.values()) if rejection.fatal else [session.task_of(header)]
+        for task in lost:
+            if task is not None:
+                self.fail(session, task, "validate", str(rejection))
+        notice = pb.Header(kind=pb.REJECTED, task_id=0 if header is None else header.task_id,
+                           reason=str(rejection)[:4000])
+        session.outbox.put_nowait([header_frame(notice)])
+        if rejection.fatal:
+            self.drop(session, str(rejection))
