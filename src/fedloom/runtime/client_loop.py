@@ -15,11 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,14 @@ from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig
 from fedloom.runtime.clients import Client, FitFn, FunctionClient
+from fedloom.runtime.reconnect import (
+    FINAL_CODES,
+    Backoff,
+    Refusals,
+    RefusedError,
+    status_code,
+    status_details,
+)
 from fedloom.transport.bulk import (
     BULK_MIN_BYTES,
     connect_bulk,
@@ -66,35 +73,12 @@ from fedloom.transport.messages import (
 )
 from fedloom.transport.security import CLIENT_ID_KEY, TOKEN_KEY, TlsFiles
 
+__all__ = ["Backoff", "ClientLoop", "RefusedError", "start_client"]
+
 log = logging.getLogger(__name__)
 
-FINAL_CODES = {grpc.StatusCode.UNAUTHENTICATED: "refused the credentials",
-               grpc.StatusCode.PERMISSION_DENIED: "refused the client id",
-               grpc.StatusCode.FAILED_PRECONDITION: "refused the protocol"}
-TLS_WORDS = ("ssl", "tls", "handshake", "certificate")
-CLOSED_IN_HANDSHAKE = 3  # "socket closed" while connecting over TLS this often in a row: refused
 MAX_MESSAGE_BYTES = 64 << 20
 BULK_TIMEOUT = 300.0  # seconds a bulk read or write may stall before the connection counts as lost
-
-
-class RefusedError(TransportError):
-    """The server refused this client (credentials, certificate or protocol): do not retry."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Backoff:
-    """Reconnection delays: ``initial * factor**k`` capped at ``maximum``, each +-``jitter``;
-    the client gives up after ``give_up_after`` seconds without a connection (None: never)."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 30.0
-    jitter: float = 0.2
-    give_up_after: float | None = 300.0
-
-    def delay(self, attempt: int) -> float:
-        base = min(self.maximum, self.initial * self.factor ** min(attempt, 60))
-        return base * (1 + self.jitter * (2 * random.random() - 1))
 
 
 def _header_frame(header: pb.Header) -> bytes:
@@ -142,7 +126,7 @@ class ClientLoop:
         self._stopped = threading.Event()
         self._call: Any = None
         self._chunk_bytes = DEFAULT_CHUNK_BYTES
-        self._closed_in_handshake = 0
+        self._refusals = Refusals(client_id, address, tls=tls is not None)
         self.use_bulk = bulk
         self._bulk: socket.socket | None = None
 
@@ -168,9 +152,9 @@ class ClientLoop:
             except grpc.RpcError as err:
                 if self._stopped.is_set():
                     break
-                self._final(err)
+                self._refusals.check(err)
                 log.info("client %d: cannot reach %s (%s)", self.client_id, self.address,
-                         _code(err))
+                         status_code(err))
             if connected:
                 attempt, since = 0, time.monotonic()
             give_up = self.backoff.give_up_after
@@ -187,28 +171,6 @@ class ClientLoop:
         call = self._call
         if call is not None:
             call.cancel()
-
-    def _final(self, err: grpc.RpcError) -> None:
-        """Raise RefusedError when retrying cannot help."""
-        code, details = _code(err), _details(err)
-        if code in FINAL_CODES:
-            raise RefusedError(f"client {self.client_id}: the server {FINAL_CODES[code]}: "
-                               f"{details}") from None
-        if code == grpc.StatusCode.UNAVAILABLE and any(w in details.lower() for w in TLS_WORDS):
-            raise RefusedError(f"client {self.client_id}: TLS handshake with {self.address} "
-                               f"failed (check --root-cert, --cert and --key): {details}"
-                               ) from None
-        if (self.tls is not None and code == grpc.StatusCode.UNAVAILABLE
-                and "socket closed" in details.lower()):
-            self._closed_in_handshake += 1
-            if self._closed_in_handshake >= CLOSED_IN_HANDSHAKE:
-                raise RefusedError(
-                    f"client {self.client_id}: {self.address} closed the connection during the "
-                    f"TLS handshake {self._closed_in_handshake} times: it refuses this client's "
-                    "certificate (check --cert and --key, and that the server's --client-ca "
-                    "signed them)") from None
-        else:
-            self._closed_in_handshake = 0
 
     def _channel(self) -> grpc.Channel:
         options = [*grpc_options(MAX_MESSAGE_BYTES, keepalive_ms=20_000),
@@ -255,8 +217,8 @@ class ClientLoop:
                     return stop
             raise _Connected("the server ended the stream without saying exit")
         except grpc.RpcError as err:
-            if welcomed and _code(err) not in FINAL_CODES:
-                raise _Connected(f"{_code(err)}: {_details(err)}") from None
+            if welcomed and status_code(err) not in FINAL_CODES:
+                raise _Connected(f"{status_code(err)}: {status_details(err)}") from None
             raise
         except (MessageRejected, DecodeError) as err:  # the server broke the protocol
             raise _Connected(f"bad message from the server: {err}") from None
@@ -401,16 +363,6 @@ class _Connected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
-    code: Callable[[], grpc.StatusCode] | None = getattr(err, "code", None)
-    return code() if code is not None else None
-
-
-def _details(err: grpc.RpcError) -> str:
-    details: Callable[[], str | None] | None = getattr(err, "details", None)
-    return (details() if details is not None else None) or str(err)
 
 
 def start_client(address: str, *, client_id: int, client: Client | FitFn,

@@ -31,21 +31,19 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
-import signal
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
-from types import FrameType
 
 from fedloom.core.errors import ConfigError
 from fedloom.scheduler.database import StateStore
 from fedloom.scheduler.devices import DevicePool, MemoryEstimates
 from fedloom.scheduler.group import TaskGroup
 from fedloom.scheduler.task import Result, Stage, Task, TaskStatus
-from fedloom.scheduler.task_process import TaskProcess
+from fedloom.scheduler.task_process import TaskProcess, signal_name, sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +150,7 @@ class Scheduler:
         try:
             store.acquire()
             skipped = self._register(store)
-            with self._display(), _sigterm_as_interrupt():
+            with self._display(), sigterm_as_interrupt():
                 for group in self.groups:
                     self._run_group(group)
         except BaseException:
@@ -350,7 +348,7 @@ class Scheduler:
         del self._running[task.task_id]
         self.devices.release(task.task_id)
         if not run.ended:
-            name = f" ({_signal_name(-code)})" if code is not None and code < 0 else ""
+            name = f" ({signal_name(-code)})" if code is not None and code < 0 else ""
             stage = Stage.TRAIN if run.status is TaskStatus.TRAINING else Stage.LOAD
             self._fail(task, stage, f"the task's process died with exit code {code}{name}; "
                        f"its output is in {task.workdir}/task.log", exit_code=code)
@@ -382,27 +380,3 @@ class Scheduler:
 
         with LiveTable(self):
             yield
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM stops a run the way Ctrl-C does (tasks put back, state consistent)."""
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerContext, SpawnContext
 from pathlib import Path
+from types import FrameType
 from typing import IO
 
 from fedloom.scheduler.task import Stage, Task
@@ -181,3 +182,28 @@ class TaskProcess:
 
     def kill(self) -> None:
         self.process.kill()
+
+
+def signal_name(number: int) -> str:
+    """A signal's name (``SIGKILL``) from its number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a run the way Ctrl-C does (tasks put back, state consistent)."""
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
