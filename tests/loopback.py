@@ -20,11 +20,14 @@ from pathlib import Path
 import grpc
 import torch
 
+from fedloom.app.client import ConfigClient
+from fedloom.app.server import Deployment
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, Downlink
 from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
 from fedloom.runtime.client_loop import Backoff, ClientLoop
 from fedloom.runtime.clients import Client, FitFn
+from fedloom.runtime.loop import History
 from fedloom.transport.channel import METHOD, grpc_options
 from fedloom.transport.codec import PROTOCOL, Assembler, Package, encode
 from fedloom.transport.generated import fedloom_pb2 as pb
@@ -241,3 +244,14 @@ def spawn(started: list[subprocess.Popen[str]], args: list[str],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
     started.append(proc)
     return proc  # type: ignore[no-any-return]
+
+
+def serve_to_the_end(dep: Deployment, clients: int = 6) -> History:
+    """Run a built deployment to its end, ``clients`` of fedloom's own clients (from the
+    server's config) connected on threads; the server is stopped however it ends."""
+    try:
+        with thread_clients(dep.server.port, range(clients), client=ConfigClient()):
+            dep.fleet.wait_for_clients(clients, 30)
+            return dep.loop.run()
+    finally:
+        dep.server.stop(grace=0.5)

@@ -14,7 +14,6 @@ from fedloom.algorithms.power_of_choice import (
     highest_losses,
 )
 from fedloom.app.build import build_run
-from fedloom.app.client import ConfigClient
 from fedloom.app.config import load_config
 from fedloom.app.server import ServerOptions, build_deployment
 from fedloom.core.errors import ConfigError
@@ -24,7 +23,7 @@ from fedloom.models import model_factory
 from fedloom.runtime.loop import ServerLoop
 from fedloom.training.evaluation import ClientLosses
 from fedloom.transport.handlers import MessageType
-from tests.loopback import SYNTH, thread_clients
+from tests.loopback import SYNTH, serve_to_the_end
 
 
 class FakeSelection:
@@ -121,12 +120,7 @@ def test_a_deployment_asks_the_candidates_for_their_losses(tmp_path: Path) -> No
     evaluated: list[int] = []
     dep.server.handlers.register(MessageType.EVALUATE_REPLY,
                                  lambda e: evaluated.append(e.client_id or -1))
-    try:
-        with thread_clients(dep.server.port, range(6), client=ConfigClient()):
-            dep.fleet.wait_for_clients(6, 30)
-            history = dep.loop.run()
-    finally:
-        dep.server.stop(grace=0.5)
+    history = serve_to_the_end(dep)
     assert len(evaluated) == 3 * 4  # d candidates asked each round
     assert [r["num_results"] for r in history.rows] == [2, 2, 2]
     assert torch.equal(history.final.params, expected)

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from fedloom.algorithms.asynchronous import FedAsync, FedAsyncOptions, Staleness
-from fedloom.app.client import ConfigClient
 from fedloom.app.config import load_config
 from fedloom.app.server import ServerOptions, build_deployment
 from fedloom.core.packages import ClientConfig
@@ -17,7 +16,7 @@ from fedloom.fleets.grpc import RoundPolicy
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.sinks import read_rows
 from fedloom.transport.handlers import MessageType
-from tests.loopback import SYNTH, thread_clients, tiny_server
+from tests.loopback import SYNTH, serve_to_the_end, thread_clients, tiny_server
 
 
 @pytest.mark.parametrize("algorithm", ["fedasync", "fedbuff"])
@@ -28,12 +27,7 @@ def test_an_async_run_reaches_its_model_versions(tmp_path: Path, algorithm: str)
     dep = build_deployment(cfg, ServerOptions(address="127.0.0.1:0", insecure=True,
                                               console=False))
     assert isinstance(dep.loop, AsyncLoop)
-    try:
-        with thread_clients(dep.server.port, range(6), client=ConfigClient()):
-            dep.fleet.wait_for_clients(6, 30)
-            history = dep.loop.run()
-    finally:
-        dep.server.stop(grace=0.5)
+    history = serve_to_the_end(dep)
     assert [r["round"] for r in history.rows] == [1, 2, 3, 4, 5, 6]
     assert history.final.round == 6 and bool(torch.isfinite(history.final.params).all())
     assert history.rows[-1]["test_accuracy"] is not None

@@ -27,7 +27,7 @@ from fedloom.runtime.checkpoint import (
     store_contents,
 )
 from fedloom.runtime.sinks import Row, read_rows
-from tests.loopback import SYNTH, thread_clients
+from tests.loopback import SYNTH, serve_to_the_end, thread_clients
 
 
 def _state() -> ServerState:
@@ -117,12 +117,7 @@ def test_a_resumed_server_ends_with_the_uninterrupted_model(tmp_path: Path,
     assert len(read_rows(tmp_path / "run" / "metrics.jsonl")) == 1  # round 2's row was lost
     dep = build_deployment(cfg, dataclasses.replace(options, resume=str(tmp_path / "run")))
     assert dep.loop.state.round == 2
-    try:
-        with thread_clients(dep.server.port, range(6), client=ConfigClient()):
-            dep.fleet.wait_for_clients(6, 30)
-            history = dep.loop.run()
-    finally:
-        dep.server.stop(grace=0.5)
+    history = serve_to_the_end(dep)
     assert torch.equal(history.final.params, expected.params)
     assert all(torch.equal(history.final.extras[k], v) for k, v in expected.extras.items())
     rows = read_rows(tmp_path / "run" / "metrics.jsonl")

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedloom.app.client import ConfigClient
 from fedloom.app.config import load_config
 from fedloom.app.server import ServerOptions, build_deployment
 from fedloom.core.metrics import Mean
@@ -24,6 +23,7 @@ from tests.loopback import (
     SYNTH,
     Recorder,
     downlinks,
+    serve_to_the_end,
     thread_clients,
     tiny_server,
     wait_until,
@@ -168,11 +168,6 @@ def test_evaluation_on_the_clients_equals_the_servers_over_the_same_examples(
     dep = build_deployment(cfg, ServerOptions(address="127.0.0.1:0", insecure=True,
                                               console=False,
                                               policy=RoundPolicy(evaluate_on_clients=True)))
-    try:
-        with thread_clients(dep.server.port, range(6), client=ConfigClient()):
-            dep.fleet.wait_for_clients(6, 30)
-            (row,) = dep.loop.run().rows
-    finally:
-        dep.server.stop(grace=0.5)
+    (row,) = serve_to_the_end(dep).rows
     assert row["test_accuracy"] == pytest.approx(row["global_train_accuracy"], abs=1e-12)
     assert row["test_loss"] == pytest.approx(row["global_train_loss"], rel=1e-6)

@@ -16,9 +16,10 @@ momentum on the same pseudo-gradient: ``v = momentum * v + delta; global = globa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 import torch
 
@@ -127,21 +128,15 @@ def fedadagrad(options: FedOptOptions) -> FedOpt:
     return FedOpt(ServerOptimizer.ADAGRAD, options)
 
 
-@register("fedavgm", FedAvgMOptions)
-def _build_fedavgm(options: FedAvgMOptions, context: AlgorithmContext) -> FedOpt:
-    return fedavgm(options)
+def _from_options(make: Callable[[Any], FedOpt]) -> Callable[[Any, AlgorithmContext], FedOpt]:
+    def build(options: Any, context: AlgorithmContext) -> FedOpt:
+        return make(options)
+
+    return build
 
 
-@register("fedadam", FedOptOptions)
-def _build_fedadam(options: FedOptOptions, context: AlgorithmContext) -> FedOpt:
-    return fedadam(options)
-
-
-@register("fedyogi", FedOptOptions)
-def _build_fedyogi(options: FedOptOptions, context: AlgorithmContext) -> FedOpt:
-    return fedyogi(options)
-
-
-@register("fedadagrad", FedOptOptions)
-def _build_fedadagrad(options: FedOptOptions, context: AlgorithmContext) -> FedOpt:
-    return fedadagrad(options)
+for _name, _options, _make in (("fedavgm", FedAvgMOptions, fedavgm),
+                               ("fedadam", FedOptOptions, fedadam),
+                               ("fedyogi", FedOptOptions, fedyogi),
+                               ("fedadagrad", FedOptOptions, fedadagrad)):
+    register(_name, _options)(_from_options(_make))

@@ -11,6 +11,8 @@ import os
 import threading
 from pathlib import Path
 
+from fedloom.cli.common import report, run_config
+
 #: the loggers of a deployment's parts, shown at INFO by the deployment commands
 DEPLOY_LOGGERS = ("fedloom.transport", "fedloom.fleets.grpc", "fedloom.runtime.client_loop",
                   "fedloom.runtime.async_loop", "fedloom.app.server", "fedloom.app.rundir",
@@ -121,17 +123,12 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _server(args: argparse.Namespace) -> int:
-    from fedloom.app.config import load_config
     from fedloom.app.server import ServerOptions, run_server
-    from fedloom.core.errors import ConfigError
     from fedloom.fleets.grpc import RoundPolicy
     from fedloom.transport.security import TlsFiles
     from fedloom.transport.service import Limits
 
-    if args.config is None and args.resume is None:
-        raise ConfigError("give a CONFIG.yaml (or --resume RUN_DIR)")
-    path = args.config if args.config is not None else Path(args.resume) / "config.yaml"
-    cfg = load_config(path, args.overrides)
+    cfg = run_config(args)
     tls = None if args.insecure else TlsFiles(cert=args.cert, key=args.key, ca=args.client_ca)
     options = ServerOptions(
         address=args.address, tls=tls, insecure=args.insecure, tokens=args.tokens,
@@ -143,13 +140,7 @@ def _server(args: argparse.Namespace) -> int:
         limits=Limits(max_clients=args.max_clients, idle_timeout=args.idle_timeout,
                       max_update_bytes=None if args.max_update_mb is None
                       else int(args.max_update_mb * (1 << 20))))
-    result = run_server(cfg, options)
-    last = [r for r in result.history.rows if r.get("test_accuracy") is not None]
-    if last:
-        print(f"final test accuracy {last[-1]['test_accuracy']:.4f} after round "
-              f"{last[-1]['round']}")
-    print(f"run directory: {result.out}")
-    return 0
+    return report(run_server(cfg, options))
 
 
 def _client_ids(text: str) -> list[int]:

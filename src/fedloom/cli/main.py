@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from fedloom.cli.common import report, run_config
 from fedloom.core.errors import ConfigError, DataError, FedloomError
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -97,22 +98,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedloom.app.config import load_config
     from fedloom.app.experiment import run_experiment
 
-    if args.config is None and args.resume is None:
-        raise ConfigError("give a CONFIG.yaml (or --resume RUN_DIR)")
-    path = args.config if args.config is not None else Path(args.resume) / "config.yaml"
-    cfg = load_config(path, args.overrides)
-    result = run_experiment(cfg, console=not args.quiet, resume=args.resume)
+    result = run_experiment(run_config(args), console=not args.quiet, resume=args.resume)
     if not result.history.rows:  # a torchrun worker rank: rank 0 reports
         return 0
-    last = [r for r in result.history.rows if r.get("test_accuracy") is not None]
-    if last:
-        print(f"final test accuracy {last[-1]['test_accuracy']:.4f} after round "
-              f"{last[-1]['round']}")
-    print(f"run directory: {result.out}")
-    return 0
+    return report(result)
 
 
 def _partition(args: argparse.Namespace) -> int:
