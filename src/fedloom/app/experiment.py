@@ -19,8 +19,12 @@ from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunResult:
+    """A finished run: its rows (those of this call), final state and run directory;
+    ``served``: this process only served another's fleet (a torchrun rank other than 0)."""
+
     history: History
     out: Path
+    served: bool = False
 
 
 def run_experiment(cfg: RunConfig, *, console: bool = True,
@@ -40,7 +44,8 @@ def run_experiment(cfg: RunConfig, *, console: bool = True,
     run = build_run(cfg, checkpointer=Checkpointer(out, every=every) if every else None)
     if run.fleet.is_worker:
         serve_worker(run)
-        return RunResult(history=History(rows=(), final=run.state, layout=run.layout), out=out)
+        return RunResult(history=History(rows=(), final=run.state, layout=run.layout), out=out,
+                         served=True)
     try:
         open_run_dir(run, cfg, out=out, resume=resume is not None)
     except BaseException:

@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedloom.app.experiment import run_experiment
 
     result = run_experiment(run_config(args), console=not args.quiet, resume=args.resume)
-    if not result.history.rows:  # a torchrun worker rank: rank 0 reports
+    if result.served:  # a torchrun worker rank: rank 0 reports
         return 0
     return report(result)
 
