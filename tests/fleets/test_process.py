@@ -130,6 +130,18 @@ def test_failed_and_growing_cohorts_match_serial(fleet2: ProcessFleet) -> None:
                     (e.num_examples, e.num_steps, e.metrics)
 
 
+def test_each_task_trains_at_its_own_round(fleet2: ProcessFleet) -> None:
+    """One fit may carry tasks of different rounds (a hierarchy's clients, an async run's
+    tasks): each client's batches come from its own round's stream, as on the serial fleet."""
+    params = fleet2.layout.flatten(MODEL_FN().state_dict())
+    tasks = [*tasks_for(2, [0, 1], params), *tasks_for(7, [2, 4], params)]
+    expected = serial_outcomes(tasks)
+    for o in fleet2.fit(1, tasks):
+        e = expected[o.client_id]
+        assert isinstance(o, ClientResult) and isinstance(e, ClientResult)
+        assert o.round == e.round and torch.equal(o.params, e.params)
+
+
 def test_kept_results_are_never_overwritten_and_dropped_ones_are_reused(
         fleet2: ProcessFleet) -> None:
     params = fleet2.layout.flatten(MODEL_FN().state_dict())

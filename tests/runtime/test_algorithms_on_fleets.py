@@ -36,6 +36,6 @@ def test_algorithm_on_fleet_matches_serial(name: str, kind: str, tmp_path: Path)
         assert torch.allclose(serial, other, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["scaffold", "ditto"])
+@pytest.mark.parametrize("name", ["scaffold", "ditto", "fedbuff"])
 def test_stateful_algorithm_on_process_fleet_is_bitwise_serial(name: str, tmp_path: Path) -> None:
     assert torch.equal(_final(tmp_path, name, "serial"), _final(tmp_path, name, "process"))

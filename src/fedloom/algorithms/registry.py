@@ -56,6 +56,18 @@ class AlgorithmContext:
 Factory = Callable[[Any, AlgorithmContext], Algorithm]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlgorithmConfig:
+    """An ``algorithm`` section: ``name`` picks a registered algorithm; its own options sit
+    beside it in the YAML (``options`` here, checked against the algorithm's dataclass)."""
+
+    name: str = "fedavg"
+    options: Any = None
+
+    def build(self, context: AlgorithmContext) -> Algorithm:
+        return build_algorithm(self.name, self.options, context)
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     options: type[Any]

@@ -19,6 +19,7 @@ from fedloom.algorithms.base import is_async
 from fedloom.algorithms.client_store import make_store
 from fedloom.algorithms.registry import AlgorithmContext, build_algorithm
 from fedloom.app.config import RunConfig
+from fedloom.app.topologies import build_topology
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
@@ -32,8 +33,10 @@ from fedloom.runtime.clock import ClientClock
 from fedloom.runtime.loop import ServerLoop
 from fedloom.runtime.sampling import make_sampler
 from fedloom.runtime.simulation import simulated
+from fedloom.topology.gossip import GossipLoop
+from fedloom.topology.hierarchy import HierarchicalLoop
 
-Run = ServerLoop | AsyncLoop
+Run = ServerLoop | AsyncLoop | HierarchicalLoop | GossipLoop
 
 
 def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None,
@@ -56,9 +59,13 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None,
                           f"{data.num_clients} clients")
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
     num_examples = data.example_counts()
+    layout = ParamLayout.from_module(model_fn())
+    if cfg.topology is not None:
+        return build_topology(cfg, data=data, model_fn=model_fn, layout=layout,
+                              fleet=fleet, checkpointer=checkpointer)
     store = make_store(cfg.state_dir, data.num_clients)
     algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
-        num_examples=num_examples, layout=ParamLayout.from_module(model_fn()), store=store))
+        num_examples=num_examples, layout=layout, store=store))
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
                      fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval)
     # remote clients keep their own time; simulated ones run on the configured clock

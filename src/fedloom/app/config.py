@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedloom.algorithms.fedavg import FedAvgOptions
-from fedloom.algorithms.registry import registry
+from fedloom.algorithms.registry import AlgorithmConfig, registry
 from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientConfig
 from fedloom.core.validate import Problems
@@ -32,6 +32,7 @@ from fedloom.fleets.config import FleetConfig
 from fedloom.models import ModelConfig
 from fedloom.runtime.clock import ClockConfig
 from fedloom.runtime.sampling import SamplerName
+from fedloom.topology.config import TopologyConfig
 from fedloom.training.evaluation import EvalConfig
 
 
@@ -70,14 +71,6 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class AlgorithmConfig:
-    """``name`` picks a registered algorithm; its own options sit beside it in the YAML."""
-
-    name: str = "fedavg"
-    options: Any = field(default_factory=FedAvgOptions)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
     """A whole simulation run. ``out`` null means ``runs/<name>-<timestamp>``; ``state_dir``
     holds per-client algorithm state in memory-mapped files (null: in memory)."""
@@ -89,13 +82,15 @@ class RunConfig:
     state_dir: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    algorithm: AlgorithmConfig = field(default_factory=lambda: AlgorithmConfig(
+        options=FedAvgOptions()))
     cohort: CohortConfig = field(default_factory=CohortConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    topology: TopologyConfig | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -120,6 +115,17 @@ def _convert(tp: Any, value: Any, key: str, p: Problems) -> Any:
         return _convert(inner, value, key, p)
     if tp is Any:
         return value
+    if tp is AlgorithmConfig:
+        return _algorithm_from_mapping(value, p, key)
+    if origin in (tuple, list):
+        return _sequence(tp, value, key, p)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            p.add(key, value, "must be a mapping")
+            return _BAD
+        (_, inner) = typing.get_args(tp)
+        items = {str(k): _convert(inner, v, f"{key}.{k}", p) for k, v in value.items()}
+        return _BAD if any(v is _BAD for v in items.values()) else items
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, Mapping):
             p.add(key, value, "must be a mapping (a YAML section)")
@@ -141,6 +147,23 @@ def _convert(tp: Any, value: Any, key: str, p: Problems) -> Any:
         p.add(key, value, f"must be {'a number' if tp is float else 'of type ' + tp.__name__}")
         return _BAD
     return float(value) if tp is float else value
+
+
+def _sequence(tp: Any, value: Any, key: str, p: Problems) -> Any:
+    """A YAML list as ``tuple[T, ...]``, ``tuple[A, B]`` or ``list[T]``."""
+    if not isinstance(value, list | tuple):
+        p.add(key, value, "must be a list")
+        return _BAD
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            p.add(key, value, f"must be a list of {len(args)}")
+            return _BAD
+        kinds = list(args)
+    else:
+        kinds = [args[0]] * len(value)
+    items = [_convert(k, v, f"{key}[{i}]", p) for i, (k, v) in enumerate(zip(kinds, value))]
+    return _BAD if any(v is _BAD for v in items) else tuple(items)
 
 
 def from_mapping(cls: type[Any], data: Mapping[str, Any], prefix: str, p: Problems) -> Any:
@@ -170,29 +193,27 @@ def from_mapping(cls: type[Any], data: Mapping[str, Any], prefix: str, p: Proble
     return _BAD if bad else built
 
 
-def _algorithm_from_mapping(data: Any, p: Problems) -> Any:
+def _algorithm_from_mapping(data: Any, p: Problems, key: str = "algorithm") -> Any:
     if not isinstance(data, Mapping):
-        p.add("algorithm", data, "must be a mapping with a 'name'")
+        p.add(key, data, "must be a mapping with a 'name'")
         return _BAD
     rest = dict(data)
     name = rest.pop("name", "fedavg")
     known = registry()
     if name not in known:
-        p.add("algorithm.name", name, f"must be one of {', '.join(sorted(known))}")
+        p.add(f"{key}.name", name, f"must be one of {', '.join(sorted(known))}")
         return _BAD
-    options = from_mapping(known[name].options, rest, "algorithm", p)
+    options = from_mapping(known[name].options, rest, key, p)
     return _BAD if options is _BAD else AlgorithmConfig(name=name, options=options)
 
 
 def parse_run_config(data: Mapping[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from a plain mapping; raises one ConfigError listing every problem."""
     p = Problems()
-    rest = dict(data)
-    algorithm = _algorithm_from_mapping(rest.pop("algorithm", {}), p)
-    cfg = from_mapping(RunConfig, rest, "", p)
+    cfg = from_mapping(RunConfig, data, "", p)
     p.raise_if_any()
     assert isinstance(cfg, RunConfig)  # from_mapping records a problem whenever it returns _BAD
-    return dataclasses.replace(cfg, algorithm=algorithm) if "algorithm" in data else cfg
+    return cfg
 
 
 def _load_yaml(path: Path) -> Any:
@@ -226,7 +247,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
             continue
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
-        except (OmegaConfBaseException, ValueError) as err:
+        except (OmegaConfBaseException, ValueError, TypeError) as err:
             p.add(item.split("=", 1)[0], item.split("=", 1)[1], f"cannot apply override: {err}")
     p.raise_if_any()
     container = OmegaConf.to_container(merged, resolve=True)
@@ -243,6 +264,10 @@ def config_to_dict(cfg: Any) -> Any:
         return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, StrEnum):
         return cfg.value
+    if isinstance(cfg, tuple | list):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: config_to_dict(v) for k, v in cfg.items()}
     return cfg
 
 

@@ -11,15 +11,17 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedloom.app.config import RunConfig, config_to_yaml, load_config
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ServerState
-from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import load_checkpoint
-from fedloom.runtime.loop import ServerLoop
-from fedloom.runtime.sinks import JsonlSink, Row, read_rows
+from fedloom.runtime.sinks import JsonlSink, Row, read_rows, top_rows
+
+if TYPE_CHECKING:
+    from fedloom.app.build import Run
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
-def open_run_dir(run: ServerLoop | AsyncLoop, cfg: RunConfig, *, out: Path,
+def open_run_dir(run: Run, cfg: RunConfig, *, out: Path,
                  resume: bool) -> Path:
     """A fresh run directory with ``config.yaml``; or, resuming, ``out``'s run continued: the
     config must be the run's own, ``run`` is restored from the checkpoint and ``metrics.jsonl``
@@ -82,7 +84,7 @@ def save_model(layout: ParamLayout, state: ServerState, out: Path) -> Path:
 def close_run_dir(out: Path, layout: ParamLayout, state: ServerState, title: str) -> None:
     """What every run leaves however it ends: the last model and the plot of its rows."""
     save_model(layout, state, out)
-    rows = read_rows(out / "metrics.jsonl")
+    rows = top_rows(read_rows(out / "metrics.jsonl"))
     if rows:
         plot_metrics(rows, out / "metrics.png", title=title)
 

@@ -128,11 +128,13 @@ def strip(spec: ClientSpec) -> ClientSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitItem:
-    """One client of a fit job. ``extras`` (small per-client tensors such as SCAFFOLD's control
-    variates) are pickled with the message for now."""
+    """One client of a fit job: its own round (the seed of its batches; a hierarchy's clients
+    train at different rounds in one job). ``extras`` (small per-client tensors such as
+    SCAFFOLD's control variates) are pickled with the message for now."""
 
     slot: int
     client_id: int
+    round: int
     row: int
     config: ClientConfig
     extras: Mapping[str, torch.Tensor]
@@ -220,7 +222,7 @@ class ClientWorker:
 
     def _fit_job(self, job: FitJob) -> list[Uplink | ClientFailure]:
         down, up = self._open("down", job.down), self._open("up", job.up)
-        tasks = [Downlink(round=job.round, client_id=i.client_id, params=down[i.row],
+        tasks = [Downlink(round=i.round, client_id=i.client_id, params=down[i.row],
                           config=i.config, extras=i.extras) for i in job.items]
         return [self._uplink(o, up, item) for o, item in zip(self.fit(tasks), job.items)]
 

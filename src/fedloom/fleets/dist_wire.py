@@ -125,7 +125,7 @@ def encode_round(tasks: Sequence[Downlink], world: int
             return shared.add(tensor)
         return None if rank == 0 else -1 - private[rank].add(tensor)
 
-    meta = [{"client_id": t.client_id, "config": dataclasses.asdict(t.config),
+    meta = [{"client_id": t.client_id, "round": t.round, "config": dataclasses.asdict(t.config),
              "params": ref(t.params, i % world),
              "extras": {k: ref(v, i % world) for k, v in t.extras.items()}}
             for i, t in enumerate(tasks)]
@@ -138,7 +138,8 @@ def decode_share(round: int, meta: Sequence[dict[str, Any]], rank: int, world: i
     def tensor(ref: int) -> torch.Tensor:
         return shared[ref] if ref >= 0 else own[-1 - ref]
 
-    return [Downlink(round=round, client_id=int(m["client_id"]), params=tensor(m["params"]),
+    return [Downlink(round=int(m.get("round", round)), client_id=int(m["client_id"]),
+                     params=tensor(m["params"]),
                      config=ClientConfig(**m["config"]),
                      extras={k: tensor(i) for k, i in m["extras"].items()})
             for m in meta[rank::world]]

@@ -139,7 +139,7 @@ class ProcessFleet(FleetBase):
         for r, params in enumerate(rows.values()):
             s.down.tensor[r].copy_(params)
         s.up.ensure(len(ordered), fresh=any(ref() is not None for ref in self._lent))
-        items = [FitItem(slot=k, client_id=t.client_id, row=row_of[id(t.params)],
+        items = [FitItem(slot=k, client_id=t.client_id, round=t.round, row=row_of[id(t.params)],
                          config=t.config, extras=dict(t.extras)) for k, t in enumerate(ordered)]
         jobs = [FitJob(round=round, down=s.down.ref, up=s.up.ref, items=part)
                 for part in self._split(items)]
@@ -172,9 +172,9 @@ class ProcessFleet(FleetBase):
     def _outcomes(job: FitJob, reply: object, up: torch.Tensor) -> list[Outcome]:
         if not isinstance(reply, list):  # WorkerLost or JobError: the whole job failed
             message = getattr(reply, "message", repr(reply))
-            return [ClientFailure(round=job.round, client_id=i.client_id, stage="worker",
+            return [ClientFailure(round=i.round, client_id=i.client_id, stage="worker",
                                   message=message) for i in job.items]
-        return [as_result(job.round, u, up[i.slot]) if isinstance(u, Uplink) else u
+        return [as_result(i.round, u, up[i.slot]) if isinstance(u, Uplink) else u
                 for u, i in zip(reply, job.items)]
 
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedloom.core.errors import ConfigError
-from fedloom.runtime.sinks import Row, read_rows
+from fedloom.runtime.sinks import Row, read_rows, top_rows
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +40,7 @@ def accuracy_curve(rows: Sequence[Row]) -> list[tuple[int, float]]:
 
 def summarize_rows(rows: Sequence[Row], target: float | None) -> dict[str, float | int | None]:
     """Final and best test accuracy, the round of the best, rounds run, first round >= target."""
+    rows = top_rows(list(rows))
     curve = accuracy_curve(rows)
     best = max(curve, key=lambda ra: ra[1], default=None)
     reached = [rnd for rnd, acc in curve if target is not None and acc >= target]

@@ -27,6 +27,7 @@ from fedloom.training.evaluation import (
     CentralEvaluator,
     ClientLosses,
     EvalConfig,
+    PersonalFn,
     RoundEvaluator,
 )
 from fedloom.training.spec import ClientSpec
@@ -68,15 +69,19 @@ class Parts:
 
 def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, seed: int = 0,
              fleet: FleetChoice = "serial", loss_fn: LossFn = F.cross_entropy,
-             evaluation: EvalConfig | None = None) -> Parts:
+             evaluation: EvalConfig | None = None, reducible: bool | None = None,
+             personal: PersonalFn | None = None) -> Parts:
     """Build a run's parts: the initial model drawn from ``seed``, the clients' spec, the fleet
-    and the evaluators."""
+    and the evaluators. ``algorithm`` is the one whose client half the clients run;
+    ``reducible`` and ``personal`` override what it says (a hierarchy aggregates per
+    aggregator, and its personal models live with the leaves)."""
     evaluation = evaluation or EvalConfig()
     model = init_module(model_fn, seed)
     layout = ParamLayout.from_module(model)
     spec = ClientSpec(model_fn=model_fn, train=data.train, client_indices=data.client_train,
                       seed=seed, local=algorithm.local, loss_fn=loss_fn, test=data.test,
-                      eval_batch_size=evaluation.batch_size, reducible=algorithm.reducible)
+                      eval_batch_size=evaluation.batch_size,
+                      reducible=algorithm.reducible if reducible is None else reducible)
     built = _fleet(fleet, FleetRequest(spec=spec, layout=layout, algorithm=algorithm))
     central = CentralEvaluator(model_fn=model_fn, test=data.test,
                                batch_size=evaluation.batch_size)
@@ -91,8 +96,8 @@ def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, se
         evaluate=RoundEvaluator(central=spread_or_server, model_fn=model_fn, data=data,
                                 batch_size=evaluation.batch_size, train=evaluation.train,
                                 federated=evaluation.federated,
-                                personal=algorithm.personal_params
-                                if algorithm.personalized else None),
+                                personal=personal or (algorithm.personal_params
+                                                      if algorithm.personalized else None)),
         losses=ClientLosses(model_fn=model_fn, data=data, loss_fn=loss_fn,
                             batch_size=evaluation.batch_size))
 

@@ -52,7 +52,7 @@ class History:
     final: ServerState
     layout: ParamLayout
 
-    def series(self, key: str) -> list[float | int | None]:
+    def series(self, key: str) -> list[float | int | str | None]:
         return [row.get(key) for row in self.rows]
 
     def state_dict(self) -> dict[str, torch.Tensor]:

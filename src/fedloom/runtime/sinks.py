@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import IO, Protocol
 
-Row = dict[str, float | int | None]
+Row = dict[str, float | int | str | None]
 
 
 class Sink(Protocol):
@@ -16,7 +16,7 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def _jsonable(value: float | int | None) -> float | int | None:
+def _jsonable(value: float | int | str | None) -> float | int | str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -35,6 +35,12 @@ class JsonlSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def top_rows(rows: list[Row]) -> list[Row]:
+    """The run's own rows: a hierarchy also writes one per round of each aggregator below the
+    root (``level`` > 0)."""
+    return [r for r in rows if not r.get("level")]
 
 
 def read_rows(path: Path) -> list[Row]:
@@ -78,6 +84,8 @@ class ConsoleSink:
         self.progress.start()
 
     def log(self, row: Row) -> None:
+        if row.get("level", 0):  # an aggregator below the root: the bar counts root rounds
+            return
         acc = row.get("test_accuracy")
         parts = [f"round {row['round']:>4}"]
         for key, label, fmt in (("test_accuracy", "acc", ".4f"), ("test_loss", "loss", ".4f"),
