@@ -58,6 +58,23 @@ def test_partition_prints_counts_and_plots(tmp_path: Path,
     assert "client" in capsys.readouterr().out.lower()
 
 
+@pytest.mark.parametrize(("config", "needles"), [
+    ("configs/hierarchy_mnist_noniid.yaml", ["cloud [root", "edge9 [aggregator, 2 round(s)",
+                                             "10 clients (90-99)"]),
+    ("configs/gossip_ring.yaml", ["gossip: 16 nodes, 16 links, degree 2..2", "0 <-> 1, 15"]),
+])
+def test_topology_prints_the_groups_and_draws_them(config: str, needles: list[str],
+                                                   tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    plot = tmp_path / "topology.png"
+    assert main(["topology", config, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert all(n in out for n in needles), out
+    assert plot.stat().st_size > 5000
+    assert main(["topology", "configs/default.yaml"]) == 2
+    assert "has no topology section" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("args", "code", "needle"), [
     (["run", "configs/default.yaml", "cohort.size=500", "client.lr=-1"], 2, "2 problems"),
     (["run", "missing.yaml"], 2, "does not exist"),

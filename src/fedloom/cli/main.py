@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (("run", "run a federated simulation"),
-                        ("partition", "show how a config splits the data over clients")):
+                        ("partition", "show how a config splits the data over clients"),
+                        ("topology", "print a config's topology (its federated groups) and "
+                                     "draw it")):
         cmd = sub.add_parser(name, help=help_, epilog=OVERRIDES_HELP,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_argument("config", nargs="?" if name == "run" else None,
@@ -78,8 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                                   "with checkpoint.every=N; same config, or none)")
         else:
             cmd.add_argument("--plot", type=Path, default=None,
-                             help="where to write the label-distribution plot "
-                                  "(default: runs/<name>-partition.png)")
+                             help=f"where to write the plot (default: runs/<name>-{name}.png)")
     sweep = sub.add_parser("sweep", help="run a sweep of configs x seeds (resumes when rerun)",
                            epilog=OVERRIDES_HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +121,32 @@ def _partition(args: argparse.Namespace) -> int:
     plot.parent.mkdir(parents=True, exist_ok=True)
     plot_label_distribution(counts, plot)
     print(f"label distribution plot: {plot}")
+    return 0
+
+
+def _topology(args: argparse.Namespace) -> int:
+    from fedloom.app.config import load_config
+    from fedloom.topology.config import TopologyKind
+    from fedloom.topology.gossip import graph_links
+    from fedloom.topology.plot import describe_graph, describe_tree, plot_graph, plot_tree
+    from fedloom.topology.tree import build_tree
+
+    cfg = load_config(args.config, args.overrides)
+    topo = cfg.topology
+    if topo is None:
+        raise ConfigError(f"{args.config}: the config has no topology section")
+    plot = args.plot or Path("runs") / f"{cfg.name}-topology.png"
+    n = cfg.data.num_clients
+    if topo.kind == TopologyKind.GOSSIP:
+        links = graph_links(topo.graph, n, degree=topo.degree, rows=topo.rows,
+                            links=topo.links, seed=cfg.seed)
+        print(describe_graph(n, links))
+        plot_graph(n, links, plot)
+    else:
+        tree = build_tree(topo, num_clients=n, seed=cfg.seed)
+        print(describe_tree(tree))
+        plot_tree(tree, plot)
+    print(f"topology plot: {plot}")
     return 0
 
 
@@ -166,9 +193,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return {"run": _run, "partition": _partition, "sweep": _sweep, "report": _report,
+        return {"run": _run, "partition": _partition, "topology": _topology, "sweep": _sweep,
+                "report": _report,
                 "server": _deploy, "client": _deploy, "certs": _deploy,
                 "demo": _deploy}[args.command](args)
+    except BrokenPipeError:  # the reader went away (`fedloom ... | head`): nothing to say
+        sys.stderr.close()
+        return 0
     except (FedloomError, KeyboardInterrupt) as err:
         code = next(c for t, c in EXIT_CODES if isinstance(err, t))
         message = "interrupted" if isinstance(err, KeyboardInterrupt) else str(err)
