@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     runs = [("flat FedAvg", args.work, 1, ["topology=null"])]
     runs += [(f"hierarchical, {args.work // k2} epoch(s) x {k2} edge rounds", args.work // k2,
-              k2, hierarchy(k2)) for k2 in (1, 2, args.work) if args.work % k2 == 0 and k2 > 1]
+              k2, hierarchy(k2)) for k2 in sorted({2, args.work}) if args.work % k2 == 0]
     lines = ["| run | k1 (epochs between edge aggregations) | k2 (edge rounds per cloud round) | "
              "final acc | best acc | cloud rounds to 90% | to 95% | to 97% |",
              "|---|---|---|---|---|---|---|---|"]

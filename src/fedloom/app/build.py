@@ -39,7 +39,7 @@ from fedloom.topology.hierarchy import HierarchicalLoop
 Run = ServerLoop | AsyncLoop | HierarchicalLoop | GossipLoop
 
 
-def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None,
+def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool = False,
               checkpointer: Checkpointer | None = None,
               task_timeout: float | None = None, idle_timeout: float = 600.0) -> Run:
     """Everything ``cfg`` names, built and ready to ``run()``; nothing has run yet.
@@ -47,6 +47,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None,
     Args:
         fleet: where clients run (default: ``cfg.fleet``); a factory gets the clients' spec,
             the layout and the algorithm (a deployment builds its gRPC server from them).
+        remote: the fleet's collaborators are other processes keeping their own time (a
+            deployment): no simulated clock; a hierarchy's root serves its aggregators.
         checkpointer: writes the run's checkpoint every so many rounds.
         task_timeout: asynchronous runs: seconds a task may take on the fleet's clock before
             it is given up (None: never).
@@ -62,14 +64,14 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None,
     layout = ParamLayout.from_module(model_fn())
     if cfg.topology is not None:
         return build_topology(cfg, data=data, model_fn=model_fn, layout=layout,
-                              fleet=fleet, checkpointer=checkpointer)
+                              fleet=fleet, remote=remote, checkpointer=checkpointer)
     store = make_store(cfg.state_dir, data.num_clients)
     algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
         num_examples=num_examples, layout=layout, store=store))
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
                      fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval)
     # remote clients keep their own time; simulated ones run on the configured clock
-    timed = parts.fleet if isinstance(parts.fleet, AsyncFleet) else None
+    timed = parts.fleet if remote and isinstance(parts.fleet, AsyncFleet) else None
     if is_async(algorithm):
         clocked = timed or simulated(parts.fleet, cfg.clock, data, cfg.seed)
         return AsyncLoop(

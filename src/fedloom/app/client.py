@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fedloom.algorithms import AlgorithmContext, build_algorithm
+from fedloom.algorithms.registry import AlgorithmConfig
 from fedloom.app.config import RunConfig, load_config
 from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
@@ -21,7 +22,19 @@ from fedloom.core.packages import ClientConfig, ClientResult, Downlink
 from fedloom.data import load_federated
 from fedloom.models import model_factory
 from fedloom.runtime.clients import Client, TrainerClient
+from fedloom.topology.config import TopologyKind
 from fedloom.training.trainer import LocalTrainer
+
+
+def client_algorithm(cfg: RunConfig) -> AlgorithmConfig:
+    """The algorithm whose client half the run's clients run: the run's, or in a hierarchy the
+    leaf aggregators' (one for all of them)."""
+    topo = cfg.topology
+    if topo is None or topo.kind != TopologyKind.HIERARCHY:
+        return cfg.algorithm
+    aggregators = {a for _, a in topo.edges}  # a leaf aggregates no aggregator
+    leaf = next((n for n in topo.nodes if n.name not in aggregators), None)
+    return leaf.algorithm if leaf is not None and leaf.algorithm is not None else cfg.algorithm
 
 
 def trainer_client(cfg: RunConfig) -> TrainerClient:
@@ -31,7 +44,8 @@ def trainer_client(cfg: RunConfig) -> TrainerClient:
     data = load_federated(cfg.data, seed=cfg.seed)
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
     num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))
-    algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
+    chosen = client_algorithm(cfg)
+    algorithm = build_algorithm(chosen.name, chosen.options, AlgorithmContext(
         num_examples=num_examples, layout=ParamLayout.from_module(model_fn())))
     return TrainerClient(LocalTrainer(model_fn=model_fn, train=data.train,
                                       client_indices=data.client_train, seed=cfg.seed,

@@ -118,13 +118,13 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
         algorithm, layout = request.algorithm, request.layout
         server = FederationServer(
             options.address, layout=layout, tls=options.tls, insecure=options.insecure,
-            tokens=tokens, client_ids=range(len(request.spec.client_indices)),
+            tokens=tokens, client_ids=request.client_ids,
             schema=reply_schema(algorithm, layout), run_config=config_to_yaml(cfg),
             mode="async" if is_async(algorithm) else "sync", limits=options.limits,
             handlers=options.handlers, bulk_port=options.bulk_port)
         return GrpcFleet(server, options.policy)
 
-    run = build_run(real, fleet=grpc_fleet,
+    run = build_run(real, fleet=grpc_fleet, remote=True,
                     checkpointer=Checkpointer(out, every=max(1, cfg.checkpoint.every)),
                     task_timeout=options.policy.round_timeout,
                     idle_timeout=options.start_timeout)
@@ -147,7 +147,8 @@ def run_server(cfg: RunConfig, options: ServerOptions) -> RunResult:
     dep = build_deployment(cfg, options)
     loop = dep.loop
     try:
-        wanted = options.min_clients or cfg.data.num_clients
+        ids = dep.server.client_ids  # a hierarchy's root serves its aggregators
+        wanted = options.min_clients or (len(ids) if ids is not None else cfg.data.num_clients)
         log.info("waiting for %d clients on port %d", wanted, dep.server.port)
         dep.fleet.wait_for_clients(wanted, options.start_timeout)
         history = loop.run()

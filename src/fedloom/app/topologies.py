@@ -14,6 +14,7 @@ from fedloom.data.dataset import FederatedData
 from fedloom.models import ModelFn
 from fedloom.runtime.assemble import FleetChoice, assemble
 from fedloom.runtime.checkpoint import Checkpointer
+from fedloom.runtime.loop import ServerLoop
 from fedloom.topology.build import build_hierarchy
 from fedloom.topology.config import TopologyKind
 from fedloom.topology.gossip import GossipLoop, graph_links, mixing_matrix
@@ -22,9 +23,12 @@ from fedloom.topology.tree import build_tree
 
 
 def build_topology(cfg: RunConfig, *, data: FederatedData, model_fn: ModelFn,
-                   layout: ParamLayout, fleet: FleetChoice | None,
-                   checkpointer: Checkpointer | None) -> HierarchicalLoop | GossipLoop:
-    """The loop ``cfg.topology`` describes (see :func:`fedloom.app.build.build_run`)."""
+                   layout: ParamLayout, fleet: FleetChoice | None, remote: bool = False,
+                   checkpointer: Checkpointer | None
+                   ) -> HierarchicalLoop | GossipLoop | ServerLoop:
+    """The loop ``cfg.topology`` describes (see :func:`fedloom.app.build.build_run`): the
+    whole hierarchy simulated over one fleet, or, with ``remote`` collaborators (a
+    deployment), the root's own rounds over its aggregators on the remote fleet."""
     topo = cfg.topology
     assert topo is not None
     run_algorithm = cfg.algorithm.build(AlgorithmContext(
@@ -38,6 +42,8 @@ def build_topology(cfg: RunConfig, *, data: FederatedData, model_fn: ModelFn,
     root = build_hierarchy(tree, algorithm=cfg.algorithm, num_examples=data.example_counts(),
                            layout=layout, seed=cfg.seed, root_cohort=cfg.cohort.size,
                            state_dir=cfg.state_dir)
+    if remote:
+        return _remote_root(cfg, data, model_fn, root, fleet, checkpointer)
     leaves = _leaves(root)
     owner = {c: agg for agg in leaves for c in agg.node.clients}
 
@@ -55,6 +61,22 @@ def build_topology(cfg: RunConfig, *, data: FederatedData, model_fn: ModelFn,
         rounds=cfg.rounds, layout=parts.layout, initial_params=parts.initial_params,
         eval_every=cfg.eval.every, threads=cfg.fleet.threads, losses=parts.losses,
         checkpointer=checkpointer)
+
+
+def _remote_root(cfg: RunConfig, data: FederatedData, model_fn: ModelFn, root: Aggregator,
+                 fleet: FleetChoice | None, checkpointer: Checkpointer | None) -> ServerLoop:
+    """The root of a deployed hierarchy: a server loop whose collaborators (its aggregators,
+    each an edge program, or its clients) are the remote fleet's."""
+    parts = assemble(data=data, model_fn=model_fn, algorithm=root.algorithm, seed=cfg.seed,
+                     fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval,
+                     reducible=False, client_ids=root.ids)
+    return ServerLoop(
+        algorithm=root.algorithm, fleet=parts.fleet, sampler=root.sampler,
+        evaluate=parts.evaluate, client=cfg.client, rounds=cfg.rounds, layout=parts.layout,
+        initial_params=parts.initial_params, seed=cfg.seed,
+        min_success=root.node.config.min_success, eval_every=cfg.eval.every,
+        threads=cfg.fleet.threads, losses=parts.losses if root.node.is_leaf else None,
+        store=root.store, checkpointer=checkpointer)
 
 
 def _leaves(root: Aggregator) -> list[Aggregator]:

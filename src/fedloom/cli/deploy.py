@@ -10,18 +10,30 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedloom.cli.common import report, run_config
 
+if TYPE_CHECKING:
+    from fedloom.app.server import ServerOptions
+
 #: the loggers of a deployment's parts, shown at INFO by the deployment commands
 DEPLOY_LOGGERS = ("fedloom.transport", "fedloom.fleets.grpc", "fedloom.runtime.client_loop",
-                  "fedloom.runtime.async_loop", "fedloom.app.server", "fedloom.app.rundir",
-                  "fedloom.app.demo")
+                  "fedloom.runtime.async_loop", "fedloom.app.server", "fedloom.app.edge",
+                  "fedloom.app.rundir", "fedloom.app.demo")
 
 SERVER_EPILOG = """\
 security: TLS is on unless --insecure; clients authenticate with tokens (--tokens FILE, one
 'CLIENT_ID TOKEN' per line; `fedloom certs DIR` writes one) and/or client certificates
 (--client-ca). Resume a killed server with --resume RUN_DIR (same config and seed).
+"""
+
+EDGE_EPILOG = """\
+An edge serves its collaborators (the clients, or the edges, below its node in the config's
+topology) like `fedloom server` (same TLS, token and round flags), and connects to its parent
+(--upstream) as an authenticated client; its client id there is its position among the
+parent's collaborators. It waits for its collaborators (--min-clients, default all) before it
+connects upstream. --resume RUN_DIR restarts a killed edge from its last parent round.
 """
 
 CLIENT_EPILOG = """\
@@ -38,34 +50,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                             epilog=SERVER_EPILOG + "\n" + overrides_help, formatter_class=raw)
     server.add_argument("config", nargs="?", help="YAML run config (optional with --resume)")
     server.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    server.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on")
-    _tls_args(server, server_side=True)
-    server.add_argument("--tokens", help="tokens file: one 'CLIENT_ID TOKEN' per line")
-    server.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run")
-    server.add_argument("--min-clients", type=int, help="clients to wait for before round 1 "
-                        "(default: data.num_clients)")
-    server.add_argument("--start-timeout", type=float, default=600.0,
-                        help="seconds to wait for them (default 600)")
-    server.add_argument("--round-timeout", type=float, default=600.0,
-                        help="round deadline in seconds (default 600)")
-    server.add_argument("--wait-for-absent", action="store_true",
-                        help="keep sampled clients that are not connected in the cohort and "
-                        "wait --absent-timeout for them (default: replace them by connected "
-                        "ones)")
-    server.add_argument("--absent-timeout", type=float, default=30.0,
-                        help="seconds a sampled client that is not connected is waited for")
-    server.add_argument("--close-at", type=int, help="close a round at this many results")
-    server.add_argument("--evaluate-on-clients", action="store_true",
-                        help="federated evaluation on the clients' data instead of the server's")
-    server.add_argument("--max-clients", type=int, default=1000)
-    server.add_argument("--max-update-mb", type=float,
-                        help="largest update per client per round (default: 4 model sizes)")
-    server.add_argument("--idle-timeout", type=float, default=60.0,
-                        help="seconds of silence allowed before a hello or inside a package")
-    server.add_argument("--bulk-port", type=int, default=0,
-                        help="TCP port for large payloads beside the gRPC stream (TLS like the "
-                        "stream; default 0: any free port; -1: none, stream everything in "
-                        "chunks). Clients that cannot reach it stream in chunks")
+    _serving_args(server)
     server.add_argument("--quiet", action="store_true", help="no progress bar")
     client = sub.add_parser("client", help="serve as a client of a fedloom server",
                             epilog=CLIENT_EPILOG + "\n" + overrides_help, formatter_class=raw)
@@ -83,6 +68,26 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="never open the server's bulk port: every payload in chunks")
     client.add_argument("--retry-for", type=float, default=300.0,
                         help="give up after this many seconds without a connection")
+    edge = sub.add_parser("edge", help="serve as an aggregator of a hierarchy: a client of "
+                          "its parent, a server for its own collaborators",
+                          epilog=EDGE_EPILOG + "\n" + overrides_help, formatter_class=raw)
+    edge.add_argument("config", nargs="?", help="the hierarchy's YAML run config (optional "
+                      "with --resume)")
+    edge.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    edge.add_argument("--node", required=True, help="which aggregator of the topology this is")
+    edge.add_argument("--upstream", required=True, help="the parent's HOST:PORT")
+    edge.add_argument("--upstream-token", help="this edge's token at its parent")
+    edge.add_argument("--upstream-token-file", help="a tokens file holding it")
+    edge.add_argument("--root-cert", help="the CA that signed the parent's certificate")
+    edge.add_argument("--upstream-cert", help="this edge's certificate for its parent (mTLS)")
+    edge.add_argument("--upstream-key", help="its key")
+    edge.add_argument("--upstream-insecure", action="store_true",
+                      help="no TLS to the parent (loopback demos and tests only)")
+    edge.add_argument("--no-bulk", action="store_true", help="no bulk connection upstream")
+    edge.add_argument("--retry-for", type=float, default=300.0,
+                      help="give up after this many seconds without the parent")
+    _serving_args(edge)
+    edge.add_argument("--quiet", action="store_true", help="no progress bar")
     certs = sub.add_parser("certs", help="make a local CA, server and client certificates and "
                            "a tokens file (for demos and tests)")
     certs.add_argument("dir", type=Path)
@@ -99,6 +104,38 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     demo.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     demo.add_argument("--tls", action="store_true", help="TLS and tokens (default: insecure "
                       "loopback)")
+
+
+def _serving_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of a process that serves collaborators (``server``, ``edge``)."""
+    parser.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on")
+    _tls_args(parser, server_side=True)
+    parser.add_argument("--tokens", help="tokens file: one 'CLIENT_ID TOKEN' per line")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run")
+    parser.add_argument("--min-clients", type=int, help="clients to wait for before round 1 "
+                        "(default: data.num_clients)")
+    parser.add_argument("--start-timeout", type=float, default=600.0,
+                        help="seconds to wait for them (default 600)")
+    parser.add_argument("--round-timeout", type=float, default=600.0,
+                        help="round deadline in seconds (default 600)")
+    parser.add_argument("--wait-for-absent", action="store_true",
+                        help="keep sampled clients that are not connected in the cohort and "
+                        "wait --absent-timeout for them (default: replace them by connected "
+                        "ones)")
+    parser.add_argument("--absent-timeout", type=float, default=30.0,
+                        help="seconds a sampled client that is not connected is waited for")
+    parser.add_argument("--close-at", type=int, help="close a round at this many results")
+    parser.add_argument("--evaluate-on-clients", action="store_true",
+                        help="federated evaluation on the clients' data instead of the server's")
+    parser.add_argument("--max-clients", type=int, default=1000)
+    parser.add_argument("--max-update-mb", type=float,
+                        help="largest update per client per round (default: 4 model sizes)")
+    parser.add_argument("--idle-timeout", type=float, default=60.0,
+                        help="seconds of silence allowed before a hello or inside a package")
+    parser.add_argument("--bulk-port", type=int, default=0,
+                        help="TCP port for large payloads beside the gRPC stream (TLS like the "
+                        "stream; default 0: any free port; -1: none, stream everything in "
+                        "chunks). Clients that cannot reach it stream in chunks")
 
 
 def _tls_args(parser: argparse.ArgumentParser, *, server_side: bool) -> None:
@@ -118,19 +155,55 @@ def main(args: argparse.Namespace) -> int:
         deploy_log = logging.getLogger(name)
         if deploy_log.getEffectiveLevel() > logging.INFO:
             deploy_log.setLevel(logging.INFO)
-    return {"server": _server, "client": _client, "certs": _certs,
+    return {"server": _server, "edge": _edge, "client": _client, "certs": _certs,
             "demo": _demo}[args.command](args)
 
 
 def _server(args: argparse.Namespace) -> int:
-    from fedloom.app.server import ServerOptions, run_server
+    from fedloom.app.server import run_server
+
+    return report(run_server(run_config(args), _server_options(args)))
+
+
+def _edge(args: argparse.Namespace) -> int:
+    from fedloom.app.edge import EdgeOptions, run_edge
+    from fedloom.runtime.client_loop import Backoff
+    from fedloom.transport.security import TlsFiles, read_tokens
+
+    token = args.upstream_token
+    if args.upstream_token_file:
+        token = read_tokens(args.upstream_token_file).get(_edge_position(args))
+    tls = None if args.upstream_insecure else TlsFiles(
+        cert=args.upstream_cert, key=args.upstream_key, ca=args.root_cert)
+    reason = run_edge(run_config(args), EdgeOptions(
+        node=args.node, upstream=args.upstream, downstream=_server_options(args), token=token,
+        tls=tls, insecure=args.upstream_insecure, bulk=not args.no_bulk,
+        backoff=Backoff(give_up_after=args.retry_for)))
+    print(f"edge {args.node}: {reason}")
+    return 0
+
+
+def _edge_position(args: argparse.Namespace) -> int:
+    from fedloom.app.edge import parent_position
+    from fedloom.topology.tree import build_tree
+
+    cfg = run_config(args)
+    if cfg.topology is None:
+        from fedloom.core.errors import ConfigError
+
+        raise ConfigError("fedloom edge needs a config with a topology section")
+    tree = build_tree(cfg.topology, num_clients=cfg.data.num_clients, seed=cfg.seed)
+    return parent_position(tree, args.node)
+
+
+def _server_options(args: argparse.Namespace) -> ServerOptions:
+    from fedloom.app.server import ServerOptions
     from fedloom.fleets.grpc import RoundPolicy
     from fedloom.transport.security import TlsFiles
     from fedloom.transport.service import Limits
 
-    cfg = run_config(args)
     tls = None if args.insecure else TlsFiles(cert=args.cert, key=args.key, ca=args.client_ca)
-    options = ServerOptions(
+    return ServerOptions(
         address=args.address, tls=tls, insecure=args.insecure, tokens=args.tokens,
         min_clients=args.min_clients, start_timeout=args.start_timeout, resume=args.resume,
         console=not args.quiet, sample_connected=not args.wait_for_absent,
@@ -140,7 +213,6 @@ def _server(args: argparse.Namespace) -> int:
         limits=Limits(max_clients=args.max_clients, idle_timeout=args.idle_timeout,
                       max_update_bytes=None if args.max_update_mb is None
                       else int(args.max_update_mb * (1 << 20))))
-    return report(run_server(cfg, options))
 
 
 def _client_ids(text: str) -> list[int]:

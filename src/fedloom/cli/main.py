@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return {"run": _run, "partition": _partition, "topology": _topology, "sweep": _sweep,
                 "report": _report,
-                "server": _deploy, "client": _deploy, "certs": _deploy,
+                "server": _deploy, "edge": _deploy, "client": _deploy, "certs": _deploy,
                 "demo": _deploy}[args.command](args)
     except BrokenPipeError:  # the reader went away (`fedloom ... | head`): nothing to say
         sys.stderr.close()

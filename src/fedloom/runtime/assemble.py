@@ -9,7 +9,7 @@ around the parts differs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -36,11 +36,14 @@ from fedloom.training.trainer import LossFn
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FleetRequest:
-    """What a fleet factory gets: the clients' spec, the model's layout, the algorithm."""
+    """What a fleet factory gets: the clients' spec, the model's layout, the algorithm, and the
+    ids of the collaborators the fleet serves (the run's clients, or a hierarchy root's
+    aggregators)."""
 
     spec: ClientSpec
     layout: ParamLayout
     algorithm: Algorithm
+    client_ids: Sequence[int]
 
 
 FleetFactory = Callable[[FleetRequest], Fleet]
@@ -70,7 +73,8 @@ class Parts:
 def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, seed: int = 0,
              fleet: FleetChoice = "serial", loss_fn: LossFn = F.cross_entropy,
              evaluation: EvalConfig | None = None, reducible: bool | None = None,
-             personal: PersonalFn | None = None) -> Parts:
+             personal: PersonalFn | None = None,
+             client_ids: Sequence[int] | None = None) -> Parts:
     """Build a run's parts: the initial model drawn from ``seed``, the clients' spec, the fleet
     and the evaluators. ``algorithm`` is the one whose client half the clients run;
     ``reducible`` and ``personal`` override what it says (a hierarchy aggregates per
@@ -82,7 +86,9 @@ def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, se
                       seed=seed, local=algorithm.local, loss_fn=loss_fn, test=data.test,
                       eval_batch_size=evaluation.batch_size,
                       reducible=algorithm.reducible if reducible is None else reducible)
-    built = _fleet(fleet, FleetRequest(spec=spec, layout=layout, algorithm=algorithm))
+    built = _fleet(fleet, FleetRequest(
+        spec=spec, layout=layout, algorithm=algorithm,
+        client_ids=range(data.num_clients) if client_ids is None else client_ids))
     central = CentralEvaluator(model_fn=model_fn, test=data.test,
                                batch_size=evaluation.batch_size)
 

@@ -59,7 +59,7 @@ def build_hierarchy(tree: Tree, *, algorithm: AlgorithmConfig, num_examples: Seq
                               "above others receives their models only")
         size = node.config.cohort or (root_cohort if name == tree.root and node.is_leaf
                                       else None) or len(ids)
-        return Aggregator(node=node, algorithm=built, store=store,
+        return Aggregator(node=node, algorithm=built, store=store, ids=ids,
                           sampler=SubsetSampler(ids, size=size, seed=seed, name=name),
                           children=[build(child) for child in node.children])
 

@@ -51,7 +51,7 @@ from fedloom.runtime.checkpoint import (
     rows_up_to,
 )
 from fedloom.runtime.loop import EvaluateFn, History, LossesFn
-from fedloom.runtime.sampling import UniformSampler
+from fedloom.runtime.sampling import Sampler, UniformSampler
 from fedloom.runtime.sinks import Row, Sink
 from fedloom.topology.tree import TreeNode
 
@@ -81,7 +81,8 @@ class Aggregator:
 
     node: TreeNode
     algorithm: Algorithm
-    sampler: SubsetSampler
+    ids: list[int]
+    sampler: Sampler
     store: ClientStateStore
     children: list[Aggregator] = field(default_factory=list)
     state: ServerState | None = None
@@ -139,6 +140,7 @@ class HierarchicalLoop:
         self.rows: list[Row] = []
         self._node_rows: list[Row] = []
         self._cloud_round = 0
+        self._root_rows = False  # collaborating (an edge program): the root's rounds are rows
 
     def aggregators(self) -> list[Aggregator]:
         out, todo = [], [self.root]
@@ -191,6 +193,26 @@ class HierarchicalLoop:
                    eval_seconds=end - fit_done, round_seconds=end - start)
         return done.state, row
 
+    def collaborate(self, downlink: Downlink) -> Outcome:
+        """Run the root aggregator's rounds for its parent's ``downlink`` over this loop's
+        fleet (an edge program of a deployment, whose collaborators are remote): its model as
+        one result, exactly as the simulated hierarchy computes it. Rows go to the sinks."""
+        self._node_rows, self._cloud_round, self._root_rows = [], downlink.round, True
+        gen = self._run_child(self.root, downlink)
+        with torch_threads(self.threads):
+            try:
+                batch = next(gen)
+                while True:
+                    outcomes = {o.client_id: o for o in self.fleet.fit(downlink.round, batch)}
+                    batch = gen.send(outcomes)
+            except StopIteration as stop:
+                outcome: Outcome = stop.value
+        for row in self._node_rows:
+            self.rows.append(row)
+            for sink in self.sinks:
+                sink.log(row)
+        return outcome
+
     def _round(self, agg: Aggregator, step: int,
                state: ServerState) -> Generator[Batch, Outcomes, _Done]:
         """One round of ``agg`` at ``step``: yields the clients to train (all of its subtree's
@@ -215,7 +237,7 @@ class HierarchicalLoop:
         done = _Done(state=agg.algorithm.aggregate(step, state, results), results=results,
                      failures=failures, cohort=list(cohort),
                      bytes_down=sum(_nbytes([t.params, *t.extras.values()]) for t in tasks))
-        if agg is not self.root:
+        if agg is not self.root or self._root_rows:
             self._node_rows.append(self._row(agg, self._cloud_round, step, done))
         return done
 
