@@ -90,13 +90,16 @@ def close_run_dir(out: Path, layout: ParamLayout, state: ServerState, title: str
 
 
 def plot_metrics(rows: Sequence[Row], path: Path, title: str = "") -> Path:
-    """Test accuracy (left) and train/test loss (right) against the round; saves a PNG."""
+    """Test accuracy (left) and train/test loss (right) against the round, and a gossip run's
+    consensus distance (third panel, when the rows have it); saves a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    consensus = [r for r in rows if r.get("consensus_distance") is not None]
+    fig, axes = plt.subplots(1, 3 if consensus else 2, figsize=(15 if consensus else 10, 4))
+    ax_acc, ax_loss = axes[0], axes[1]
     evaluated = [r for r in rows if r.get("test_accuracy") is not None]
     ax_acc.plot([r["round"] for r in evaluated], [r["test_accuracy"] for r in evaluated],
                 marker=".", color="tab:blue")
@@ -108,6 +111,12 @@ def plot_metrics(rows: Sequence[Row], path: Path, title: str = "") -> Path:
     ax_loss.set(xlabel="round", ylabel="loss", title="loss")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend()
+    if consensus:
+        axes[2].plot([r["round"] for r in consensus],
+                     [r["consensus_distance"] for r in consensus], color="tab:purple")
+        axes[2].set(xlabel="round", ylabel="mean ||x_i - mean x||^2",
+                    title="consensus distance")
+        axes[2].grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
