@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from noniid_mnist import first_round  # a sibling script, not a package
+
 from fedloom.app.config import load_config
 from fedloom.app.experiment import run_experiment
 
@@ -45,12 +47,8 @@ def main() -> None:
                                    f"out={args.out / f'k1_{k1}_k2_{k2}'}"])
         rows = run_experiment(cfg, console=False).history.rows
         acc = [float(r["test_accuracy"] or 0) for r in rows]
-
-        def first(t: float, acc: list[float] = acc) -> str:
-            return next((str(i + 1) for i, a in enumerate(acc) if a >= t), "-")
-
         lines.append(f"| {name} | {k1} | {k2} | {acc[-1]:.4f} | {max(acc):.4f} | "
-                     f"{first(0.90)} | {first(0.95)} | {first(0.97)} |")
+                     + " | ".join(first_round(acc, t) for t in (0.90, 0.95, 0.97)) + " |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
 

@@ -27,6 +27,11 @@ ALGORITHMS = [
 ]
 
 
+def first_round(accuracy: list[float], target: float) -> str:
+    """The first round (1-based) whose test accuracy reaches ``target``, or "-"."""
+    return next((str(i + 1) for i, a in enumerate(accuracy) if a >= target), "-")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=100)
@@ -43,12 +48,9 @@ def main() -> None:
                            "fleet.threads=1", f"out={args.out / name}"])
         rows = run_experiment(cfg, console=False).history.rows
         acc = [float(r["test_accuracy"] or 0) for r in rows]
-
-        def first(t: float, acc: list[float] = acc) -> str:
-            return next((str(i + 1) for i, a in enumerate(acc) if a >= t), "-")
-
         lines.append(f"| {name} | {' '.join(o.split('.', 1)[1] for o in options) or '-'} | "
-                     f"{acc[-1]:.4f} | {max(acc):.4f} | {first(0.90)} | {first(0.95)} |")
+                     f"{acc[-1]:.4f} | {max(acc):.4f} | {first_round(acc, 0.90)} | "
+                     f"{first_round(acc, 0.95)} |")
         print(lines[-1], flush=True)
     print("\n".join(lines))
 
