@@ -68,6 +68,20 @@ class ParamLayout:
             offset = entry.stop
         return cls(entries=tuple(entries), dtype=dtype)
 
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor],
+                     dtype: torch.dtype = torch.float32) -> ParamLayout:
+        """The layout of named tensors in their order (a ``state_dict(keep_vars=True)``:
+        tensors that require grad are the trainable ones)."""
+        entries: list[LayoutEntry] = []
+        offset = 0
+        for name, tensor in tensors.items():
+            entry = LayoutEntry(name=name, shape=tuple(tensor.shape), dtype=tensor.dtype,
+                                offset=offset, trainable=bool(tensor.requires_grad))
+            entries.append(entry)
+            offset = entry.stop
+        return cls(entries=tuple(entries), dtype=dtype)
+
     @property
     def size(self) -> int:
         return self.entries[-1].stop if self.entries else 0

@@ -25,11 +25,55 @@ from fedloom.core.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True)
+class Address:
+    """OpenFed's address of a federated group: fedloom reads ``tcp://HOST:PORT`` from
+    ``init_method`` (its gRPC server listens there); ``backend``, ``world_size`` and ``rank``
+    are kept for OpenFed code that reads them."""
+
+    backend: str = "gloo"
+    init_method: str = "tcp://localhost:1994"
+    world_size: int = 2
+    rank: int = -1
+
+    @property
+    def host_port(self) -> str | None:
+        """``HOST:PORT`` of a ``tcp://`` address (None for ``null``)."""
+        if not self.init_method.startswith("tcp://"):
+            return None
+        return self.init_method.removeprefix("tcp://")
+
+
+#: OpenFed's names for an aggregator's usual address and a collaborator's (it listens nowhere)
+default_tcp_address = Address()
+empty_address = Address(backend="null", init_method="null")
+
+
+@dataclass(frozen=True, slots=True)
 class Node:
-    """A participant: its unique name and, in a deployment, the address it listens on."""
+    """A participant: its unique name and, in a deployment, the address it listens on
+    (``HOST:PORT``, or an OpenFed :class:`Address`)."""
 
     name: str
-    address: str | None = None
+    address: str | Address | None = None
+
+    @property
+    def nick_name(self) -> str:
+        """OpenFed's name for :attr:`name`."""
+        return self.name
+
+    @property
+    def host_port(self) -> str | None:
+        if isinstance(self.address, Address):
+            return self.address.host_port
+        return self.address
+
+
+@dataclass(frozen=True, slots=True)
+class Edge:
+    """``start`` (the collaborator) reports to ``end`` (the aggregator), as in OpenFed."""
+
+    start: Node
+    end: Node
 
 
 class Role(StrEnum):
@@ -39,11 +83,24 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class FederatedGroup:
-    """An aggregator with its collaborators, seen from one member (``role``)."""
+    """An aggregator with its collaborators, seen from one member (``role``, ``nick_name``):
+    what OpenFed's ``analysis`` returns as federated properties."""
 
     aggregator: Node
     collaborators: tuple[Node, ...]
     role: Role
+    nick_name: str = ""
+
+    @property
+    def address(self) -> str | Address | None:
+        """Where the group meets: its aggregator's address."""
+        return self.aggregator.address
+
+    def rank_of(self, name: str) -> int:
+        """OpenFed's rank in the group: 0 the aggregator, collaborators 1.. by sorted name."""
+        if name == self.aggregator.name:
+            return 0
+        return sorted(n.name for n in self.collaborators).index(name) + 1
 
     @property
     def is_aggregator(self) -> bool:
@@ -57,9 +114,12 @@ class FederatedGroup:
 class Topology:
     """Nodes and collaborator -> aggregator edges."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodes: Iterable[Node] = (), edges: Iterable[Edge] = ()) -> None:
         self._nodes: dict[str, Node] = {}
         self._edges: list[tuple[str, str]] = []
+        self.add_node_list(list(nodes))
+        for edge in edges:
+            self.add_edge(edge)
 
     @property
     def nodes(self) -> list[Node]:
@@ -78,8 +138,23 @@ class Topology:
         self._nodes[node.name] = node
         return node
 
-    def add_edge(self, collaborator: Node | str, aggregator: Node | str) -> None:
-        """``collaborator`` reports to ``aggregator``."""
+    def add_node_list(self, nodes: Sequence[Node]) -> None:
+        """Add every node of ``nodes`` (OpenFed's name)."""
+        for node in nodes:
+            self.add_node(node)
+
+    def fetch_node_via_nick_name(self, name: str) -> Node | None:
+        """The node called ``name``, or None (OpenFed's name)."""
+        return self._nodes.get(name)
+
+    def add_edge(self, collaborator: Node | str | Edge,
+                 aggregator: Node | str | None = None) -> None:
+        """``collaborator`` reports to ``aggregator`` (or an OpenFed :class:`Edge`)."""
+        if isinstance(collaborator, Edge):
+            edge = collaborator
+            collaborator, aggregator = edge.start, edge.end
+        if aggregator is None:
+            raise ConfigError("topology: add_edge needs an aggregator (or an Edge)")
         c, a = _name(collaborator), _name(aggregator)
         unknown = [n for n in (c, a) if n not in self._nodes]
         if unknown:
@@ -170,10 +245,10 @@ def analysis(topology: Topology, node: Node | str) -> list[FederatedGroup]:
     groups: list[FederatedGroup] = []
     below = topology.collaborators_of(me)
     if below:
-        groups.append(FederatedGroup(me, tuple(below), Role.AGGREGATOR))
+        groups.append(FederatedGroup(me, tuple(below), Role.AGGREGATOR, name))
     for up in topology.aggregators_of(me):
         groups.append(FederatedGroup(up, tuple(topology.collaborators_of(up)),
-                                     Role.COLLABORATOR))
+                                     Role.COLLABORATOR, name))
     return groups
 
 
