@@ -20,6 +20,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fedloom.algorithms.base import Algorithm, is_async
 from fedloom.app.build import Run, build_run
@@ -28,8 +29,10 @@ from fedloom.app.experiment import RunResult
 from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
+from fedloom.core.rng import derive_seed
 from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
 from fedloom.runtime.assemble import FleetRequest
+from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.loop import ServerLoop
 from fedloom.runtime.sampling import ConnectedSampler
@@ -55,6 +58,9 @@ class ServerOptions:
         sample_connected: replace sampled clients that are not connected by connected ones
             (:class:`~fedloom.runtime.sampling.ConnectedSampler`); False: wait
             ``absent_timeout`` for them, then count them as failures.
+        initial_parameters: "server": the run's seeded model; "client": the model of one
+            connected client, picked by the seed (Flower's ``get_parameters`` when a strategy
+            has no ``initial_parameters``); not on ``resume``.
     """
 
     address: str = "127.0.0.1:8080"
@@ -70,8 +76,12 @@ class ServerOptions:
     handlers: Handlers | None = None
     bulk_port: int | None = 0
     sample_connected: bool = True
+    initial_parameters: Literal["server", "client"] = "server"
 
     def check(self) -> None:
+        if self.initial_parameters not in ("server", "client"):
+            raise ConfigError(f"initial_parameters = {self.initial_parameters!r}: use 'server' "
+                              "or 'client'")
         if self.insecure:
             return
         if self.tls is None or self.tls.cert is None or self.tls.key is None:
@@ -142,6 +152,21 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     return Deployment(cfg=cfg, server=fleet.server, fleet=fleet, loop=run, out=out, sinks=sinks)
 
 
+def start_from_a_client(dep: Deployment, seed: int) -> None:
+    """Replace the initial model by a connected client's (picked by ``seed``)."""
+    loop = dep.loop
+    if not isinstance(loop, ServerLoop | AsyncLoop):
+        raise ConfigError("initial_parameters='client' needs a flat run (a hierarchy's root "
+                          "starts from its own model)")
+    connected = sorted(dep.server.connected())
+    if not connected:
+        raise ConfigError("initial_parameters='client': no client is connected to ask")
+    client_id = connected[derive_seed(seed, 0, 0, "initial_parameters") % len(connected)]
+    params = dep.fleet.initial_parameters(client_id)
+    log.info("initial model from client %d", client_id)
+    loop.state = loop.algorithm.init(params)
+
+
 def run_server(cfg: RunConfig, options: ServerOptions) -> RunResult:
     """Serve the run ``cfg`` describes to remote clients, end to end; returns its history."""
     dep = build_deployment(cfg, options)
@@ -151,6 +176,8 @@ def run_server(cfg: RunConfig, options: ServerOptions) -> RunResult:
         wanted = options.min_clients or (len(ids) if ids is not None else cfg.data.num_clients)
         log.info("waiting for %d clients on port %d", wanted, dep.server.port)
         dep.fleet.wait_for_clients(wanted, options.start_timeout)
+        if options.initial_parameters == "client" and options.resume is None:
+            start_from_a_client(dep, cfg.seed)
         history = loop.run()
     finally:
         dep.fleet.close()

@@ -52,6 +52,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     server.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     _serving_args(server)
     server.add_argument("--quiet", action="store_true", help="no progress bar")
+    server.add_argument("--initial-parameters", choices=["server", "client"], default="server",
+                        help="start from the run's seeded model (server) or from a connected "
+                        "client's get_parameters (client; Flower's behaviour without "
+                        "initial_parameters)")
     client = sub.add_parser("client", help="serve as a client of a fedloom server",
                             epilog=CLIENT_EPILOG + "\n" + overrides_help, formatter_class=raw)
     client.add_argument("overrides", nargs="*", help="dotted overrides of the run config")
@@ -207,6 +211,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
         address=args.address, tls=tls, insecure=args.insecure, tokens=args.tokens,
         min_clients=args.min_clients, start_timeout=args.start_timeout, resume=args.resume,
         console=not args.quiet, sample_connected=not args.wait_for_absent,
+        initial_parameters=getattr(args, "initial_parameters", "server"),
         bulk_port=None if args.bulk_port < 0 else args.bulk_port,
         policy=RoundPolicy(round_timeout=args.round_timeout, absent_timeout=args.absent_timeout,
                            close_at=args.close_at, evaluate_on_clients=args.evaluate_on_clients),

@@ -20,19 +20,32 @@ import itertools
 import logging
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from fedloom.core.errors import TransportError
+from fedloom.core.errors import ClientError, TransportError
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientFailure, Downlink, Outcome
 from fedloom.fleets.base import Arrival, FleetBase
 from fedloom.transport.codec import ChunkCache
 from fedloom.transport.generated import fedloom_pb2 as pb
-from fedloom.transport.handlers import Event, MessageType
-from fedloom.transport.messages import Scalar, downlink_to_package, evaluate_to_package
+from fedloom.transport.handlers import (
+    GET_PARAMETERS,
+    Event,
+    Message,
+    MessageType,
+    Value,
+    check_msg_type,
+)
+from fedloom.transport.messages import (
+    PARAMS,
+    Scalar,
+    downlink_to_package,
+    evaluate_to_package,
+    message_to_package,
+)
 from fedloom.transport.service import FederationServer, Outgoing
 from fedloom.transport.sessions import Answer, Connection, Task
 
@@ -233,19 +246,54 @@ class GrpcFleet(FleetBase):
         """Every connected client's properties (Flower's ``get_properties``)."""
         return {a.client_id: dict(a.values or {}) for a in self._ask(pb.PROPERTIES, None)}
 
+    def request(self, msg_type: str, content: Mapping[str, Value] | None = None, *,
+                client_ids: Sequence[int] | None = None,
+                round: int = 0) -> dict[int, Message]:
+        """Send a user message type to clients (default: every connected one) and return the
+        replies of those whose acting handler answered within the round timeout. Each reply
+        is also given to the server's acting handler of the reply's type, if one is
+        registered (FederatedScope's server-side callbacks).
+
+        Example: ``fleet.request("ask_for_join_in_info", {"num_sample": True})``.
+        """
+        message = Message(msg_type=check_msg_type(msg_type), state=round,
+                          content=dict(content or {}))
+        replies: dict[int, Message] = {}
+        for answer in self._ask(pb.MESSAGE, None, client_ids, message=message):
+            assert answer.message is not None
+            replies[answer.client_id] = answer.message
+            if self.server.handlers.actor(answer.message.msg_type) is not None:
+                self.server.handlers.act(answer.message)
+        return replies
+
+    def initial_parameters(self, client_id: int) -> torch.Tensor:
+        """The model client ``client_id`` starts from (Flower's ``get_parameters``, asked
+        when the server has no initial parameters), checked against the layout."""
+        reply = self.request(GET_PARAMETERS, client_ids=[client_id]).get(client_id)
+        params = None if reply is None else reply.content.get(PARAMS)
+        layout = self.server.layout
+        if not isinstance(params, torch.Tensor) or tuple(params.shape) != (layout.size,) \
+                or params.dtype != layout.dtype:
+            raise ClientError(f"client {client_id} gave no initial parameters: need {PARAMS!r}, "
+                              f"{layout.size} values of {layout.dtype}", client_id=client_id)
+        return params
+
     def _ask(self, kind: pb.Kind, params: torch.Tensor | None,
-             client_ids: Sequence[int] | None = None) -> list[Answer]:
+             client_ids: Sequence[int] | None = None, *,
+             message: Message | None = None) -> list[Answer]:
         cache = ChunkCache()
         sends: list[tuple[Task, Outgoing | list[bytes]]] = []
         for cid in self.server.connected() if client_ids is None else client_ids:
             task_id = next(self._ids)
             tensors: dict[str, torch.Tensor] = {}
-            if params is None:
+            if message is not None:
+                header, tensors = message_to_package(task_id, message, client_id=cid)
+            elif params is None:
                 header = pb.Header(task_id=task_id, kind=kind, client_id=cid)
             else:
                 header, tensors = evaluate_to_package(task_id, round=0, client_id=cid,
                                                       params=params, config=ClientConfig())
-            sends.append((Task(task_id=task_id, kind=kind, round=0, client_id=cid),
+            sends.append((Task(task_id=task_id, kind=kind, round=header.round, client_id=cid),
                           Outgoing(header, tensors)))
         open_ids = {meta.task_id for (meta, _), ok in zip(sends, self.server.dispatch(sends, cache))
                     if ok}

@@ -29,6 +29,7 @@ from google.protobuf.message import DecodeError
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig
+from fedloom.runtime.acting import ActingClient, message_reply
 from fedloom.runtime.clients import Client, FitFn, FunctionClient
 from fedloom.runtime.reconnect import (
     FINAL_CODES,
@@ -114,14 +115,15 @@ class ClientLoop:
                                  "demo")
         self.address = address
         self.client_id = client_id
-        self.client = client if isinstance(client, Client) else FunctionClient(client)
+        self.handlers = handlers or Handlers()
+        self.client = ActingClient(client if isinstance(client, Client)
+                                   else FunctionClient(client), self.handlers)
         meta: list[tuple[str, str | bytes]] = [(CLIENT_ID_KEY, str(client_id))]
         if token:
             meta.append((TOKEN_KEY, f"Bearer {token}"))
         self.metadata = tuple(meta)
         self.tls = tls
         self.backoff = backoff or Backoff()
-        self.handlers = handlers or Handlers()
         self.layout: ParamLayout | None = None
         self._stopped = threading.Event()
         self._call: Any = None
@@ -313,10 +315,14 @@ class ClientLoop:
         h, layout = pkg.header, self.layout
         assert layout is not None
         kind = {pb.FIT: MessageType.FIT, pb.EVALUATE: MessageType.EVALUATE,
-                pb.PROPERTIES: MessageType.PROPERTIES}.get(h.kind)
+                pb.PROPERTIES: MessageType.PROPERTIES,
+                pb.MESSAGE: MessageType.MESSAGE}.get(h.kind)
         try:
             if kind is None:
                 raise TransportError(f"cannot run a {pb.Kind.Name(h.kind)} instruction")
+            if h.kind == pb.MESSAGE:
+                self._emit(kind, h, msg_type=h.msg_type)
+                return self._answer_message(pkg)
             self._emit(kind, h)
             if h.kind == pb.FIT:
                 result = self.client.run_fit(downlink_from_package(pkg, layout), layout)
@@ -346,6 +352,14 @@ class ClientLoop:
             self._emit(MessageType.FAILURE, h, message=str(err))
             return [_header_frame(failure_header(h.task_id, round=h.round, client_id=h.client_id,
                                                  message=f"{type(err).__name__}: {err}"))]
+
+    def _answer_message(self, pkg: Package) -> Iterable[bytes]:
+        """A user message type, answered by its acting handler."""
+        assert self.layout is not None
+        header, tensors = message_reply(self.handlers, self.client, pkg, self.client_id,
+                                        self.layout)
+        self._emit(MessageType.MESSAGE_REPLY, pkg.header, msg_type=header.msg_type)
+        return stream(header, tensors, wrap_header=_header_frame, chunk_bytes=self._chunk_bytes)
 
     def _evaluate(self, pkg: Package, layout: ParamLayout) -> tuple[Any, int]:
         params = pkg.tensors.get(PARAMS)

@@ -84,6 +84,17 @@ class Client:
     def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
         return {}
 
+    def get_parameters(self, config: dict[str, Scalar]) -> Params:
+        """Flower style: this client's model (``state_dict`` order, or flat), asked for when
+        the server starts with ``initial_parameters="client"``."""
+        raise NotImplementedError("this client has no initial model (override "
+                                  "get_parameters)")
+
+    def run_get_parameters(self, layout: ParamLayout,
+                           config: dict[str, Scalar]) -> torch.Tensor:
+        self._layout = layout
+        return flat_params(self.get_parameters(config), layout)
+
     def fit(self, parameters: list[torch.Tensor], config: dict[str, Scalar]) -> FitReturn:
         """Flower style: train from ``parameters``; return (parameters, num_examples, metrics).
         The default runs the FedLab-style ``local_process`` / ``uplink_package`` pair."""
@@ -172,6 +183,11 @@ class TrainerClient(Client):
             raise ClientError("the server's model does not match this client's model "
                               f"({layout.size} values vs {mine.size}); check model.name and "
                               "the data settings on both sides")
+
+    def get_parameters(self, config: dict[str, Scalar]) -> Params:
+        """The trainer's model as it is (its seeded initial model before any fit)."""
+        with self._lock:
+            return self.trainer.layout.flatten(dict(self.trainer.model.state_dict()))
 
     def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
         if not 0 <= downlink.client_id < len(self.trainer.client_indices):

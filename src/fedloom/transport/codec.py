@@ -38,6 +38,7 @@ from fedloom.transport.frames import (
     tensor_spec,
 )
 from fedloom.transport.generated import fedloom_pb2 as pb
+from fedloom.transport.handlers import MSG_TYPE
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES", "DTYPES", "DTYPE_NAMES", "PROTOCOL", "Assembler", "ChunkCache",
@@ -153,6 +154,9 @@ def check_content(header: pb.Header) -> None:
                   Rejection.NON_FINITE, f"metric {key!r} = ({metric.total}, {metric.weight})")
         reject_if(metric.weight < 0, Rejection.BAD_VALUE,
                   f"metric {key!r} has weight {metric.weight} < 0")
+    reject_if(len(header.msg_type) > 64 or (header.kind in (pb.MESSAGE, pb.MESSAGE_REPLY) and
+                                            not MSG_TYPE.fullmatch(header.msg_type)),
+              Rejection.BAD_VALUE, f"message type {header.msg_type[:64]!r}")
     for name in ("round", "client_id", "num_examples", "num_steps"):
         value = getattr(header, name)
         reject_if(not 0 <= value < MAX_COUNT, Rejection.BAD_VALUE, f"{name} = {value}")

@@ -119,8 +119,11 @@ class Inbound:
         self.inbox.put(answer)
         kind = (MessageType.FAILURE if answer.failure else MessageType.FIT_REPLY if answer.result
                 else MessageType.EVALUATE_REPLY if answer.metrics is not None
+                else MessageType.MESSAGE_REPLY if answer.message is not None
                 else MessageType.PROPERTIES_REPLY)
         detail: dict[str, object] = {}
+        if answer.message is not None:
+            detail["msg_type"] = answer.message.msg_type
         if answer.result is not None:
             detail["num_examples"] = answer.result.num_examples
         if answer.failure is not None:

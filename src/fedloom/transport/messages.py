@@ -29,6 +29,7 @@ from fedloom.transport.codec import (
     reject_if,
 )
 from fedloom.transport.generated import fedloom_pb2 as pb
+from fedloom.transport.handlers import Message, Value, check_msg_type
 
 Scalar = float | int | str | bool
 PARAMS = "params"
@@ -117,6 +118,35 @@ def values_to_proto(values: Mapping[str, Scalar], into: MutableMapping[str, pb.S
 
 def values_from_proto(msg: Mapping[str, pb.Scalar]) -> dict[str, Scalar]:
     return {key: scalar_from_proto(v) for key, v in msg.items()}
+
+
+def message_to_package(task_id: int, message: Message, *, kind: pb.Kind = pb.MESSAGE,
+                       client_id: int) -> tuple[pb.Header, dict[str, torch.Tensor]]:
+    """A user message: its scalars in ``values``, its tensors as the payload."""
+    header = pb.Header(task_id=task_id, kind=kind, round=message.state, client_id=client_id,
+                       msg_type=check_msg_type(message.msg_type))
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Scalar] = {}
+    for key, value in message.content.items():
+        if isinstance(value, torch.Tensor):
+            tensors[key] = value.detach().cpu().contiguous()
+        elif isinstance(value, float | int | str | bool):
+            scalars[key] = value
+        else:
+            raise ConfigError(f"message {message.msg_type!r}: content {key!r} is a "
+                              f"{type(value).__name__}; send numbers, text, flags or tensors")
+    values_to_proto(scalars, header.values)
+    return header, tensors
+
+
+def message_from_package(pkg: Package, *, sender: int, receiver: int) -> Message:
+    """The message a MESSAGE or MESSAGE_REPLY package carries (tensors copied out of the
+    receive buffer)."""
+    h = pkg.header
+    content: dict[str, Value] = dict(values_from_proto(h.values))
+    content.update({name: t.clone() for name, t in pkg.tensors.items()})
+    return Message(msg_type=h.msg_type, sender=sender, receiver=receiver, state=h.round,
+                   content=content)
 
 
 def downlink_to_package(task_id: int, downlink: Downlink,
@@ -234,7 +264,8 @@ def failure_header(task_id: int, *, round: int, client_id: int, message: str) ->
 __all__ = [
     "EXTRAS", "MAX_TENSORS", "PARAMS", "ReplySchema", "Scalar", "config_from_proto",
     "config_to_proto", "downlink_from_package", "downlink_to_package", "evaluate_to_package",
-    "failure_header", "layout_from_proto", "layout_to_proto", "metrics_from_proto",
+    "failure_header", "message_from_package", "message_to_package", "layout_from_proto",
+    "layout_to_proto", "metrics_from_proto",
     "metrics_header", "metrics_to_proto", "result_from_package", "result_to_package",
     "scalar_from_proto", "scalar_to_proto", "values_from_proto", "values_to_proto",
 ]

@@ -28,16 +28,18 @@ from fedloom.transport.codec import (
     reject_if,
 )
 from fedloom.transport.generated import fedloom_pb2 as pb
+from fedloom.transport.handlers import SERVER, Message
 from fedloom.transport.messages import (
     ReplySchema,
     Scalar,
+    message_from_package,
     metrics_from_proto,
     result_from_package,
     values_from_proto,
 )
 
 REPLY_OF = {pb.FIT: pb.FIT_REPLY, pb.EVALUATE: pb.EVALUATE_REPLY,
-            pb.PROPERTIES: pb.PROPERTIES_REPLY}
+            pb.PROPERTIES: pb.PROPERTIES_REPLY, pb.MESSAGE: pb.MESSAGE_REPLY}
 EXPIRED_KEPT = 4096
 
 
@@ -53,7 +55,8 @@ class Task:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Answer:
-    """A client's answer to a task (exactly one of result, failure, metrics, values is set)."""
+    """A client's answer to a task (exactly one of result, failure, metrics, values, message
+    is set)."""
 
     task_id: int
     client_id: int
@@ -61,6 +64,7 @@ class Answer:
     failure: ClientFailure | None = None
     metrics: Mapping[str, Mean] | None = None
     values: Mapping[str, Scalar] | None = None
+    message: Message | None = None
     num_examples: int = 0
 
 
@@ -158,6 +162,9 @@ class Session:
         elif h.kind == pb.EVALUATE_REPLY:
             answer = Answer(task_id=tid, client_id=cid, metrics=metrics_from_proto(h.metrics),
                             num_examples=h.num_examples)
+        elif h.kind == pb.MESSAGE_REPLY:
+            answer = Answer(task_id=tid, client_id=cid,
+                            message=message_from_package(pkg, sender=cid, receiver=SERVER))
         else:
             answer = Answer(task_id=tid, client_id=cid, values=values_from_proto(h.values))
         del self.tasks[task.task_id]

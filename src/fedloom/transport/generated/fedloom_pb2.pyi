@@ -15,22 +15,26 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVALUATE: _ClassVar[Kind]
     RECONNECT: _ClassVar[Kind]
     EXIT: _ClassVar[Kind]
+    MESSAGE: _ClassVar[Kind]
     PROPERTIES_REPLY: _ClassVar[Kind]
     FIT_REPLY: _ClassVar[Kind]
     EVALUATE_REPLY: _ClassVar[Kind]
     FAILURE: _ClassVar[Kind]
     REJECTED: _ClassVar[Kind]
+    MESSAGE_REPLY: _ClassVar[Kind]
 KIND_UNSPECIFIED: Kind
 PROPERTIES: Kind
 FIT: Kind
 EVALUATE: Kind
 RECONNECT: Kind
 EXIT: Kind
+MESSAGE: Kind
 PROPERTIES_REPLY: Kind
 FIT_REPLY: Kind
 EVALUATE_REPLY: Kind
 FAILURE: Kind
 REJECTED: Kind
+MESSAGE_REPLY: Kind
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape", "nbytes")
@@ -81,7 +85,7 @@ class Scalar(_message.Message):
     def __init__(self, number: _Optional[float] = ..., integer: _Optional[int] = ..., text: _Optional[str] = ..., flag: _Optional[bool] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("task_id", "kind", "round", "client_id", "tensors", "payload_bytes", "config", "num_examples", "num_steps", "metrics", "values", "reason", "seconds", "bulk")
+    __slots__ = ("task_id", "kind", "round", "client_id", "tensors", "payload_bytes", "config", "num_examples", "num_steps", "metrics", "values", "reason", "seconds", "bulk", "msg_type")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +114,7 @@ class Header(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     BULK_FIELD_NUMBER: _ClassVar[int]
+    MSG_TYPE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     kind: Kind
     round: int
@@ -124,7 +129,8 @@ class Header(_message.Message):
     reason: str
     seconds: float
     bulk: bool
-    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., client_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., num_examples: _Optional[int] = ..., num_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, Metric]] = ..., values: _Optional[_Mapping[str, Scalar]] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ..., bulk: _Optional[bool] = ...) -> None: ...
+    msg_type: str
+    def __init__(self, task_id: _Optional[int] = ..., kind: _Optional[_Union[Kind, str]] = ..., round: _Optional[int] = ..., client_id: _Optional[int] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., payload_bytes: _Optional[int] = ..., config: _Optional[_Union[TrainConfig, _Mapping]] = ..., num_examples: _Optional[int] = ..., num_steps: _Optional[int] = ..., metrics: _Optional[_Mapping[str, Metric]] = ..., values: _Optional[_Mapping[str, Scalar]] = ..., reason: _Optional[str] = ..., seconds: _Optional[float] = ..., bulk: _Optional[bool] = ..., msg_type: _Optional[str] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("task_id", "offset", "data")
