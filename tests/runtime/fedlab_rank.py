@@ -10,6 +10,7 @@ process runs on one torch thread.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from functools import partial
 
@@ -54,7 +55,7 @@ def clients_of(rank: int, world: int) -> list[int]:
 
 
 def server(mode: str, network: DistNetwork, out: str) -> None:
-    data, model_fn = problem()
+    _, model_fn = problem()
     model = init_module(model_fn, SEED)
     if mode == "sync":
         handler = FedAvgServerHandler(model, global_round=ROUNDS, sample_ratio=0.5, seed=SEED)
@@ -94,10 +95,8 @@ def rogue(kind: str, network: DistNetwork) -> None:
         network.send([torch.zeros(3)], MessageCode.ParameterUpdate, 0)
     else:
         dist.send(torch.tensor([MAGIC, 99, 0, 0], dtype=torch.int64), dst=0, tag=HEADER_TAG)
-    try:
+    with contextlib.suppress(Exception):
         network.recv(0)  # the server stops: this fails once it is gone
-    except Exception:
-        pass
 
 
 def main(argv: list[str]) -> None:
