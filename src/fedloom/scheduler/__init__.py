@@ -1,9 +1,10 @@
 """Run many experiments on one machine: tasks in their own processes, devices by free memory.
 
-``Task`` (``load()`` on the CPU, then ``train(device) -> dict``) and ``TaskGroup`` (groups run in
-order, their tasks in parallel), run by a ``Scheduler`` whose state lives in SQLite so an
-interrupted run resumes; ``fedloom sweep`` (:mod:`fedloom.sweeps.sweep`) expands a grid of run
-configs x seeds into tasks and ends with a report.
+``Task`` (``load()`` on the CPU, then ``train(device) -> dict`` with the device also in
+``self.device``) and ``TaskGroup`` (groups run in order, their tasks in parallel), with
+Fedflow's names for both, run by a ``Scheduler`` whose state lives in SQLite so an interrupted
+run resumes; ``fedloom sweep`` (:mod:`fedloom.sweeps.sweep`) expands a grid of run configs x
+seeds into tasks and ends with a report.
 """
 
 from fedloom.scheduler.database import StateStore, TaskRow

@@ -7,7 +7,9 @@ round and accuracy come from each running task's :meth:`~fedloom.scheduler.task.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -86,3 +88,13 @@ class LiveTable:
                  trace: TracebackType | None) -> None:
         self.live.stop()
         self.live.console.line()
+
+
+@contextlib.contextmanager
+def shown(scheduler: Scheduler, enabled: bool) -> Iterator[None]:
+    """The live table of ``scheduler`` while in the block, when ``enabled``."""
+    if not enabled:
+        yield
+        return
+    with LiveTable(scheduler):
+        yield

@@ -7,6 +7,9 @@ estimate (given, or learned from the first task of its group) or a CPU slot is f
 out-of-memory error in ``train`` puts the task back with a larger estimate, a bounded number of
 times; a process that dies marks its task failed with the exit code.
 
+Tasks run through their own process control (``Task.start``, ``start_load``, ``start_train``). A
+script without an ``if __name__ == "__main__":`` guard fails its tasks saying so, plainly.
+
 Waiting is event-driven: the loop blocks on the task pipes and process sentinels
 (``multiprocessing.connection.wait``) and wakes when a task says something or exits. Only while
 a loaded task waits for GPU memory held by *other* programs does it also wake every
@@ -25,15 +28,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing as mp
 import os
-import pickle
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -42,8 +43,21 @@ from fedloom.core.errors import ConfigError
 from fedloom.scheduler.database import StateStore
 from fedloom.scheduler.devices import DevicePool, MemoryEstimates
 from fedloom.scheduler.group import TaskGroup
-from fedloom.scheduler.task import Result, Stage, Task, TaskStatus
-from fedloom.scheduler.task_process import TaskProcess, signal_name, sigterm_as_interrupt
+from fedloom.scheduler.progress import shown
+from fedloom.scheduler.task import Result, SchedulerError, Stage, Task, TaskStatus
+from fedloom.scheduler.task_process import (
+    NO_MAIN_GUARD,
+    Event,
+    Failed,
+    Finished,
+    Loaded,
+    TaskProcess,
+    death_message,
+    death_stage,
+    default_start_method,
+    exit_if_importing_main,
+    sigterm_as_interrupt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +87,8 @@ class Scheduler:
     """Runs :class:`TaskGroup` s; see the module docstring.
 
     Args:
-        root: work dirs go to ``root/<task_id>``; the state to ``root/state.sqlite``.
+        root: work dirs go to ``root/<task_id>`` (a group's to ``root/groups/<group_name>``);
+            the state to ``root/state.sqlite``.
         state: the SQLite state file instead.
         devices: the device pool (default: GPUs seen by NVML, else 2 CPU slots).
         max_processes: task processes at once (default: CPU slots + 1 without GPUs, so one
@@ -116,7 +131,7 @@ class Scheduler:
         self.retry_failed = retry_failed
         self.recheck_seconds = recheck_seconds
         methods = mp.get_all_start_methods()
-        self.start_method = start_method or ("forkserver" if "forkserver" in methods else "spawn")
+        self.start_method = start_method or default_start_method()
         if self.start_method not in ("forkserver", "spawn") or self.start_method not in methods:
             raise ConfigError(f"start_method = {self.start_method!r}: must be forkserver or spawn "
                               f"(available here: {', '.join(methods)})")
@@ -127,11 +142,15 @@ class Scheduler:
         self._running: dict[str, _Running] = {}
         self._queue: deque[Task] = deque()
         self._store: StateStore | None = None
+        self._no_main_guard: str | None = None  # the message, once a task process ran the script
 
     def add_group(self, group: TaskGroup | None = None) -> TaskGroup:
-        """Append ``group`` (a new empty one when None), naming it ``group-{index}`` if unnamed."""
+        """Append ``group`` (a new empty one when None); sets its ``index``, which names it
+        ``group-{index}`` if unnamed."""
         group = group if group is not None else TaskGroup()
-        group._default_name(len(self.groups))
+        if any(g is group for g in self.groups):
+            raise ConfigError(f"group_name = {group.group_name!r}: this group was added already")
+        group.index = len(self.groups)
         self.groups.append(group)
         return group
 
@@ -143,6 +162,7 @@ class Scheduler:
         Ctrl-C (or SIGTERM) stops the task processes and puts their tasks back to waiting, so
         running again with the same state resumes; finished tasks are never run again.
         """
+        exit_if_importing_main()  # a task process running an unguarded script: stop here
         begin = time.monotonic()
         self._check()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -150,7 +170,7 @@ class Scheduler:
         try:
             store.acquire()
             skipped = self._register(store)
-            with self._display(), sigterm_as_interrupt():
+            with shown(self, self.progress), sigterm_as_interrupt():
                 for group in self.groups:
                     self._run_group(group)
         except BaseException:
@@ -207,6 +227,8 @@ class Scheduler:
         return skipped
 
     def _run_group(self, group: TaskGroup) -> None:
+        group.workdir = self.root / "groups" / group.name
+        group.workdir.mkdir(parents=True, exist_ok=True)
         self._queue = deque(t for t in group if t.status is TaskStatus.WAITING)
         while self._queue or self._running:
             self._start_processes(group)
@@ -231,24 +253,23 @@ class Scheduler:
                         store.path)
             return False
         task.attempts += 1
+        if self._no_main_guard is not None:  # its process would run the script again too
+            self._fail(task, Stage.DISPATCH, self._no_main_guard)
+            return False
         workdir = self.root / task.task_id
         shutil.rmtree(workdir, ignore_errors=True)  # a previous attempt's leftovers
-        workdir.mkdir(parents=True)
-        task.workdir = workdir
-        task.stage = task.error = task.traceback = task.result = task.exit_code = None
         self.started_at[task.task_id] = time.time()
-        try:
-            payload = pickle.dumps(task)
-        except Exception as err:  # any pickling failure is this task's problem, not the run's
-            self._fail(task, Stage.DISPATCH, f"the task cannot be sent to its process "
-                       f"(it must be picklable, its class importable): {err}")
-            return False
         gpu = bool(self.devices.gpus) and group.device_of(task) != "cpu"
-        process = TaskProcess(payload, name=f"fedloom-task-{task.task_id}", workdir=workdir,
-                              threads=self._threads(gpu), method=self.start_method,
-                              preload=self.preload)
+        try:
+            task.start(workdir, threads=self._threads(gpu), start_method=self.start_method,
+                       preload=self.preload)
+        except SchedulerError as err:  # e.g. not picklable: this task's problem, not the run's
+            self._fail(task, Stage.DISPATCH, str(err))
+            return False
+        process = task.process
+        assert process is not None  # start() made it
+        task.start_load()
         store.started(task.task_id, process.pid)
-        task.status = TaskStatus.LOADING
         self._running[task.task_id] = _Running(task=task, group=group, process=process,
                                                status=TaskStatus.LOADING, gpu=gpu)
         return True
@@ -275,10 +296,9 @@ class Scheduler:
                 blocked = blocked or (run.gpu and not any(
                     r.status is TaskStatus.TRAINING and r.gpu for r in self._running.values()))
                 continue
-            run.process.train(device)
+            run.task.start_train(device)
             run.probe = run.gpu and memory is None
-            run.status = run.task.status = TaskStatus.TRAINING
-            run.task.used_device = device
+            run.status = TaskStatus.TRAINING
             self._require_store().set_status(run.task.task_id, TaskStatus.TRAINING,
                                              device=device)
         return blocked
@@ -294,26 +314,23 @@ class Scheduler:
             if run.process.exited(ready):
                 self._reap(run)
 
-    def _handle(self, run: _Running, message: tuple[object, ...]) -> None:
-        task, kind = run.task, message[0]
-        if kind == "loaded":
+    def _handle(self, run: _Running, event: Event) -> None:
+        task = run.task
+        if isinstance(event, Loaded):
             run.status = task.status = TaskStatus.LOADED
             self._require_store().set_status(task.task_id, TaskStatus.LOADED)
-        elif kind == "finished":
-            result, peak = message[1], message[2]
-            assert isinstance(result, dict) and (peak is None or isinstance(peak, int))
-            self._finish(run, result, peak)
-        elif kind == "failed":
-            stage, error, trace, oom = message[1:5]
-            assert isinstance(stage, str) and isinstance(error, str) and isinstance(trace, str)
+        elif isinstance(event, Finished):
+            self._finish(run, event.result, event.peak_memory)
+        elif isinstance(event, Failed):
             run.ended = True
             self.devices.release(task.task_id)
-            if oom and task.attempts <= self.oom_retries:
+            error = event.error
+            if event.out_of_memory and task.attempts <= self.oom_retries:
                 self._put_back(run, error)
             else:
-                if oom:
+                if event.out_of_memory:
                     error = f"out of memory in all {task.attempts} attempts; last: {error}"
-                self._fail(task, Stage(stage), error, traceback=trace)
+                self._fail(task, event.stage, error, traceback=event.traceback)
 
     def _finish(self, run: _Running, result: Result, peak: int | None) -> None:
         task = run.task
@@ -348,10 +365,11 @@ class Scheduler:
         del self._running[task.task_id]
         self.devices.release(task.task_id)
         if not run.ended:
-            name = f" ({signal_name(-code)})" if code is not None and code < 0 else ""
-            stage = Stage.TRAIN if run.status is TaskStatus.TRAINING else Stage.LOAD
-            self._fail(task, stage, f"the task's process died with exit code {code}{name}; "
-                       f"its output is in {task.workdir}/task.log", exit_code=code)
+            stage = death_stage(run.status, started=run.process.started)
+            error = death_message(code, started=run.process.started, workdir=task.workdir)
+            if code == NO_MAIN_GUARD and not run.process.started:
+                self._no_main_guard = error
+            self._fail(task, stage, error, exit_code=code)
         elif run.requeue:
             self._queue.append(task)
 
@@ -370,13 +388,3 @@ class Scheduler:
         if self._store is None:
             raise RuntimeError("the scheduler is not running")
         return self._store
-
-    @contextlib.contextmanager
-    def _display(self) -> Iterator[None]:
-        if not self.progress:
-            yield
-            return
-        from fedloom.scheduler.progress import LiveTable
-
-        with LiveTable(self):
-            yield
