@@ -332,3 +332,30 @@ def test_a_bad_message_stops_the_server_naming_sender_and_code(tmp_path: Path, r
     assert not logs[0].startswith("rc 0")
     assert "MessageError" in logs[0]
     assert re.search(says, logs[0]), logs[0]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_ported_mnist_example_runs(mode: str) -> None:
+    from fedloom.core.errors import DataError
+    from fedloom.data.config import DatasetName
+    from fedloom.data.locate import IDX_FILES, locate_files
+
+    try:
+        locate_files(IDX_FILES[DatasetName.MNIST], None)
+    except DataError as err:
+        pytest.skip(f"MNIST is not here: {err}")
+    where = Path(__file__).resolve().parents[2] / "examples" / "fedlab_cross_process"
+    port = str(free_port())
+    common = ["--port", port, "--world_size", "3", "--mode", mode, "--clients_per_process", "2"]
+    env = {"FEDLOOM_DIST_TIMEOUT": "120", "FEDLOOM_OFFLINE": "1"}
+    with processes() as started:
+        server = spawn(started, [sys.executable, str(where / "server.py"), "--round", "2",
+                                 *common], env=env)
+        for rank in (1, 2):
+            spawn(started, [sys.executable, str(where / "client.py"), "--rank", str(rank),
+                            "--epochs", "1", *common], env=env)
+        out, err = server.communicate(timeout=240)
+    assert server.returncode == 0, err[-3000:]
+    assert f'"mode": "{mode}", "rounds": 2' in out
