@@ -80,7 +80,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
             seed=cfg.seed, eval_every=cfg.eval.every,
             concurrency=min(cfg.clock.concurrency, data.num_clients), task_timeout=task_timeout,
             idle_timeout=idle_timeout, threads=cfg.fleet.threads, store=store,
-            checkpointer=checkpointer)
+            checkpointer=checkpointer, selector=cfg.clock.selector,
+            num_clients=data.num_clients)
     return ServerLoop(
         algorithm=algorithm, fleet=parts.fleet,
         sampler=make_sampler(cfg.cohort.sampler, num_examples=num_examples,

@@ -6,10 +6,13 @@ once, each on the newest global model the moment it is idle; every result goes t
 client received its model): FedAsync mixes it in with a staleness-weighted rate, FedBuff buffers
 it. One metrics row per new global model version.
 
+Which idle clients get the model is the ``selector``'s choice (FLSim's user selectors:
+:mod:`fedloom.runtime.async_selection`; by default uniformly at random from the generator of
+``(seed, tasks handed out)``).
+
 The loop runs on any :class:`~fedloom.fleets.base.AsyncFleet`: remote clients on the wall clock
 (:class:`~fedloom.fleets.grpc.GrpcFleet`) or simulated clients on a simulated clock
-(:class:`~fedloom.runtime.simulated_clock.SimulatedClock` over any fleet). Which idle clients
-get the model is drawn from the generator of ``(seed, tasks handed out)``. A task out longer than
+(:class:`~fedloom.runtime.simulated_clock.SimulatedClock` over any fleet). A task out longer than
 ``task_timeout`` seconds on the fleet's clock is given up and its late result discarded.
 """
 
@@ -32,6 +35,7 @@ from fedloom.core.packages import ClientConfig, ClientResult, checked
 from fedloom.core.rng import SERVER, Purpose, torch_generator
 from fedloom.core.threads import torch_threads
 from fedloom.fleets.base import AsyncFleet
+from fedloom.runtime.async_selection import SelectorChoice, make_selector
 from fedloom.runtime.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -75,6 +79,9 @@ class AsyncLoop:
             run stops with a TransportError.
         store: the algorithm's client-state store (what a checkpoint saves besides the state).
         checkpointer: writes a checkpoint every so many versions.
+        selector: which idle clients start (a name: ``random``, ``round_robin``; or an FLSim
+            selector object); ``num_clients``: the registered clients it cycles over (None:
+            the fleet's idle clients at the start).
     """
 
     def __init__(self, *, algorithm: AsyncAlgorithm, fleet: AsyncFleet, client: ClientConfig,
@@ -83,8 +90,11 @@ class AsyncLoop:
                  concurrency: int = 10, task_timeout: float | None = 600.0,
                  idle_timeout: float = 600.0, threads: int | None = None,
                  sinks: Sequence[Sink] = (), store: ClientStateStore | None = None,
-                 checkpointer: Checkpointer | None = None) -> None:
+                 checkpointer: Checkpointer | None = None, selector: SelectorChoice = "random",
+                 num_clients: int | None = None) -> None:
         self.algorithm, self.fleet, self.client = algorithm, fleet, client
+        self.selector = make_selector(selector, num_clients=len(fleet.idle_clients())
+                                      if num_clients is None else num_clients)
         self.versions, self.layout, self.evaluate = versions, layout, evaluate
         self.seed, self.eval_every, self.concurrency = seed, eval_every, concurrency
         self.task_timeout, self.idle_timeout, self.threads = task_timeout, idle_timeout, threads
@@ -144,8 +154,7 @@ class AsyncLoop:
         if not idle:
             return
         gen = torch_generator(self.seed, self.starts, SERVER, Purpose.COHORT)
-        order = [idle[i] for i in torch.randperm(len(idle), generator=gen).tolist()]
-        for cid in order[:free]:
+        for cid in self.selector.select(idle, free, gen)[:free]:
             task = dataclasses.replace(
                 self.algorithm.configure(self.state.round, self.state, [cid], self.client)[0],
                 round=self.starts + 1)
@@ -187,7 +196,8 @@ class AsyncLoop:
         """What a checkpoint holds of this loop now (tasks in flight are not kept: a resumed
         run hands out fresh ones)."""
         return Checkpoint(state=self.state, store=store_contents(self.store),
-                          rows=tuple(self.rows), info={"starts": self.starts})
+                          rows=tuple(self.rows), info={"starts": self.starts,
+                                                       "selector": self.selector.position()})
 
     def restore(self, ckpt: Checkpoint, directory: Path) -> None:
         """Continue from ``ckpt``, read from ``directory``."""
@@ -196,3 +206,4 @@ class AsyncLoop:
         restore_store(self.store, ckpt.store)
         self.rows = rows_up_to(ckpt.rows, ckpt.state.round)
         self.starts = int(ckpt.info.get("starts", 0))
+        self.selector.restore(int(ckpt.info.get("selector", 0)))

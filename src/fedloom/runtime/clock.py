@@ -25,15 +25,19 @@ class SpeedModel(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClockConfig:
-    """The ``clock`` section: client speeds, and how many clients train at once (async)."""
+    """The ``clock`` section: client speeds, and how many clients train at once and which
+    (async)."""
 
     speed: SpeedModel = SpeedModel.CONSTANT
     sigma: float = 1.0
     shape: float = 1.5
     concurrency: int = 10
+    selector: str = "random"  # which idle clients start: random | round_robin (FLSim's)
 
     def __post_init__(self) -> None:
         p = Problems()
+        p.check(self.selector in ("random", "round_robin"), "selector", self.selector,
+                "must be random or round_robin")
         p.check(self.sigma >= 0, "sigma", self.sigma, "must be >= 0")
         p.check(self.shape > 0, "shape", self.shape, "must be > 0")
         p.check(self.concurrency >= 1, "concurrency", self.concurrency, "must be >= 1")

@@ -63,6 +63,11 @@ class SimulatedClock:
         self._ids = 0
 
     def idle_clients(self) -> list[int]:
+        """Idle clients; none while a task finishes at the current instant: as in FLSim, every
+        device that finishes at a time is collected before any device starts at it (ties in
+        finish time go in the order the tasks started)."""
+        if self._queue and self._queue[0].finish <= self._now:
+            return []
         return [c for c in range(self.num_clients) if c not in self._busy]
 
     def submit(self, task: Downlink) -> int | None:

@@ -26,6 +26,7 @@ from fedloom.fleets.base import Fleet
 from fedloom.models import ModelFn
 from fedloom.runtime.assemble import FleetChoice, assemble
 from fedloom.runtime.async_loop import AsyncLoop
+from fedloom.runtime.async_selection import SelectorChoice
 from fedloom.runtime.clock import ClientClock, ClockConfig
 from fedloom.runtime.loop import History, ServerLoop
 from fedloom.runtime.sampling import Sampler, UniformSampler
@@ -98,7 +99,9 @@ class AsyncSimulation(AsyncLoop):
                  fleet: FleetChoice = "serial", eval_every: int = 1,
                  eval_batch_size: int = 1000, eval_train: bool = False,
                  eval_federated: bool = False, threads: int | None = None,
-                 loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = ()) -> None:
+                 loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = (),
+                 selector: SelectorChoice | None = None) -> None:
+        selector = clock.selector if selector is None else selector
         parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=seed,
                          fleet=fleet, loss_fn=loss_fn, evaluation=EvalConfig(
                              every=eval_every, batch_size=eval_batch_size, train=eval_train,
@@ -109,7 +112,8 @@ class AsyncSimulation(AsyncLoop):
             client=client, versions=versions, layout=parts.layout,
             initial_params=parts.initial_params, evaluate=parts.evaluate, seed=seed,
             eval_every=eval_every, concurrency=min(clock.concurrency, data.num_clients),
-            task_timeout=None, threads=threads, sinks=sinks)
+            task_timeout=None, threads=threads, sinks=sinks, selector=selector,
+            num_clients=data.num_clients)
 
 
 def simulated(fleet: Fleet, clock: ClockConfig, data: FederatedData, seed: int) -> SimulatedClock:
