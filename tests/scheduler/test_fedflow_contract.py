@@ -120,7 +120,7 @@ def test_a_process_importing_the_script_stops_before_it_starts_anything(
     with pytest.raises(SystemExit) as start:
         DeviceTask("b").start(tmp_path / "b")
     assert run.value.code == start.value.code == NO_MAIN_GUARD
-    assert not (tmp_path / "s").exists()
+    assert not (tmp_path / "s").exists() and not (tmp_path / "b").exists()
 
 
 SCRIPT = """\
@@ -251,5 +251,5 @@ def test_fedflow_tasks_find_their_device_in_self_device(tmp_path: Path) -> None:
     assert unpinned is not None and unpinned.device is None  # a retry is placed afresh
     assert group.result["pinned"] == {"type": "success", "data": got["pinned"][0]}
     assert (group.index, on_cpu.index, on_cpu.group_name) == (0, 1, "group-1")
-    assert group.workdir == tmp_path / "s" / "groups" / "fedflow" and group.workdir.is_dir()
-    assert on_cpu.workdir == tmp_path / "s" / "groups" / "group-1"
+    assert group.workdir == tmp_path / "s" / "_groups" / "fedflow" and group.workdir.is_dir()
+    assert on_cpu.workdir == tmp_path / "s" / "_groups" / "group-1"

@@ -43,7 +43,7 @@ class TaskGroup:
 
     Attributes:
         index: the group's place in its scheduler's order (-1 until added to one).
-        workdir: ``<root>/groups/<group_name>``, for files of the group as a whole; set (and
+        workdir: ``<root>/_groups/<group_name>``, for files of the group as a whole; set (and
             made) when the scheduler runs the group. The tasks' own work dirs stay
             ``<root>/<task_id>``.
     """

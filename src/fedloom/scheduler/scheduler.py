@@ -61,6 +61,9 @@ from fedloom.scheduler.task_process import (
 
 log = logging.getLogger(__name__)
 
+#: Where the groups' work dirs go in ``root``: no task id starts with "_", so none is this one.
+GROUPS_DIR = "_groups"
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunSummary:
     """Task ids by outcome; ``skipped`` had finished in an earlier run and did not run again."""
@@ -87,7 +90,7 @@ class Scheduler:
     """Runs :class:`TaskGroup` s; see the module docstring.
 
     Args:
-        root: work dirs go to ``root/<task_id>`` (a group's to ``root/groups/<group_name>``);
+        root: work dirs go to ``root/<task_id>`` (a group's to ``root/_groups/<group_name>``);
             the state to ``root/state.sqlite``.
         state: the SQLite state file instead.
         devices: the device pool (default: GPUs seen by NVML, else 2 CPU slots).
@@ -227,7 +230,7 @@ class Scheduler:
         return skipped
 
     def _run_group(self, group: TaskGroup) -> None:
-        group.workdir = self.root / "groups" / group.name
+        group.workdir = self.root / GROUPS_DIR / group.name
         group.workdir.mkdir(parents=True, exist_ok=True)
         self._queue = deque(t for t in group if t.status is TaskStatus.WAITING)
         while self._queue or self._running:

@@ -181,8 +181,13 @@ class Task(abc.ABC):
             start_method: ``forkserver`` (default where available) or ``spawn``.
             preload: modules a forkserver imports once for every task it starts.
         """
-        from fedloom.scheduler.task_process import TaskProcess, default_start_method
+        from fedloom.scheduler.task_process import (
+            TaskProcess,
+            default_start_method,
+            exit_if_importing_main,
+        )
 
+        exit_if_importing_main()  # a task process running an unguarded script: stop here
         if self.is_alive():
             raise SchedulerError(f"task {self.task_id!r}: its process already runs; call exit() "
                                  "before starting it again")

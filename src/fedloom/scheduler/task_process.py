@@ -274,7 +274,6 @@ class TaskProcess:
 
     def __init__(self, payload: bytes, *, name: str, workdir: Path, threads: int | None,
                  method: str, preload: Sequence[str]) -> None:
-        exit_if_importing_main()
         ctx = _context(method, preload)
         self.conn, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=task_main, name=name,
