@@ -207,6 +207,8 @@ def test_exit_stops_a_training_task_which_can_start_again(tmp_path: Path) -> Non
     assert task.wait(timeout=60) is TaskStatus.FINISHED and task.result == {}
     with pytest.raises(ConfigError, match="device = ''"):
         DeviceTask("x").start_train("")
+    with pytest.raises(ConfigError, match="start_method = 'fork': must be forkserver or spawn"):
+        DeviceTask("x").start(tmp_path / "x", start_method="fork")
 
 
 def test_a_process_that_dies_fails_its_task_with_the_exit_code(tmp_path: Path) -> None:

@@ -188,6 +188,9 @@ class Task(abc.ABC):
         )
 
         exit_if_importing_main()  # a task process running an unguarded script: stop here
+        method = start_method or default_start_method()
+        if method not in ("forkserver", "spawn"):
+            raise ConfigError(f"start_method = {method!r}: must be forkserver or spawn")
         if self.is_alive():
             raise SchedulerError(f"task {self.task_id!r}: its process already runs; call exit() "
                                  "before starting it again")
@@ -203,8 +206,7 @@ class Task(abc.ABC):
                                  f"be picklable, its class importable): {err}") from None
         self._process = TaskProcess(payload, name=f"fedloom-task-{self.task_id}",
                                     workdir=self.workdir, threads=threads,
-                                    method=start_method or default_start_method(),
-                                    preload=preload)
+                                    method=method, preload=preload)
 
     def start_load(self) -> None:
         """Tell the task's process to run ``load()``."""
