@@ -5,12 +5,14 @@
 ROLE is ``server``, ``client`` or a rogue client (``rogue-count``: answers with one tensor
 instead of two; ``rogue-code``: sends a header with message code 99). MODE is ``sync`` or
 ``async``. The server writes its final model and what it saw to OUT (``torch.save``). Every
-process runs on one torch thread.
+process runs on one torch thread. ``$FEDLAB_BACKEND`` (default gloo) and ``$FEDLAB_DEVICE``
+(where clients train, default cpu) are for the GPU check.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from functools import partial
 
@@ -74,12 +76,11 @@ def client(mode: str, network: DistNetwork) -> None:
     spec = ClientSpec(model_fn=model_fn, train=data.train, client_indices=data.client_train,
                       seed=SEED)
     ids = clients_of(network.rank, network.world_size)
-    if mode == "sync":
-        trainer = SerialTrainer(spec, client_ids=ids, config=CLIENT)
-        PassiveClientManager(network, trainer).run()
-    else:
-        trainer = SerialTrainer(spec, client_ids=ids, config=CLIENT, local_ids=True)
-        ActiveClientManager(network, trainer).run()
+    device = os.environ.get("FEDLAB_DEVICE", "cpu")
+    trainer = SerialTrainer(spec, client_ids=ids, config=CLIENT, device=device,
+                            local_ids=mode != "sync")
+    manager = PassiveClientManager if mode == "sync" else ActiveClientManager
+    manager(network, trainer).run()
 
 
 def rogue(kind: str, network: DistNetwork) -> None:
@@ -103,7 +104,7 @@ def main(argv: list[str]) -> None:
     role, mode, port, rank, world, out = argv
     torch.set_num_threads(1)
     network = DistNetwork(address=("127.0.0.1", int(port)), world_size=int(world),
-                          rank=int(rank))
+                          rank=int(rank), dist_backend=os.environ.get("FEDLAB_BACKEND", "gloo"))
     if role == "server":
         server(mode, network, out)
     elif role == "client":

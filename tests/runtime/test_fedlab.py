@@ -276,10 +276,11 @@ def test_serial_trainer_doc_example() -> None:
 
 # ---- real processes on loopback ------------------------------------------------------------------
 
-def run_ranks(tmp_path: Path, mode: str, roles: list[str]) -> tuple[list[str], Path]:
+def run_ranks(tmp_path: Path, mode: str, roles: list[str],
+              **env: str) -> tuple[list[str], Path]:
     """Rank i runs roles[i]; every process is killed if the test fails."""
     port, out = free_port(), tmp_path / f"{mode}.pt"
-    env = {"FEDLOOM_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
+    env = {"FEDLOOM_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1", **env}
     with processes() as started:
         procs = [spawn(started, [sys.executable, "-m", "tests.runtime.fedlab_rank", role, mode,
                                  str(port), str(rank), str(len(roles)), str(out)], env=env)
@@ -306,6 +307,26 @@ def test_sync_run_over_processes_equals_the_serial_simulation_bitwise(tmp_path: 
     assert got["round"] == tiny.ROUNDS
     assert torch.equal(got["params"], reference)
     assert not torch.equal(reference, sim.initial_params)
+
+
+@pytest.mark.gpu
+@pytest.mark.integration
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend", ["gloo", "nccl"])
+def test_sync_run_with_clients_on_the_gpu_equals_the_serial_fleet_there(
+        tmp_path: Path, backend: str) -> None:
+    if backend == "nccl" and torch.cuda.device_count() < 3:
+        pytest.skip("NCCL needs a GPU per rank (3 here)")
+    logs, out = run_ranks(tmp_path, "sync", ["server", "client", "client"],
+                          FEDLAB_BACKEND=backend, FEDLAB_DEVICE="cuda:0")
+    assert all(log.startswith("rc 0") for log in logs), logs
+    from fedloom.fleets.config import FleetConfig, FleetKind
+
+    data, model_fn = tiny.problem()
+    sim = Simulation(data=data, model_fn=model_fn, algorithm=FedAvg(), client=tiny.CLIENT,
+                     rounds=tiny.ROUNDS, cohort_size=tiny.COHORT, seed=tiny.SEED, threads=1,
+                     fleet=FleetConfig(kind=FleetKind.SERIAL, devices="cuda:0"))
+    assert torch.equal(torch.load(out)["params"], sim.run().final.params)
 
 
 @pytest.mark.integration
