@@ -111,7 +111,7 @@ class FedAvgServerHandler(_FlatModel):
         model: the global model's module (its weights are the initial model unless
             ``params`` is given, flat, in its layout).
         algorithm: a synchronous fedloom algorithm whose downlink is the model alone
-            (FedAvg, FedAvgM/FedAdam/..., FedProx).
+            (FedAvg, FedOpt, FedProx with its client half in the trainers' ClientSpec).
         sampler: draws each round's clients (default uniform, from ``seed``).
     """
 
