@@ -178,6 +178,11 @@ class Algorithm(Protocol):
         unless ``personalized``)."""
         ...
 
+    def row_metrics(self, state: ServerState) -> Mapping[str, float]:
+        """Numbers for the metrics row of the round that made ``state`` (e.g. a clipping
+        norm, a privacy budget spent)."""
+        ...
+
 
 class AsyncAlgorithm(Algorithm, Protocol):
     """An algorithm that consumes client results one at a time, each with its staleness (how
@@ -228,6 +233,9 @@ class Base:
 
     def personal_params(self, client_id: int, params: torch.Tensor) -> torch.Tensor:
         return params
+
+    def row_metrics(self, state: ServerState) -> Mapping[str, float]:
+        return {}
 
 
 def broadcast(round: int, state: ServerState, cohort: Sequence[int],

@@ -164,6 +164,7 @@ class ServerLoop:
         row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(results),
                     "num_failures": len(failures), "num_dropped": len(hetero.dropped),
                     "train_loss": _train_loss(results)}
+        row.update(self.algorithm.row_metrics(state))
         if self.clock is not None:
             self.sim_time += max((self.clock.duration(r.client_id, r.num_steps)
                                   for r in results), default=0.0)
