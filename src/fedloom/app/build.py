@@ -93,6 +93,7 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
                                                          seed=cfg.seed),
         losses=parts.losses, store=store, checkpointer=checkpointer)
 
+        retries=cfg.cohort.retries or 0,
 
 def serve_worker(run: Run) -> None:
     """On a process that serves another's fleet (a torchrun rank other than 0): answer it

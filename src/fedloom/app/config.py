@@ -40,7 +40,10 @@ from fedloom.training.evaluation import EvalConfig
 class CohortConfig:
     """``size`` clients take part in each round, chosen by ``sampler``; ``dropout`` of them
     never answer (simulated); a round needs ``min_success`` usable results (null = every client
-    that was asked) or the run stops with the failures."""
+    that was asked) and is run again with a fresh cohort up to ``retries`` times before the run
+    stops with the failures. Null means the mode's default: in simulation every client and no
+    retry (a failure there is a bug to see); in a deployment half the cohort (rounded up) and
+    10 retries, each after waiting for enough connected clients."""
 
     size: int = 10
     sampler: SamplerName = SamplerName.UNIFORM
@@ -48,6 +51,7 @@ class CohortConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+    retries: int | None = None
         p = Problems()
         p.check(self.size >= 1, "size", self.size, "must be >= 1")
         p.check(self.min_success is None or 1 <= self.min_success <= self.size, "min_success",
@@ -55,6 +59,8 @@ class CohortConfig:
         p.check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
         p.raise_if_any()
 
+        p.check(self.retries is None or self.retries >= 0, "retries", self.retries,
+                "must be >= 0 or null (the mode's default)")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointConfig:

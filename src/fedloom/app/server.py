@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from fedloom.algorithms.base import Algorithm, is_async
 from fedloom.app.build import Run, build_run
-from fedloom.app.config import RunConfig, config_to_yaml
+from fedloom.app.config import CohortConfig, RunConfig, config_to_yaml
 from fedloom.app.experiment import RunResult
 from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
 from fedloom.core.errors import ConfigError
@@ -58,6 +60,10 @@ class ServerOptions:
         sample_connected: replace sampled clients that are not connected by connected ones
             (:class:`~fedloom.runtime.sampling.ConnectedSampler`); False: wait
             ``absent_timeout`` for them, then count them as failures.
+        max_examples: the most examples a client may claim for a result: "registered" (the
+            count the server's copy of the partition gives each client: fedloom's own clients
+            train on exactly that), a number for every client, or None (no bound: clients
+            with data of their own the server does not know).
         initial_parameters: "server": the run's seeded model; "client": the model of one
             connected client, picked by the seed (Flower's ``get_parameters`` when a strategy
             has no ``initial_parameters``); not on ``resume``.
@@ -77,6 +83,7 @@ class ServerOptions:
     bulk_port: int | None = 0
     sample_connected: bool = True
     initial_parameters: Literal["server", "client"] = "server"
+    max_examples: int | Literal["registered"] | None = "registered"
 
     def check(self) -> None:
         if self.initial_parameters not in ("server", "client"):
@@ -111,6 +118,43 @@ class Deployment:
     sinks: list[Sink]
 
 
+DEPLOY_RETRIES = 10
+
+
+def deployment_cohort(cohort: CohortConfig) -> CohortConfig:
+    """A deployment's cohort settings: no simulated dropout; unless set, a round needs half
+    its cohort (rounded up) and is retried up to :data:`DEPLOY_RETRIES` times."""
+    return dataclasses.replace(
+        cohort, dropout=0.0,
+        min_success=(cohort.min_success if cohort.min_success is not None
+                     else (cohort.size + 1) // 2),
+        retries=cohort.retries if cohort.retries is not None else DEPLOY_RETRIES)
+
+
+def example_bound(options: ServerOptions, cfg: RunConfig,
+                  request: FleetRequest) -> int | Mapping[int, int] | None:
+    """The policy's bound on claimed example counts (see ``ServerOptions.max_examples``); a
+    hierarchy's root serves aggregators, whose counts it does not register."""
+    if options.policy.max_examples is not None:
+        return options.policy.max_examples
+    if options.max_examples != "registered":
+        return options.max_examples
+    if cfg.topology is not None:
+        return None
+    return {cid: int(idx.numel()) for cid, idx in enumerate(request.spec.client_indices)}
+
+
+def wait_to_retry(fleet: GrpcFleet, cohort: CohortConfig, timeout: float, round: int,
+                  attempt: int) -> None:
+    """Before a retried round: wait (up to ``timeout``) until enough clients are connected
+    for it to succeed; a TransportError ends the run when they do not come."""
+    needed = cohort.min_success or cohort.size
+    if len(fleet.server.connected()) < needed:
+        log.warning("round %d: waiting up to %g s for %d connected clients before attempt %d",
+                    round, timeout, needed, attempt + 1)
+        fleet.wait_for_clients(needed, timeout)
+
+
 def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     """Everything a server run needs, listening already; nothing has run yet."""
     options.check()
@@ -119,7 +163,7 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
                     "deployment has real clients and ignores them")
     real = dataclasses.replace(
         cfg, client=dataclasses.replace(cfg.client, straggler_fraction=0.0),
-        cohort=dataclasses.replace(cfg.cohort, dropout=0.0))
+        cohort=deployment_cohort(cfg.cohort))
     tokens = TokenBook.from_file(options.tokens) if options.tokens else None
     out = Path(options.resume) if options.resume else (Path(cfg.out) if cfg.out
                                                        else default_out(cfg.name))
@@ -132,7 +176,8 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
             schema=reply_schema(algorithm, layout), run_config=config_to_yaml(cfg),
             mode="async" if is_async(algorithm) else "sync", limits=options.limits,
             handlers=options.handlers, bulk_port=options.bulk_port)
-        return GrpcFleet(server, options.policy)
+        return GrpcFleet(server, dataclasses.replace(
+            options.policy, max_examples=example_bound(options, cfg, request)))
 
     run = build_run(real, fleet=grpc_fleet, remote=True,
                     checkpointer=Checkpointer(out, every=max(1, cfg.checkpoint.every)),
@@ -143,6 +188,8 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     if isinstance(run, ServerLoop) and options.sample_connected:
         run.sampler = ConnectedSampler(run.sampler, available=fleet.server.connected,
                                        seed=cfg.seed)
+    if isinstance(run, ServerLoop):
+        run.on_retry = partial(wait_to_retry, fleet, real.cohort, options.start_timeout)
     open_run_dir(run, cfg, out=out, resume=options.resume is not None)
     sinks: list[Sink] = [JsonlSink(out / "metrics.jsonl")]
     if options.console:

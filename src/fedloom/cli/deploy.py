@@ -10,9 +10,10 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from fedloom.cli.common import report, run_config
+from fedloom.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from fedloom.app.server import ServerOptions
@@ -52,6 +53,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     server.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     _serving_args(server)
     server.add_argument("--quiet", action="store_true", help="no progress bar")
+    server.add_argument("--max-examples", default="registered", metavar="N|registered|none",
+                        help="the most examples a client may claim for a result (default: "
+                        "registered, the count the server's partition gives it)")
     server.add_argument("--initial-parameters", choices=["server", "client"], default="server",
                         help="start from the run's seeded model (server) or from a connected "
                         "client's get_parameters (client; Flower's behaviour without "
@@ -108,6 +112,18 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     demo.add_argument("--port", type=int, default=0, help="port (default: a free one)")
     demo.add_argument("--tls", action="store_true", help="TLS and tokens (default: insecure "
                       "loopback)")
+
+
+def _example_bound(text: str) -> int | Literal["registered"] | None:
+    if text in ("registered", "none"):
+        return "registered" if text == "registered" else None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--max-examples {text!r}: give a positive number, registered or none")
+    return value
 
 
 def _serving_args(parser: argparse.ArgumentParser) -> None:
@@ -212,6 +228,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
         min_clients=args.min_clients, start_timeout=args.start_timeout, resume=args.resume,
         console=not args.quiet, sample_connected=not args.wait_for_absent,
         initial_parameters=getattr(args, "initial_parameters", "server"),
+        max_examples=_example_bound(getattr(args, "max_examples", "registered")),
         bulk_port=None if args.bulk_port < 0 else args.bulk_port,
         policy=RoundPolicy(round_timeout=args.round_timeout, absent_timeout=args.absent_timeout,
                            close_at=args.close_at, evaluate_on_clients=args.evaluate_on_clients),

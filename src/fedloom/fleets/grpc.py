@@ -62,12 +62,23 @@ class RoundPolicy:
         close_at: close the round once this many results are in (None: wait for every task).
         evaluate_on_clients: ``evaluate`` asks every connected client for its metrics instead
             of leaving evaluation to the server.
+        max_examples: the most examples a client may claim for a fit result (an int for every
+            client, or per client id, e.g. the counts the server's copy of the partition
+            gives); a larger claim makes the result a failure (an update weighted by a forged
+            count could outweigh every honest one). None: no bound.
     """
 
     round_timeout: float = 600.0
     absent_timeout: float = 30.0
     close_at: int | None = None
     evaluate_on_clients: bool = False
+    max_examples: int | Mapping[int, int] | None = None
+
+    def example_bound(self, client_id: int) -> int | None:
+        bound = self.max_examples
+        if bound is None or isinstance(bound, int):
+            return bound
+        return bound.get(client_id, 0)
 
 
 class GrpcFleet(FleetBase):
@@ -129,7 +140,7 @@ class GrpcFleet(FleetBase):
             item = self._next(min(until - now, 1.0))
             if isinstance(item, Answer) and item.task_id in open_tasks:
                 task = open_tasks.pop(item.task_id)
-                outcomes[task.client_id] = self._outcome(item, task)
+                outcomes[task.client_id] = self._bounded(self._outcome(item, task))
         self._close_round(round, open_tasks, outcomes, time.monotonic() >= deadline)
         self.server.handlers.emit(Event(kind=MessageType.ROUND_END, round=round, detail={
             "results": sum(not isinstance(o, ClientFailure) for o in outcomes.values())}))
@@ -167,6 +178,17 @@ class GrpcFleet(FleetBase):
             return answer.failure
         return ClientFailure(round=task.round, client_id=task.client_id, stage="validate",
                              message="the answer to a fit task carried no result")
+
+    def _bounded(self, outcome: Outcome) -> Outcome:
+        """A result claiming more examples than the policy allows becomes a failure."""
+        if isinstance(outcome, ClientFailure):
+            return outcome
+        bound = self.policy.example_bound(outcome.client_id)
+        if bound is None or outcome.num_examples <= bound:
+            return outcome
+        return ClientFailure(round=outcome.round, client_id=outcome.client_id, stage="validate",
+                             message=f"claims {outcome.num_examples} examples, at most {bound} "
+                             "allowed (max_examples)")
 
     def _close_round(self, round: int, open_tasks: dict[int, Downlink],
                      outcomes: dict[int, Outcome], timed_out: bool) -> None:
@@ -210,9 +232,10 @@ class GrpcFleet(FleetBase):
             if isinstance(item, Answer):
                 client_id = self._busy.pop(item.task_id, None)
                 if client_id is not None:
-                    return Arrival(task_id=item.task_id, outcome=item.result or item.failure or
-                                   ClientFailure(round=0, client_id=client_id, stage="validate",
-                                                 message="the answer carried no result"))
+                    return Arrival(task_id=item.task_id, outcome=self._bounded(
+                        item.result or item.failure or ClientFailure(
+                            round=0, client_id=client_id, stage="validate",
+                            message="the answer carried no result")))
         return None
 
     def now(self) -> float:

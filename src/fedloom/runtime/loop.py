@@ -21,7 +21,13 @@ from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
-from fedloom.core.packages import ClientConfig, ClientResult, ServerState, split_outcomes
+from fedloom.core.packages import (
+    ClientConfig,
+    ClientFailure,
+    ClientResult,
+    ServerState,
+    split_outcomes,
+)
 from fedloom.core.threads import torch_threads
 from fedloom.fleets.base import Fleet
 from fedloom.runtime import heterogeneity
@@ -95,9 +101,13 @@ class ServerLoop:
         client: local training hyperparameters sent to every client.
         rounds: the last round to run.
         initial_params: the initial global model (flat), described by ``layout``.
-        min_success: usable client results a round needs (None: every client asked); with
-            fewer the run stops with a :class:`ClientError` listing the failures, keeping the
-            state of the last completed round.
+        min_success: usable client results a round needs (None: every client asked).
+        retries: how many times a round with fewer usable results (or whose aggregate would not
+            be finite) is run again with a fresh cohort (drawn as the sampler would for the
+            round key ``round + attempt * RETRY_STRIDE``) before the run stops with a
+            :class:`ClientError` listing the failures, keeping the state of the last completed
+            round. ``on_retry(round, attempt)`` is called before each retry (a deployment
+            waits there for enough clients).
         dropout: the share of each cohort that never answers (simulated system heterogeneity;
             stragglers come from ``client.straggler_fraction``).
         clock: client speeds; rounds then also report ``sim_time`` (simulated seconds).
@@ -113,8 +123,10 @@ class ServerLoop:
                  dropout: float = 0.0, eval_every: int = 1, clock: ClientClock | None = None,
                  threads: int | None = None, sinks: Sequence[Sink] = (),
                  losses: LossesFn | None = None, store: ClientStateStore | None = None,
-                 checkpointer: Checkpointer | None = None) -> None:
+                 checkpointer: Checkpointer | None = None, retries: int = 0,
+                 on_retry: Callable[[int, int], None] | None = None) -> None:
         self.algorithm, self.fleet, self.sampler = algorithm, fleet, sampler
+        self.retries, self.on_retry = retries, on_retry
         self.evaluate, self.client, self.rounds = evaluate, client, rounds
         self.layout, self.initial_params, self.seed = layout, initial_params, seed
         self.min_success, self.dropout, self.eval_every = min_success, dropout, eval_every
@@ -138,32 +150,28 @@ class ServerLoop:
         return History(rows=tuple(self.rows[start:]), final=self.state, layout=self.layout)
 
     def run_round(self, rnd: int, state: ServerState) -> tuple[ServerState, Row]:
-        """One round: the same steps a user-owned loop would take."""
+        """One round: the same steps a user-owned loop would take (again with a fresh cohort
+        while it fails and ``retries`` allow)."""
         start = time.perf_counter()
-        cohort = self.algorithm.select(rnd, state, RoundSelection(
-            sampler=self.sampler, round=rnd, params=state.params, fleet=self.fleet,
-            losses=self.losses))
-        hetero = heterogeneity.apply(
-            self.algorithm.configure(rnd, state, cohort, self.client), round=rnd, seed=self.seed,
-            dropout=self.dropout, straggler_fraction=self.client.straggler_fraction,
-            keeps_partial_work=self.algorithm.keeps_partial_work)
-        results, failures = split_outcomes(self.fleet.fit(rnd, hetero.tasks), self.layout.size)
-        fit_done = time.perf_counter()
-        for f in failures:
-            log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
-                        f.message)
-        needed = len(hetero.tasks) if self.min_success is None else self.min_success
-        if len(results) < needed:
-            detail = "; ".join(f"client {f.client_id} at {f.stage}: {f.message}"
-                               for f in failures)
-            raise ClientError(f"only {len(results)} of {len(hetero.tasks)} clients succeeded, "
-                              f"cohort.min_success needs {needed}: {detail}", round=rnd,
-                              stage="fit")
-        state = self.algorithm.aggregate(rnd, state, results)
+        attempt = 0
+        while isinstance(outcome := self._attempt(rnd, state, attempt), _Failed):
+            if attempt == self.retries:
+                tries = f" (after {attempt + 1} attempts)" if attempt else ""
+                raise ClientError(outcome.reason + tries, round=rnd, stage="fit")
+            log.warning("round %d, attempt %d: %s; retrying with a fresh cohort", rnd,
+                        attempt + 1, outcome.reason)
+            attempt += 1
+            if self.on_retry is not None:
+                self.on_retry(rnd, attempt)
+        fit_done, state = outcome.fit_done, outcome.state
+        cohort, results, failures, hetero = (outcome.cohort, outcome.results, outcome.failures,
+                                             outcome.hetero)
         agg_done = time.perf_counter()
         row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(results),
                     "num_failures": len(failures), "num_dropped": len(hetero.dropped),
                     "train_loss": _train_loss(results)}
+        if attempt:
+            row["round_attempts"] = attempt + 1
         row.update(self.algorithm.row_metrics(state))
         if self.clock is not None:
             self.sim_time += max((self.clock.duration(r.client_id, r.num_steps)
@@ -178,6 +186,35 @@ class ServerLoop:
                    eval_seconds=end - agg_done, round_seconds=end - start)
         return state, row
 
+    def _attempt(self, rnd: int, state: ServerState, attempt: int) -> _Done | _Failed:
+        """Select, configure, fit and aggregate once; what came of it."""
+        key = rnd + attempt * RETRY_STRIDE
+        cohort = self.algorithm.select(rnd, state, RoundSelection(
+            sampler=self.sampler, round=key, params=state.params, fleet=self.fleet,
+            losses=self.losses))
+        hetero = heterogeneity.apply(
+            self.algorithm.configure(rnd, state, cohort, self.client), round=rnd, seed=self.seed,
+            dropout=self.dropout, straggler_fraction=self.client.straggler_fraction,
+            keeps_partial_work=self.algorithm.keeps_partial_work)
+        results, failures = split_outcomes(self.fleet.fit(rnd, hetero.tasks), self.layout.size)
+        fit_done = time.perf_counter()
+        for f in failures:
+            log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
+                        f.message)
+        needed = len(hetero.tasks) if self.min_success is None else self.min_success
+        if len(results) < needed:
+            detail = "; ".join(f"client {f.client_id} at {f.stage}: {f.message}"
+                               for f in failures)
+            return _Failed(f"only {len(results)} of {len(hetero.tasks)} clients succeeded, "
+                           f"cohort.min_success needs {needed}: {detail}")
+        new = self.algorithm.aggregate(rnd, state, results)
+        if not adoptable(new.params):
+            return _Failed(f"the aggregate or its norm is not finite: the global model of round "
+                           f"{rnd - 1} is kept; the largest values came from clients "
+                           f"{_largest(results)}")
+        return _Done(state=new, cohort=cohort, results=results, failures=failures,
+                     hetero=hetero, fit_done=fit_done)
+
     def snapshot(self) -> Checkpoint:
         """What a checkpoint holds of this loop now."""
         return Checkpoint(state=self.state, store=store_contents(self.store),
@@ -191,6 +228,37 @@ class ServerLoop:
         restore_store(self.store, ckpt.store)
         self.rows = rows_up_to(ckpt.rows, ckpt.state.round)
         self.sim_time = float(ckpt.info.get("sim_time", 0.0))
+
+
+RETRY_STRIDE = 1 << 32  # a retried round's sampler key: beyond any round a run reaches
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Done:
+    state: ServerState
+    cohort: list[int]
+    results: list[ClientResult]
+    failures: list[ClientFailure]
+    hetero: heterogeneity.Heterogeneity
+    fit_done: float
+
+
+def adoptable(params: torch.Tensor) -> bool:
+    """Whether a new global model may be adopted: it and its squared L2 norm are finite in its
+    dtype (a model whose norm overflows makes every client's next step overflow)."""
+    return bool(torch.isfinite(params).all()) and bool(torch.isfinite(params.square().sum()))
+
+
+def _largest(results: Sequence[ClientResult], count: int = 3) -> list[int]:
+    """The clients whose parameters reach the largest magnitudes (the likely cause of an
+    aggregate that overflowed)."""
+    peaks = sorted(((float(r.params.abs().max()), r.client_id) for r in results), reverse=True)
+    return [cid for _, cid in peaks[:count]]
 
 
 def _train_loss(results: Sequence[ClientResult]) -> float | None:
