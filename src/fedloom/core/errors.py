@@ -8,6 +8,8 @@ Every error fedloom raises on purpose derives from :class:`FedloomError`::
     ├── TransportError     a network message is malformed or a connection failed
     ├── ClientError        a client failed while training or evaluating
     ├── AggregationError   client updates cannot be combined (shape, dtype, non-finite values)
+    │   └── RoundAborted   a round failed as a whole (e.g. secure aggregation below its
+    │                      threshold): the loop keeps the last state and goes on
     └── CheckpointError    a checkpoint cannot be written or read
 
 Errors carry context (round, client id, stage) where it exists, so a message read in a log names
@@ -63,6 +65,15 @@ class ClientError(FedloomError):
 
 class AggregationError(FedloomError):
     """Client updates could not be aggregated."""
+
+
+class RoundAborted(AggregationError):
+    """A round that failed as a whole, with the round and stage; the server loop records it in
+    the round's row (``round_failed``), keeps the state, and runs the next round."""
+
+    def __init__(self, message: str, *, round: int, stage: str) -> None:
+        self.round, self.stage, self.reason = round, stage, message
+        super().__init__(f"{message} (round {round}, stage {stage})")
 
 
 class CheckpointError(FedloomError):
