@@ -9,7 +9,7 @@ Every error fedloom raises on purpose derives from :class:`FedloomError`::
     ├── ClientError        a client failed while training or evaluating
     ├── AggregationError   client updates cannot be combined (shape, dtype, non-finite values)
     │   └── RoundAborted   a round failed as a whole (e.g. secure aggregation below its
-    │                      threshold): the loop keeps the last state and goes on
+    │                      threshold): the loop keeps the state and tries it again
     └── CheckpointError    a checkpoint cannot be written or read
 
 Errors carry context (round, client id, stage) where it exists, so a message read in a log names
@@ -68,8 +68,9 @@ class AggregationError(FedloomError):
 
 
 class RoundAborted(AggregationError):
-    """A round that failed as a whole, with the round and stage; the server loop records it in
-    the round's row (``round_failed``), keeps the state, and runs the next round."""
+    """A round that failed as a whole, with the round and stage: the server loop keeps the
+    state and counts it as a failed attempt (run again with a fresh cohort while
+    ``cohort.retries`` allow, like a round short of results)."""
 
     def __init__(self, message: str, *, round: int, stage: str) -> None:
         self.round, self.stage, self.reason = round, stage, message

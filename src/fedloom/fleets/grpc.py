@@ -289,6 +289,16 @@ class GrpcFleet(FleetBase):
                 self.server.handlers.act(answer.message)
         return replies
 
+    def request_each(self, msg_type: str, contents: Mapping[int, Mapping[str, Value]], *,
+                     round: int = 0) -> dict[int, Message]:
+        """:meth:`request` with a content of its own for each client (the keys of
+        ``contents``), sent together; the replies of those that answered in time."""
+        check_msg_type(msg_type)
+        messages = {cid: Message(msg_type=msg_type, state=round, content=dict(content))
+                    for cid, content in contents.items()}
+        answers = self._ask(pb.MESSAGE, None, list(messages), message=messages)
+        return {a.client_id: a.message for a in answers if a.message is not None}
+
     def initial_parameters(self, client_id: int) -> torch.Tensor:
         """The model client ``client_id`` starts from (Flower's ``get_parameters``, asked
         when the server has no initial parameters), checked against the layout."""
@@ -303,14 +313,15 @@ class GrpcFleet(FleetBase):
 
     def _ask(self, kind: pb.Kind, params: torch.Tensor | None,
              client_ids: Sequence[int] | None = None, *,
-             message: Message | None = None) -> list[Answer]:
+             message: Message | Mapping[int, Message] | None = None) -> list[Answer]:
         cache = ChunkCache()
         sends: list[tuple[Task, Outgoing | list[bytes]]] = []
         for cid in self.server.connected() if client_ids is None else client_ids:
             task_id = next(self._ids)
             tensors: dict[str, torch.Tensor] = {}
             if message is not None:
-                header, tensors = message_to_package(task_id, message, client_id=cid)
+                one = message if isinstance(message, Message) else message[cid]
+                header, tensors = message_to_package(task_id, one, client_id=cid)
             elif params is None:
                 header = pb.Header(task_id=task_id, kind=kind, client_id=cid)
             else:

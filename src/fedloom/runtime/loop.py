@@ -18,7 +18,7 @@ import torch
 
 from fedloom.algorithms.base import Algorithm
 from fedloom.algorithms.client_store import ClientStateStore
-from fedloom.core.errors import ClientError
+from fedloom.core.errors import ClientError, RoundAborted
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import (
@@ -115,6 +115,9 @@ class ServerLoop:
             fleet cannot ask the clients.
         store: the algorithm's client-state store (what a checkpoint saves besides the state).
         checkpointer: writes a checkpoint every so many rounds.
+        stop_before: asked before each round with its number; a reason (a string) ends the
+            run there, after a checkpoint of the last round run (a privacy budget that
+            round would exceed).
     """
 
     def __init__(self, *, algorithm: Algorithm, fleet: Fleet, sampler: Sampler,
@@ -124,8 +127,11 @@ class ServerLoop:
                  threads: int | None = None, sinks: Sequence[Sink] = (),
                  losses: LossesFn | None = None, store: ClientStateStore | None = None,
                  checkpointer: Checkpointer | None = None, retries: int = 0,
-                 on_retry: Callable[[int, int], None] | None = None) -> None:
+                 on_retry: Callable[[int, int], None] | None = None,
+                 stop_before: Callable[[int], str | None] | None = None) -> None:
         self.algorithm, self.fleet, self.sampler = algorithm, fleet, sampler
+        self.stop_before = stop_before
+        self.stopped: str | None = None  # why the run ended before ``rounds``, if it did
         self.retries, self.on_retry = retries, on_retry
         self.evaluate, self.client, self.rounds = evaluate, client, rounds
         self.layout, self.initial_params, self.seed = layout, initial_params, seed
@@ -141,13 +147,26 @@ class ServerLoop:
         start = len(self.rows)
         with torch_threads(self.threads):
             try:
-                for rnd in range(self.state.round + 1, self.rounds + 1):
+                first = self.state.round + 1
+                for rnd in range(first, self.rounds + 1 if not self._stops(first) else first):
                     self.state, row = self.run_round(rnd, self.state)
-                    record(row, last=self.rounds, rows=self.rows, sinks=self.sinks,
-                           checkpointer=self.checkpointer, snapshot=self.snapshot)
+                    stop = rnd < self.rounds and self._stops(rnd + 1)
+                    record(row, last=rnd if stop else self.rounds, rows=self.rows,
+                           sinks=self.sinks, checkpointer=self.checkpointer,
+                           snapshot=self.snapshot)
+                    if stop:
+                        break
             finally:
                 self.fleet.close()
         return History(rows=tuple(self.rows[start:]), final=self.state, layout=self.layout)
+
+    def _stops(self, rnd: int) -> bool:
+        """Whether ``stop_before`` (a privacy budget) forbids round ``rnd``; logs why."""
+        reason = None if self.stop_before is None else self.stop_before(rnd)
+        if reason is not None:
+            log.warning("stopping before round %d: %s", rnd, reason)
+            self.stopped = reason
+        return reason is not None
 
     def run_round(self, rnd: int, state: ServerState) -> tuple[ServerState, Row]:
         """One round: the same steps a user-owned loop would take (again with a fresh cohort
@@ -196,7 +215,11 @@ class ServerLoop:
             self.algorithm.configure(rnd, state, cohort, self.client), round=rnd, seed=self.seed,
             dropout=self.dropout, straggler_fraction=self.client.straggler_fraction,
             keeps_partial_work=self.algorithm.keeps_partial_work)
-        results, failures = split_outcomes(self.fleet.fit(rnd, hetero.tasks), self.layout.size)
+        try:
+            outcomes = self.fleet.fit(rnd, hetero.tasks)
+        except RoundAborted as err:  # the fleet's round failed as a whole (secure aggregation)
+            return _Failed(str(err))
+        results, failures = split_outcomes(outcomes, self.layout.size)
         fit_done = time.perf_counter()
         for f in failures:
             log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
