@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
+from fedloom.aggregators.rules import build_rule
 from fedloom.algorithms.base import is_async
 from fedloom.algorithms.client_store import make_store
+from fedloom.algorithms.combined import Combined
 from fedloom.algorithms.registry import AlgorithmContext, build_algorithm
 from fedloom.app.config import RunConfig
 from fedloom.app.topologies import build_topology
@@ -68,6 +70,9 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
     store = make_store(cfg.state_dir, data.num_clients)
     algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.options, AlgorithmContext(
         num_examples=num_examples, layout=layout, store=store))
+    rule = build_rule(cfg.aggregator)  # robust aggregation replaces the algorithm's mean
+    if rule is not None:
+        algorithm = Combined(algorithm, rule)
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
                      fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval)
     # remote clients keep their own time; simulated ones run on the configured clock

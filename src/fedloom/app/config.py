@@ -22,6 +22,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from fedloom.aggregators.rules import REGISTRY as AGGREGATORS
+from fedloom.aggregators.rules import AggregatorConfig
 from fedloom.algorithms.fedavg import FedAvgOptions
 from fedloom.algorithms.registry import AlgorithmConfig, registry
 from fedloom.core.errors import ConfigError
@@ -49,18 +51,18 @@ class CohortConfig:
     sampler: SamplerName = SamplerName.UNIFORM
     min_success: int | None = None
     dropout: float = 0.0
+    retries: int | None = None
 
     def __post_init__(self) -> None:
-    retries: int | None = None
         p = Problems()
         p.check(self.size >= 1, "size", self.size, "must be >= 1")
         p.check(self.min_success is None or 1 <= self.min_success <= self.size, "min_success",
                 self.min_success, f"must be in [1, cohort.size = {self.size}] or null (all)")
         p.check(0 <= self.dropout < 1, "dropout", self.dropout, "must be in [0, 1)")
-        p.raise_if_any()
-
         p.check(self.retries is None or self.retries >= 0, "retries", self.retries,
                 "must be >= 0 or null (the mode's default)")
+        p.raise_if_any()
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckpointConfig:
@@ -90,6 +92,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=lambda: AlgorithmConfig(
         options=FedAvgOptions()))
+    aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     cohort: CohortConfig = field(default_factory=CohortConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -104,7 +107,21 @@ class RunConfig:
         p.check(self.seed >= 0, "seed", self.seed, "must be >= 0")
         p.check(self.cohort.size <= self.data.num_clients, "cohort.size", self.cohort.size,
                 f"must be <= data.num_clients ({self.data.num_clients})")
+        _check_aggregator(self, p)
         p.raise_if_any()
+
+
+def _check_aggregator(cfg: RunConfig, p: Problems) -> None:
+    """A robust aggregator fits the cohort and the run's shape."""
+    agg = cfg.aggregator
+    if not agg.robust:
+        return
+    problem = agg.problem(cfg.cohort.size)
+    p.check(problem is None, "aggregator.name", agg.name,
+            f"{problem} (cohort.size = {cfg.cohort.size})")
+    p.check(cfg.topology is None, "aggregator.name", agg.name,
+            "robust aggregation replaces a flat run's mean; a topology (hierarchy or gossip) "
+            "aggregates per node and is not combined with it")
 
 
 _BAD = object()
@@ -123,6 +140,8 @@ def _convert(tp: Any, value: Any, key: str, p: Problems) -> Any:
         return value
     if tp is AlgorithmConfig:
         return _algorithm_from_mapping(value, p, key)
+    if tp is AggregatorConfig:
+        return _aggregator_from_mapping(value, p, key)
     if origin in (tuple, list):
         return _sequence(tp, value, key, p)
     if origin is dict:
@@ -213,6 +232,19 @@ def _algorithm_from_mapping(data: Any, p: Problems, key: str = "algorithm") -> A
     return _BAD if options is _BAD else AlgorithmConfig(name=name, options=options)
 
 
+def _aggregator_from_mapping(data: Any, p: Problems, key: str) -> Any:
+    if not isinstance(data, Mapping):
+        p.add(key, data, "must be a mapping with a 'name'")
+        return _BAD
+    rest = dict(data)
+    name = rest.pop("name", "mean")
+    if name not in AGGREGATORS:
+        p.add(f"{key}.name", name, f"must be one of {', '.join(sorted(AGGREGATORS))}")
+        return _BAD
+    options = from_mapping(AGGREGATORS[name].options, rest, key, p)
+    return _BAD if options is _BAD else AggregatorConfig(name=name, options=options)
+
+
 def parse_run_config(data: Mapping[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from a plain mapping; raises one ConfigError listing every problem."""
     p = Problems()
@@ -264,7 +296,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
 
 def config_to_dict(cfg: Any) -> Any:
     """A plain, YAML-ready mapping of a config (enums as strings; algorithm options inline)."""
-    if isinstance(cfg, AlgorithmConfig):
+    if isinstance(cfg, AlgorithmConfig | AggregatorConfig):
         return {"name": cfg.name, **config_to_dict(cfg.options)}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
