@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 from fedloom.aggregators.rules import build_rule
 from fedloom.algorithms.base import is_async
 from fedloom.algorithms.client_store import make_store
@@ -27,6 +29,7 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
 from fedloom.data import load_federated
 from fedloom.fleets.base import AsyncFleet
+from fedloom.fleets.secagg_setup import check_secagg_algorithm, secure_fleet
 from fedloom.models import model_factory
 from fedloom.runtime.assemble import FleetChoice, assemble
 from fedloom.runtime.async_loop import AsyncLoop
@@ -73,8 +76,13 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
     rule = build_rule(cfg.aggregator)  # robust aggregation replaces the algorithm's mean
     if rule is not None:
         algorithm = Combined(algorithm, rule)
+    if cfg.secagg.enabled:
+        check_secagg_algorithm(algorithm)
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
                      fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval)
+    if cfg.secagg.enabled:  # the server learns only the sum of the cohort's updates
+        parts = dataclasses.replace(parts, fleet=secure_fleet(parts.fleet, cfg.secagg,
+                                                               seed=cfg.seed))
     # remote clients keep their own time; simulated ones run on the configured clock
     timed = parts.fleet if remote and isinstance(parts.fleet, AsyncFleet) else None
     if is_async(algorithm):

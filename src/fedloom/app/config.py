@@ -34,6 +34,7 @@ from fedloom.fleets.config import FleetConfig
 from fedloom.models import ModelConfig
 from fedloom.runtime.clock import ClockConfig
 from fedloom.runtime.sampling import SamplerName
+from fedloom.secagg.config import SecAggConfig
 from fedloom.topology.config import TopologyConfig
 from fedloom.training.evaluation import EvalConfig
 
@@ -100,6 +101,7 @@ class RunConfig:
     clock: ClockConfig = field(default_factory=ClockConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     topology: TopologyConfig | None = None
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -108,6 +110,7 @@ class RunConfig:
         p.check(self.cohort.size <= self.data.num_clients, "cohort.size", self.cohort.size,
                 f"must be <= data.num_clients ({self.data.num_clients})")
         _check_aggregator(self, p)
+        _check_secagg(self, p)
         p.raise_if_any()
 
 
@@ -122,6 +125,25 @@ def _check_aggregator(cfg: RunConfig, p: Problems) -> None:
     p.check(cfg.topology is None, "aggregator.name", agg.name,
             "robust aggregation replaces a flat run's mean; a topology (hierarchy or gossip) "
             "aggregates per node and is not combined with it")
+
+
+def _check_secagg(cfg: RunConfig, p: Problems) -> None:
+    """Secure aggregation gives the server only the sum of the updates: refuse what needs
+    more, and thresholds the cohort cannot meet."""
+    sa = cfg.secagg
+    if not sa.enabled:
+        return
+    p.check(not cfg.aggregator.robust, "aggregator.name", cfg.aggregator.name,
+            "robust aggregation needs the individual updates, and secure aggregation "
+            "(secagg.enabled = true) gives the server only their sum; use one of them")
+    p.check(cfg.topology is None, "secagg.enabled", True,
+            "secure aggregation runs in a flat run; a topology is not combined with it")
+    holders = min(sa.neighbours or cfg.cohort.size, cfg.cohort.size - 1) + 1
+    p.check(sa.threshold is None or sa.threshold <= holders, "secagg.threshold", sa.threshold,
+            f"must be <= {holders}: each secret has {holders} holders with cohort.size = "
+            f"{cfg.cohort.size} and secagg.neighbours = {sa.neighbours}")
+    p.check(cfg.cohort.size >= 2, "cohort.size", cfg.cohort.size,
+            "secure aggregation needs at least 2 clients per round")
 
 
 _BAD = object()
