@@ -97,7 +97,7 @@ def test_a_secure_run_matches_the_plain_run_up_to_quantisation() -> None:
 def test_what_needs_individual_updates_is_refused_by_name() -> None:
     with pytest.raises(ConfigError, match="robust aggregation needs the individual updates"):
         load_config(None, [*SYNTH, "secagg.enabled=true", "aggregator.name=median"])
-    with pytest.raises(ConfigError, match="secagg.threshold = 7: must be <= 6"):
+    with pytest.raises(ConfigError, match=r"secagg\.threshold = 7: must be <= 6"):
         load_config(None, [*SYNTH, "secagg.enabled=true", "secagg.threshold=7"])
     for name in ("scaffold", "fednova", "qffl", "fedasync"):
         cfg = load_config(None, [*SYNTH, "secagg.enabled=true", f"algorithm.name={name}"])
