@@ -96,9 +96,11 @@ shutil.copy(source, target)
 """
 
 
-def test_a_client_killed_mid_round_is_dropped_and_used_again_after_it_returns(
+def test_a_client_killed_mid_round_gets_its_task_again_when_it_returns(
         tmp_path: Path) -> None:
-    """Cohorts for seed 0: round 1 is [0, 1, 5], round 2 [2, 3, 4], round 3 [0, 2, 3]."""
+    """Cohorts for seed 0: round 1 is [0, 1, 5], round 2 [2, 3, 4], round 3 [0, 2, 3]. Client
+    0 is killed while training in round 1; restarted, it is sent the same task again and
+    answers it, so round 1 keeps all three results."""
     script = tmp_path / "slow.py"
     script.write_text(SLOW_TRAINER)
     marker = tmp_path / "training"
@@ -117,17 +119,18 @@ def test_a_client_killed_mid_round_is_dropped_and_used_again_after_it_returns(
             handlers=handlers, policy=RoundPolicy(round_timeout=120, absent_timeout=120),
             sample_connected=False))  # round 3 waits for client 0 to come back
         with thread_clients(port, [1, 2, 3, 4, 5], client=ConfigClient()):
-            assert wait_until(marker.exists, timeout=120), "client 0 never started training"
+            assert wait_until(marker.exists, timeout=120), ("client 0 never started training",
+                                                            box, first.poll())
             os.killpg(first.pid, signal.SIGKILL)  # the client and its training command
             first.wait(timeout=30)
             spawn(started, fedloom_cmd(*command), env={"SLOW": "0", "MARKER": str(marker)})
             thread.join(timeout=180)
     assert isinstance(box[0], RunResult), box
     rows = read_rows(tmp_path / "run" / "metrics.jsonl")
-    assert [(r["num_results"], r["num_failures"]) for r in rows] == [(2, 1), (3, 0), (3, 0)]
+    assert [(r["num_results"], r["num_failures"]) for r in rows] == [(3, 0), (3, 0), (3, 0)]
     failure = next(e for e in events.of(MessageType.FAILURE) if e.client_id == 0)
     assert failure.round == 1 and failure.detail["stage"] == "disconnect"
-    assert [e.round for e in events.of(MessageType.FIT_REPLY) if e.client_id == 0] == [3]
+    assert [e.round for e in events.of(MessageType.FIT_REPLY) if e.client_id == 0] == [1, 3]
     assert [e.client_id for e in events.of(MessageType.CONNECTED)].count(0) == 2
 
 
@@ -157,32 +160,45 @@ class SlowConfigClient(ConfigClient):
         return super().run_fit(downlink, layout)
 
 
+@pytest.mark.parametrize("kill_at", ["after_checkpoint", "during_fit", "after_row"])
 def test_a_server_killed_with_sigkill_resumes_to_the_uninterrupted_model(
-        tmp_path: Path) -> None:
+        tmp_path: Path, kill_at: str) -> None:
+    """SIGKILL at several points of a round (once round 2's checkpoint is written; while the
+    clients train round 3; as soon as round 3's metrics row is out, maybe before its
+    checkpoint), then ``--resume`` while the old clients reconnect and a second set of client
+    processes with the same ids joins: the final model is the uninterrupted run's, bit for
+    bit."""
     overrides = [*SYNTH, "rounds=5", "algorithm.name=scaffold"]
     config = tmp_path / "run.yaml"
     config.write_text(config_to_yaml(load_config(None, overrides)))
     run = tmp_path / "run"
     port = free_port()
     serve = ["--address", f"127.0.0.1:{port}", "--insecure", "--quiet"]
-    with processes() as started, thread_clients(
-            port, range(6), client=SlowConfigClient(),
-            backoff=Backoff(initial=0.1, maximum=1.0, give_up_after=120)):
+    handlers = Handlers()
+    fits = Recorder(handlers, MessageType.FIT)
+    backoff = Backoff(initial=0.1, maximum=1.0, give_up_after=120)
+
+    def reached() -> bool:
+        try:
+            if kill_at == "during_fit":
+                return any(e.round == 3 for e in fits.of(MessageType.FIT))
+            if kill_at == "after_row":
+                return len(read_rows(run / "metrics.jsonl")) >= 3
+            return load_checkpoint(run).state.round >= 2
+        except Exception:
+            return False
+
+    with processes() as started, thread_clients(port, range(6), client=SlowConfigClient(),
+                                                backoff=backoff, handlers=handlers):
         server = spawn(started, fedloom_cmd("server", str(config), *serve, f"out={run}"))
-
-        def two_rounds_done() -> bool:
-            try:
-                return load_checkpoint(run).state.round >= 2
-            except Exception:
-                return False
-
-        assert wait_until(two_rounds_done, timeout=120), server.communicate(timeout=5)
+        assert wait_until(reached, timeout=120), server.communicate(timeout=5)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
         killed_at = load_checkpoint(run).state.round
         assert killed_at < 5
         resumed = spawn(started, fedloom_cmd("server", "--resume", str(run), *serve))
-        _, err = resumed.communicate(timeout=180)
+        with thread_clients(port, range(6), client=SlowConfigClient(), backoff=backoff):
+            _, err = resumed.communicate(timeout=180)
     assert resumed.returncode == 0, err
     expected = simulated(overrides)
     deployed = load_file(str(run / "model.safetensors"))

@@ -59,7 +59,10 @@ class ServerOptions:
         bulk_port: the bulk connection's port (0: any free one; None: none).
         sample_connected: replace sampled clients that are not connected by connected ones
             (:class:`~fedloom.runtime.sampling.ConnectedSampler`); False: wait
-            ``absent_timeout`` for them, then count them as failures.
+            ``absent_timeout`` for them, then count them as failures. ``substitute_after``:
+            seconds a sampled client that is not connected is waited for before it is
+            replaced (one reconnecting right then keeps its place: the cohort stays the
+            seed's, and a resumed run stays exact).
         max_examples: the most examples a client may claim for a result: "registered" (the
             count the server's copy of the partition gives each client: fedloom's own clients
             train on exactly that), a number for every client, or None (no bound: clients
@@ -84,6 +87,7 @@ class ServerOptions:
     sample_connected: bool = True
     initial_parameters: Literal["server", "client"] = "server"
     max_examples: int | Literal["registered"] | None = "registered"
+    substitute_after: float = 5.0
 
     def check(self) -> None:
         if self.initial_parameters not in ("server", "client"):
@@ -187,7 +191,7 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built
     if isinstance(run, ServerLoop) and options.sample_connected:
         run.sampler = ConnectedSampler(run.sampler, available=fleet.server.connected,
-                                       seed=cfg.seed)
+                                       seed=cfg.seed, grace=options.substitute_after)
     if isinstance(run, ServerLoop):
         run.on_retry = partial(wait_to_retry, fleet, real.cohort, options.start_timeout)
     open_run_dir(run, cfg, out=out, resume=options.resume is not None)

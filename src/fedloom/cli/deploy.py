@@ -142,6 +142,9 @@ def _serving_args(parser: argparse.ArgumentParser) -> None:
                         help="keep sampled clients that are not connected in the cohort and "
                         "wait --absent-timeout for them (default: replace them by connected "
                         "ones)")
+    parser.add_argument("--substitute-after", type=float, default=5.0,
+                        help="seconds a sampled client that is not connected is waited for "
+                        "before another takes its place (default 5)")
     parser.add_argument("--absent-timeout", type=float, default=30.0,
                         help="seconds a sampled client that is not connected is waited for")
     parser.add_argument("--close-at", type=int, help="close a round at this many results")
@@ -252,6 +255,7 @@ def _tokens(args: argparse.Namespace, ids: list[int]) -> dict[int, str | None]:
     if args.token_file:
         book = read_tokens(args.token_file)
         return {cid: book.get(cid) for cid in ids}
+        substitute_after=args.substitute_after,
     token = args.token or os.environ.get("FEDLOOM_TOKEN")
     return dict.fromkeys(ids, token)
 

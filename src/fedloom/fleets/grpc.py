@@ -5,7 +5,10 @@
 each task to its client (the round's model is cut into chunk frames once for the whole cohort)
 and collects the answers until every task is answered, ``close_at`` results are in, or the round
 deadline passes. A task whose client is not connected waits ``absent_timeout`` seconds for it; a
-client that disconnects is dropped from the round; late answers are discarded. Each missing
+task whose client's connection goes mid-task (killed and restarted, or superseded by a new
+connection for its id) is sent again when the id is back within ``rejoin_timeout`` (at most
+``MAX_RESENDS`` times: the
+same task gives the same result, so a round stays exact); late answers are discarded. Each missing
 answer is a :class:`ClientFailure` value, and ``cohort.min_success`` decides whether the round
 stands.
 
@@ -20,6 +23,7 @@ import itertools
 import logging
 import queue
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -62,6 +66,9 @@ class RoundPolicy:
         close_at: close the round once this many results are in (None: wait for every task).
         evaluate_on_clients: ``evaluate`` asks every connected client for its metrics instead
             of leaving evaluation to the server.
+        rejoin_timeout: seconds a task whose client's connection was lost mid-task waits for
+            the client id to connect again (then it is sent again: a client killed and
+            restarted, or superseded by a new connection, keeps its place in the round).
         max_examples: the most examples a client may claim for a fit result (an int for every
             client, or per client id, e.g. the counts the server's copy of the partition
             gives); a larger claim makes the result a failure (an update weighted by a forged
@@ -73,12 +80,21 @@ class RoundPolicy:
     close_at: int | None = None
     evaluate_on_clients: bool = False
     max_examples: int | Mapping[int, int] | None = None
+    rejoin_timeout: float = 5.0
 
     def example_bound(self, client_id: int) -> int | None:
         bound = self.max_examples
         if bound is None or isinstance(bound, int):
             return bound
         return bound.get(client_id, 0)
+
+
+MAX_RESENDS = 3  # a task lost with its connection is sent again at most this often per round
+
+
+def _lost(answer: Answer) -> bool:
+    """The task failed because its client's connection went, not because of what it sent."""
+    return answer.failure is not None and answer.failure.stage == "disconnect"
 
 
 class GrpcFleet(FleetBase):
@@ -124,22 +140,38 @@ class GrpcFleet(FleetBase):
         waiting = {t.client_id: t for t in tasks}
         open_tasks: dict[int, Downlink] = {}
         outcomes: dict[int, Outcome] = {}
+        resent: Counter[int] = Counter()
+        rejoin: dict[int, tuple[float, ClientFailure]] = {}  # lost tasks waiting for their id
         while waiting or open_tasks:
             if waiting:
                 open_tasks.update(self._send_fits(waiting, cache))
             now = time.monotonic()
+            for cid in [c for c, (until, _) in rejoin.items() if now >= until and c in waiting]:
+                del waiting[cid]
+                outcomes[cid] = rejoin.pop(cid)[1]  # it did not come back: its loss stands
             if waiting and now >= absent_deadline:
                 for cid, t in waiting.items():
-                    outcomes[cid] = ClientFailure(
+                    outcomes[cid] = rejoin.pop(cid, (0.0, ClientFailure(
                         round=t.round, client_id=cid, stage="connect",
-                        message=f"not connected within {self.policy.absent_timeout:g} s")
+                        message=f"not connected within {self.policy.absent_timeout:g} s")))[1]
                 waiting.clear()
             if now >= deadline or self._enough(outcomes):
                 break
-            until = min(deadline, absent_deadline) if waiting else deadline
+            until = min(deadline, absent_deadline, *(u for u, _ in rejoin.values())) \
+                if waiting else deadline
             item = self._next(min(until - now, 1.0))
             if isinstance(item, Answer) and item.task_id in open_tasks:
                 task = open_tasks.pop(item.task_id)
+                if _lost(item) and resent[task.client_id] < MAX_RESENDS:
+                    # the client's connection went (killed and back, or superseded by a new
+                    # connection for its id): the same task again gives the same result
+                    resent[task.client_id] += 1
+                    waiting[task.client_id] = task
+                    assert item.failure is not None
+                    rejoin[task.client_id] = (time.monotonic() + self.policy.rejoin_timeout,
+                                              item.failure)
+                    continue
+                rejoin.pop(task.client_id, None)
                 outcomes[task.client_id] = self._bounded(self._outcome(item, task))
         self._close_round(round, open_tasks, outcomes, time.monotonic() >= deadline)
         self.server.handlers.emit(Event(kind=MessageType.ROUND_END, round=round, detail={

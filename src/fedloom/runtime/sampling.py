@@ -8,6 +8,7 @@ selection may ask for more candidates than the cohort it picks from them (power-
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Sequence
 from enum import StrEnum
 from typing import Protocol
@@ -115,7 +116,8 @@ class ConnectedSampler:
 
     When every client ``base`` draws is connected the cohort is exactly ``base``'s (so a
     deployment with all clients up samples as the simulation does); each absent one is replaced
-    by a connected client outside the cohort, drawn uniformly with the round's generator; when
+    by a connected client outside the cohort, drawn uniformly with the round's generator, after
+    waiting up to ``grace`` seconds for it to (re)connect; when
     too few are connected, the cohort is smaller. A round then never waits for a client that is
     not there.
 
@@ -127,15 +129,16 @@ class ConnectedSampler:
     """
 
     def __init__(self, base: Sampler, *, available: Callable[[], Collection[int]],
-                 seed: int) -> None:
+                 seed: int, grace: float = 0.0) -> None:
         self.base = base
         self.size = base.size
         self.available = available
         self.seed = seed
+        self.grace = grace
 
     def sample(self, round: int, size: int | None = None) -> list[int]:
         cohort = self.base.sample(round, size)
-        up = set(self.available())
+        up = self._wait_for(cohort)
         present = [c for c in cohort if c in up]
         missing = len(cohort) - len(present)
         if not missing:
@@ -144,6 +147,14 @@ class ConnectedSampler:
         gen = torch_generator(self.seed, round, SERVER, Purpose.SUBSTITUTE)
         picks = torch.randperm(len(spare), generator=gen)[:missing].tolist()
         return sorted(present + [spare[i] for i in picks])
+
+    def _wait_for(self, cohort: Collection[int]) -> set[int]:
+        """The connected clients, once every one of ``cohort`` is or ``grace`` seconds passed
+        (a client reconnecting right then keeps its place, so the cohort stays the seed's)."""
+        deadline = time.monotonic() + self.grace
+        while not set(cohort) <= (up := set(self.available())) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return up
 
 
 def make_sampler(name: SamplerName, *, num_examples: Sequence[int], size: int,

@@ -335,8 +335,10 @@ class FederationServer:
         with self._lock:
             old = self._sessions.get(session.client_id)
             self._sessions[session.client_id] = session
-        if old is not None:
-            self.inbound.drop(old, "superseded by a new connection of the same client")
+        if old is not None:  # told to exit, so two processes for one id do not take turns
+            reason = "superseded by a new connection of the same client"
+            old.outbox.put_nowait([exit_frame(reason)])
+            self.inbound.drop(old, reason)
         log.info("client %d connected from %s", session.client_id, session.peer)
         self.inbox.put(Connection(client_id=session.client_id, up=True))
         self.handlers.emit(Event(kind=MessageType.CONNECTED, client_id=session.client_id,
