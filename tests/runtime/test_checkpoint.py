@@ -71,7 +71,8 @@ def test_a_failed_write_leaves_the_previous_checkpoint(tmp_path: Path,
 
     monkeypatch.setattr(ckpt_module, "save_file", full_disk)
     with pytest.raises(CheckpointError, match="No space left"):
-        save_checkpoint(tmp_path, Checkpoint(state=dataclasses.replace(_state(), round=8)))
+        save_checkpoint(tmp_path, Checkpoint(state=dataclasses.replace(_state(), round=8)),
+                        retries=())
     assert (tmp_path / FILENAME).read_bytes() == before
 
 

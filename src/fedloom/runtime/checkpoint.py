@@ -16,7 +16,10 @@ A file that cannot be read, or whose keys, types or JSON are wrong, is refused w
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,11 @@ from fedloom.runtime.sinks import Row, Sink
 
 FILENAME = "checkpoint.safetensors"
 FORMAT = "fedloom-checkpoint/1"
+RETRY_SECONDS = (0.5, 2.0, 5.0)  # pauses before each new attempt at a failed write
+COUNTERS = ("sim_time", "starts", "selector")  # the loops' numbers in 'info'
+MAX_ROUND = 1 << 53
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,8 +75,26 @@ def restore_store(store: ClientStateStore | None,
         store.put(cid, key, value)
 
 
-def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
-    """Write ``directory/checkpoint.safetensors`` atomically; returns its path."""
+def save_checkpoint(directory: Path, ckpt: Checkpoint, *,
+                    retries: Sequence[float] = RETRY_SECONDS) -> Path:
+    """Write ``directory/checkpoint.safetensors`` atomically; returns its path.
+
+    A failed write (``OSError`` or safetensors' own error: a full disk, no file descriptor
+    left) is logged and tried again after each of ``retries`` seconds; the last failure raises
+    :class:`CheckpointError`. The previous checkpoint stays intact throughout."""
+    for attempt, pause in enumerate((*retries, None), start=1):
+        try:
+            return _write(directory, ckpt)
+        except CheckpointError as err:
+            if pause is None:
+                raise
+            log.warning("%s (attempt %d of %d); trying again in %g s", err, attempt,
+                        len(retries) + 1, pause)
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _write(directory: Path, ckpt: Checkpoint) -> Path:
     tensors = {"params": ckpt.state.params.contiguous()}
     tensors.update({f"extras/{k}": v.contiguous() for k, v in ckpt.state.extras.items()})
     tensors.update({f"store/{key}/{cid}": v.contiguous() for (key, cid), v in ckpt.store.items()})
@@ -86,7 +112,7 @@ def save_checkpoint(directory: Path, ckpt: Checkpoint) -> Path:
             os.fsync(fd)
         finally:
             os.close(fd)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:
         raise CheckpointError(f"cannot write the checkpoint {target}: {err}") from None
     return target
 
@@ -116,22 +142,34 @@ def load_checkpoint(directory: Path) -> Checkpoint:
     rows = _json(path, meta, "rows", list)
     if not all(isinstance(r, dict) for r in rows):
         raise CheckpointError(f"{path}: key 'rows' must be a JSON list of objects")
-    return Checkpoint(state=state, store=_store(path, tensors), rows=tuple(rows),
-                      info=_json(path, meta, "info", dict))
+    info = _json(path, meta, "info", dict)
+    for key in COUNTERS:
+        value = info.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                math.isfinite(value) and value >= 0):
+            raise CheckpointError(f"{path}: key 'info' holds {key} = {value!r}, expected a "
+                                  "number >= 0")
+    return Checkpoint(state=state, store=_store(path, tensors), rows=tuple(rows), info=info)
 
 
 def _round(path: Path, meta: dict[str, str]) -> int:
     text = meta.get("round")
-    if text is None or not text.isdigit():
+    if text is None or not _is_count(text):
         raise CheckpointError(f"{path}: key 'round' = {text!r}, expected a round number")
     return int(text)
+
+
+def _is_count(text: str) -> bool:
+    """Plain ASCII digits of a number below 2^53 (``'²'.isdigit()`` is true, ``int`` fails)."""
+    return text.isascii() and text.isdigit() and int(text) < MAX_ROUND
 
 
 def _json(path: Path, meta: dict[str, str], key: str, kind: type[Any]) -> Any:
     try:
         value = json.loads(meta.get(key, "null"))
-    except ValueError as err:
-        raise CheckpointError(f"{path}: key {key!r} is not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:  # nesting too deep is a RecursionError
+        raise CheckpointError(f"{path}: key {key!r} is not valid JSON "
+                              f"({type(err).__name__}: {err})") from None
     if not isinstance(value, kind):
         raise CheckpointError(f"{path}: key {key!r} must be a JSON {kind.__name__}, "
                               f"got {type(value).__name__}")
@@ -143,7 +181,7 @@ def _store(path: Path, tensors: dict[str, torch.Tensor]) -> dict[tuple[str, int]
     for name, value in tensors.items():
         if name.startswith("store/"):
             key, _, cid = name.removeprefix("store/").rpartition("/")
-            if not key or not cid.isdigit():
+            if not key or not _is_count(cid):
                 raise CheckpointError(f"{path}: tensor {name!r} is not 'store/KEY/CLIENT_ID'")
             store[(key, int(cid))] = value
     return store
@@ -192,6 +230,10 @@ def record(row: Row, *, last: int, rows: list[Row], sinks: Sequence[Sink],
     rows.append(row)
     version = row.get("round")
     if checkpointer is not None and isinstance(version, int) and checkpointer.due(version, last):
-        save_checkpoint(checkpointer.directory, snapshot())
+        try:
+            save_checkpoint(checkpointer.directory, snapshot())
+        except CheckpointError as err:  # the run goes on; the next due round tries again
+            log.error("round %s: %s; the run goes on, the last checkpoint written stays",
+                      version, err)
     for sink in sinks:
         sink.log(row)

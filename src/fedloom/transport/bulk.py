@@ -23,12 +23,16 @@ import logging
 import socket
 import ssl
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from types import TracebackType
 
 import torch
 
 from fedloom.core.errors import TransportError
+from fedloom.transport.conduct import Throttle, clean, held_back
 from fedloom.transport.security import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ ACCEPTED = b"\x01"
 BULK_MIN_BYTES = 1 << 20  # smaller payloads fit a chunk frame or two: not worth the second path
 HANDSHAKE_SECONDS = 10.0
 MAX_PENDING = 64  # connections still presenting their ticket; more are closed at once
+REAP_SECONDS = 0.25  # how often the listener looks for handshakes past their deadline
 SOCKET_BUFFER = 4 << 20
 
 
@@ -74,8 +79,25 @@ def _tune(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
+@dataclass(slots=True, kw_only=True)
+class _Pending:
+    """A connection presenting its ticket: until when, from where, on which socket object (the
+    TLS wrapper once there is one: the raw socket is detached from its descriptor then)."""
+
+    deadline: float
+    source: str
+    live: socket.socket
+    reaped: bool = False
+
+
 class BulkListener:
     """Accepts bulk connections and hands each one whose ticket ``claim`` accepts to its session.
+
+    A connection must present its ticket (after its TLS handshake) within ``handshake_timeout``
+    seconds of being accepted, however slowly its bytes drip in: past that deadline it is shut
+    down. At most ``max_pending`` connections, ``max_per_source`` of them from one address, may
+    be presenting tickets at once; more are closed at accept. Refusals and failed handshakes are
+    logged, at most ``log_burst`` lines per address and minute.
 
     Args:
         host, port: where to listen (port 0: any free port, see :attr:`port`).
@@ -88,8 +110,12 @@ class BulkListener:
 
     def __init__(self, host: str, port: int, *,
                  claim: Callable[[bytes], Callable[[socket.socket], None] | None],
-                 tls: TlsFiles | None = None) -> None:
+                 tls: TlsFiles | None = None, handshake_timeout: float = HANDSHAKE_SECONDS,
+                 max_pending: int = MAX_PENDING, max_per_source: int = MAX_PENDING,
+                 log_burst: int = 5) -> None:
         self.claim = claim
+        self.handshake_timeout = handshake_timeout
+        self.max_pending, self.max_per_source = max_pending, max_per_source
         self._context = None if tls is None else tls.server_ssl_context()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
@@ -97,7 +123,10 @@ class BulkListener:
         except OSError as err:
             raise TransportError(f"cannot open the bulk port {host}:{port}: {err}") from None
         self.port: int = self._sock.getsockname()[1]
-        self._pending = threading.BoundedSemaphore(MAX_PENDING)
+        self._lock = threading.Lock()
+        self._pending: dict[socket.socket, _Pending] = {}  # accepted socket -> its handshake
+        self._sources: Counter[str] = Counter()
+        self._throttle = Throttle(burst=log_burst, window=60.0)
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -121,42 +150,111 @@ class BulkListener:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    def pending(self) -> int:
+        """Connections presenting their ticket now."""
+        with self._lock:
+            return len(self._pending)
+
+    def _note(self, source: str, message: str, *args: object) -> None:
+        passed, held = self._throttle.allow(source)
+        if passed:
+            log.warning("bulk port: " + message + "%s", *args, held_back(held))
+
     def _accept(self) -> None:
+        self._sock.settimeout(REAP_SECONDS)
         while not self._closed:
+            self._reap()
             try:
                 sock, peer = self._sock.accept()
-            except OSError:
+            except TimeoutError:
+                continue
+            except OSError:  # closed, or out of file descriptors for a moment
                 if self._closed:
                     return
+                time.sleep(REAP_SECONDS)
                 continue
-            if not self._pending.acquire(blocking=False):
-                log.warning("bulk port: too many connections presenting tickets; closed %s",
-                            peer)
+            source = str(peer[0])
+            with self._lock:
+                full = (len(self._pending) >= self.max_pending
+                        or self._sources[source] >= self.max_per_source)
+                if not full:
+                    self._pending[sock] = _Pending(
+                        deadline=time.monotonic() + self.handshake_timeout, source=source,
+                        live=sock)
+                    self._sources[source] += 1
+            if full:
+                self._note(source, "too many connections presenting tickets; closed one from "
+                           "%s", clean(peer))
                 sock.close()
                 continue
             threading.Thread(target=self._admit, args=(sock, peer), daemon=True,
                              name="fedloom-bulk-admit").start()
 
+    def _reap(self) -> None:
+        """Shut down every connection past its handshake deadline (its thread then fails)."""
+        now = time.monotonic()
+        with self._lock:  # under the lock: _done pops an entry before its socket is closed
+            late = [p for p in self._pending.values() if p.deadline < now and not p.reaped]
+            for entry in late:
+                entry.reaped = True
+                with contextlib.suppress(OSError):
+                    entry.live.shutdown(socket.SHUT_RDWR)
+        for entry in late:
+            self._note(entry.source, "%s did not present a ticket within %g s; closed",
+                       entry.source, self.handshake_timeout)
+
+    def _done(self, raw: socket.socket) -> bool:
+        """The handshake is over: free its slot; False when the reaper got there first."""
+        with self._lock:
+            entry = self._pending.pop(raw, None)
+            if entry is not None:
+                self._sources[entry.source] -= 1
+                if self._sources[entry.source] <= 0:
+                    del self._sources[entry.source]
+        return entry is not None and not entry.reaped and entry.deadline >= time.monotonic()
+
     def _admit(self, raw: socket.socket, peer: object) -> None:
-        sock = raw
+        sock, attach = raw, None
         try:
-            sock.settimeout(HANDSHAKE_SECONDS)
-            if self._context is not None:
-                sock = self._context.wrap_socket(raw, server_side=True)
-            ticket = bytearray(TICKET_BYTES)
-            recv_exact(sock, memoryview(ticket))
-            _tune(sock)
-            attach = self.claim(bytes(ticket))
-            if attach is not None:
+            sock, attach = self._handshake(raw, peer)
+        except (OSError, ssl.SSLError, ConnectionError) as err:
+            log.info("bulk port: connection from %s failed: %s", clean(peer), clean(err))
+        in_time = self._done(raw)
+        try:
+            if attach is not None and in_time:
                 sock.sendall(ACCEPTED)
                 attach(sock)
                 return
-            log.warning("bulk port: %s presented no open session's ticket", peer)
-        except (OSError, ssl.SSLError, ConnectionError) as err:
-            log.info("bulk port: connection from %s failed: %s", peer, err)
-        finally:
-            self._pending.release()
+        except OSError as err:
+            log.info("bulk port: connection from %s failed: %s", clean(peer), clean(err))
         sock.close()
+
+    def _handshake(self, raw: socket.socket, peer: object
+                   ) -> tuple[socket.socket, Callable[[socket.socket], None] | None]:
+        """TLS (when set up) and the ticket: the socket, and how to attach it (None: no open
+        session's ticket)."""
+        source = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        raw.settimeout(self.handshake_timeout)
+        sock = raw
+        if self._context is not None:
+            try:
+                sock = self._context.wrap_socket(raw, server_side=True,
+                                                 do_handshake_on_connect=False)
+                with self._lock:  # the reaper must shut down the socket the handshake reads
+                    entry = self._pending.get(raw)
+                    if entry is not None:
+                        entry.live = sock
+                sock.do_handshake()
+            except (ssl.SSLError, OSError) as err:
+                self._note(source, "TLS handshake with %s failed: %s", clean(peer), clean(err))
+                return sock, None
+        ticket = bytearray(TICKET_BYTES)
+        recv_exact(sock, memoryview(ticket))
+        _tune(sock)
+        attach = self.claim(bytes(ticket))
+        if attach is None:
+            self._note(source, "%s presented no open session's ticket", clean(peer))
+        return sock, attach
 
 
 def connect_bulk(host: str, port: int, ticket: bytes, *, tls: TlsFiles | None,

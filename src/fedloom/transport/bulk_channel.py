@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from fedloom.transport.admission import Limits
 from fedloom.transport.bulk import TICKET_BYTES, BulkListener, recv_exact, send_tensors
 from fedloom.transport.codec import MessageRejected, Package, Rejection
 from fedloom.transport.security import TlsFiles
@@ -26,6 +27,7 @@ from fedloom.transport.sessions import Session
 
 log = logging.getLogger(__name__)
 MAX_IO_THREADS = 256
+MAX_PENDING = 64  # bulk handshakes at once (a thread each)
 
 
 class BulkChannel:
@@ -34,19 +36,24 @@ class BulkChannel:
     Args:
         host, port: where to listen (port 0: any free port, see :attr:`port`).
         tls: the server's credentials (the bulk socket is wrapped like the stream).
-        idle_timeout: seconds a bulk read or write may stall before it fails.
-        max_clients: sessions at once (two I/O threads each, up to ``MAX_IO_THREADS``).
+        limits: ``idle_timeout`` (seconds a bulk read or write may stall before it fails),
+            ``max_clients`` (sessions at once: two I/O threads each, up to
+            ``MAX_IO_THREADS``), and the handshake limits of the listener
+            (``handshake_timeout``, ``max_pending``, ``max_pending_per_source``).
     """
 
-    def __init__(self, host: str, port: int, *, tls: TlsFiles | None, idle_timeout: float,
-                 max_clients: int) -> None:
-        self.idle_timeout = idle_timeout
+    def __init__(self, host: str, port: int, *, tls: TlsFiles | None, limits: Limits) -> None:
+        self.idle_timeout = limits.idle_timeout
         self._lock = threading.Lock()
         self._tickets: dict[bytes, Session] = {}
-        self._listener = BulkListener(host, port, claim=self._claim, tls=tls).start()
+        self._listener = BulkListener(
+            host, port, claim=self._claim, tls=tls, handshake_timeout=limits.handshake_timeout,
+            max_pending=min(limits.max_pending, MAX_PENDING),
+            max_per_source=limits.max_pending_per_source, log_burst=limits.log_burst).start()
         self.port = self._listener.port
-        self._pool = ThreadPoolExecutor(max_workers=min(2 * max_clients, MAX_IO_THREADS) + 2,
-                                        thread_name_prefix="fedloom-bulk-io")
+        self._pool = ThreadPoolExecutor(
+            max_workers=min(2 * limits.max_clients, MAX_IO_THREADS) + 2,
+            thread_name_prefix="fedloom-bulk-io")
 
     def close(self) -> None:
         self._listener.close()

@@ -54,6 +54,7 @@ MAX_DIMS = 8
 MAX_VALUES = 256
 MAX_TEXT = 4096
 MAX_COUNT = 1 << 53  # num_examples, num_steps, round, client id: exact as float64
+MAX_METRIC = 1e150  # a metric's |total| and weight: a sum of 2^53 of them stays finite
 
 KINDS = frozenset(pb.Kind.values()) - {pb.KIND_UNSPECIFIED}
 
@@ -75,6 +76,8 @@ class Rejection(StrEnum):
     WRONG_SHAPE = "wrong_shape"  # a tensor whose shape is not what the layout needs
     NON_FINITE = "non_finite"  # NaN or infinite values
     BAD_VALUE = "bad_value"  # a field out of range (negative counts, bad config, long text)
+    TOO_SLOW = "too_slow"  # a package not complete by its transfer deadline
+    VIOLATIONS = "too_many_violations"  # too many rejected messages in a window
 
 
 class MessageRejected(TransportError):
@@ -144,16 +147,22 @@ def check_content(header: pb.Header) -> None:
     reject_if(len(header.reason) > MAX_TEXT, Rejection.BAD_VALUE,
               f"reason of {len(header.reason)} characters, at most {MAX_TEXT}")
     for key, value in header.values.items():
-        reject_if(len(key) > MAX_NAME or len(value.text) > MAX_TEXT, Rejection.BAD_VALUE,
-                  f"value {key[:MAX_NAME]!r}: key or text too long")
+        reject_if(len(key) > MAX_NAME or len(value.text) > MAX_TEXT or not key.isprintable(),
+                  Rejection.BAD_VALUE, f"value {key[:MAX_NAME]!r}: key too long or not "
+                  "printable, or text too long")
         reject_if(value.WhichOneof("value") == "number" and not math.isfinite(value.number),
                   Rejection.NON_FINITE, f"value {key!r} = {value.number}")
     for key, metric in header.metrics.items():
-        reject_if(len(key) > MAX_NAME, Rejection.BAD_VALUE, f"metric name {key[:MAX_NAME]!r}...")
+        reject_if(len(key) > MAX_NAME or not key.isprintable(), Rejection.BAD_VALUE,
+                  f"metric name {key[:MAX_NAME]!r}: too long or not printable")
         reject_if(not (math.isfinite(metric.total) and math.isfinite(metric.weight)),
                   Rejection.NON_FINITE, f"metric {key!r} = ({metric.total}, {metric.weight})")
-        reject_if(metric.weight < 0, Rejection.BAD_VALUE,
-                  f"metric {key!r} has weight {metric.weight} < 0")
+        empty = metric.total == 0 and metric.weight == 0  # no data: adds nothing to a mean
+        reject_if(metric.weight <= 0 and not empty, Rejection.BAD_VALUE,
+                  f"metric {key!r} has weight {metric.weight}: must be > 0")
+        reject_if(max(abs(metric.total), metric.weight) > MAX_METRIC, Rejection.BAD_VALUE,
+                  f"metric {key!r} = ({metric.total}, {metric.weight}): beyond {MAX_METRIC:g}, "
+                  "a sum over clients could overflow")
     reject_if(len(header.msg_type) > 64 or (header.kind in (pb.MESSAGE, pb.MESSAGE_REPLY) and
                                             not MSG_TYPE.fullmatch(header.msg_type)),
               Rejection.BAD_VALUE, f"message type {header.msg_type[:64]!r}")

@@ -23,7 +23,7 @@ import torch
 
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
-from fedloom.transport.admission import Limits, authenticate, expect_hello
+from fedloom.transport.admission import Admission, Limits, expect_hello, server_options, source_of
 from fedloom.transport.bulk import (
     BULK_MIN_BYTES,
     split_address,
@@ -37,6 +37,7 @@ from fedloom.transport.codec import (
     describe,
     encode,
 )
+from fedloom.transport.conduct import Conduct
 from fedloom.transport.generated import fedloom_pb2 as pb
 from fedloom.transport.handlers import Event, Handlers, MessageType
 from fedloom.transport.inbound import Inbound
@@ -118,8 +119,13 @@ class FederationServer:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        conduct = Conduct(max_violations=self.limits.max_violations,
+                          window=self.limits.violation_window)
+        self.admission = Admission(limits=self.limits, client_ids=self.client_ids,
+                                   tokens=tokens, handlers=self.handlers, conduct=conduct)
         self.inbound = Inbound(layout=layout, schema=schema, limits=self.limits,
-                               handlers=self.handlers, inbox=self.inbox, bulk=lambda: self._bulk)
+                               handlers=self.handlers, inbox=self.inbox, bulk=lambda: self._bulk,
+                               conduct=conduct)
 
     # -- lifecycle (any thread) ------------------------------------------------------------
 
@@ -159,8 +165,10 @@ class FederationServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._grace = 2.0
-        server = grpc.aio.server(options=grpc_options(self.limits.chunk_bytes),
-                                 maximum_concurrent_rpcs=self.limits.max_clients + 16)
+        options = dict(grpc_options(self.limits.chunk_bytes)) | dict(server_options(self.limits))
+        server = grpc.aio.server(options=list(options.items()),
+                                 maximum_concurrent_rpcs=self.limits.max_clients
+                                 + self.limits.max_pending)
         handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
             self._join)  # no (de)serializers: raw bytes both ways, parsed and checked here
         server.add_generic_rpc_handlers(
@@ -177,8 +185,7 @@ class FederationServer:
         await server.start()
         if self._bulk_wanted is not None:
             self._bulk = BulkChannel(split_address(self.address)[0], self._bulk_wanted,
-                                     tls=self.tls, idle_timeout=self.limits.idle_timeout,
-                                     max_clients=self.limits.max_clients)
+                                     tls=self.tls, limits=self.limits)
             self.bulk_port = self._bulk.port
         self._ready.set()
         try:
@@ -279,15 +286,20 @@ class FederationServer:
 
     async def _join(self, requests: AsyncIterator[bytes],
                     context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
-        with self._lock:
-            connected = frozenset(self._sessions)
-        client_id = await authenticate(context, client_ids=self.client_ids, tokens=self.tokens,
-                                       connected=connected, limits=self.limits,
-                                       handlers=self.handlers)
-        session = Session(client_id=client_id, peer=context.peer(), assembler=Assembler(
-            max_payload_bytes=self.limits.update_bytes(self.layout),
-            max_chunk_bytes=self.limits.chunk_bytes))
-        await expect_hello(requests, context, session, self.limits.idle_timeout)
+        source = source_of(context.peer())
+        full = self.admission.enter(source)
+        if full is not None:
+            await self.admission.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, full, None)
+        try:
+            with self._lock:
+                connected = frozenset(self._sessions)
+            client_id = await self.admission.authenticate(context, connected=connected)
+            session = Session(client_id=client_id, peer=context.peer(), assembler=Assembler(
+                max_payload_bytes=self.limits.update_bytes(self.layout),
+                max_chunk_bytes=self.limits.chunk_bytes))
+            await expect_hello(requests, context, session, self.limits.handshake_timeout)
+        finally:
+            self.admission.leave(source)
         if self._bulk is not None:
             session.ticket = self._bulk.issue(session)
         self._register(session)
