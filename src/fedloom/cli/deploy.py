@@ -154,11 +154,36 @@ def _serving_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-update-mb", type=float,
                         help="largest update per client per round (default: 4 model sizes)")
     parser.add_argument("--idle-timeout", type=float, default=60.0,
-                        help="seconds of silence allowed before a hello or inside a package")
+                        help="seconds of silence allowed inside a package")
+    _hardening_args(parser)
     parser.add_argument("--bulk-port", type=int, default=0,
                         help="TCP port for large payloads beside the gRPC stream (TLS like the "
                         "stream; default 0: any free port; -1: none, stream everything in "
                         "chunks). Clients that cannot reach it stream in chunks")
+
+
+def _hardening_args(parser: argparse.ArgumentParser) -> None:
+    """What a connection, a package and a misbehaving client may cost (see ``Limits``)."""
+    parser.add_argument("--handshake-timeout", type=float, default=10.0,
+                        help="seconds for a connection's TLS handshake, a stream's hello and a "
+                        "bulk connection's ticket (default 10)")
+    parser.add_argument("--max-pending", type=int, default=256,
+                        help="connections at once that have not finished their handshake")
+    parser.add_argument("--max-pending-per-source", type=int, default=32,
+                        help="the same, per source address (default 32)")
+    parser.add_argument("--max-connections", type=int,
+                        help="TCP connections at once (default: max clients + max pending, at "
+                        "most half of ulimit -n)")
+    parser.add_argument("--min-transfer-rate", type=float, default=64.0,
+                        help="KiB/s a package must average after --transfer-grace seconds, or "
+                        "it is dropped as too slow (default 64; 0: no deadline)")
+    parser.add_argument("--transfer-grace", type=float, default=10.0,
+                        help="seconds every package gets on top of its size's share")
+    parser.add_argument("--max-violations", type=int, default=50,
+                        help="rejected messages per client per --violation-window before its "
+                        "stream is closed (default 50; 0: no limit)")
+    parser.add_argument("--violation-window", type=float, default=60.0,
+                        help="seconds (default 60)")
 
 
 def _tls_args(parser: argparse.ArgumentParser, *, server_side: bool) -> None:
@@ -237,7 +262,13 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
                            close_at=args.close_at, evaluate_on_clients=args.evaluate_on_clients),
         limits=Limits(max_clients=args.max_clients, idle_timeout=args.idle_timeout,
                       max_update_bytes=None if args.max_update_mb is None
-                      else int(args.max_update_mb * (1 << 20))))
+                      else int(args.max_update_mb * (1 << 20)),
+                      handshake_timeout=args.handshake_timeout, max_pending=args.max_pending,
+                      max_pending_per_source=args.max_pending_per_source,
+                      max_connections=args.max_connections,
+                      min_transfer_rate=args.min_transfer_rate * 1024,
+                      transfer_grace=args.transfer_grace, max_violations=args.max_violations,
+                      violation_window=args.violation_window))
 
 
 def _client_ids(text: str) -> list[int]:
