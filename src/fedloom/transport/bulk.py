@@ -155,10 +155,12 @@ class BulkListener:
         with self._lock:
             return len(self._pending)
 
-    def _note(self, source: str, message: str, *args: object) -> None:
-        passed, held = self._throttle.allow(source)
+    def _note(self, source: str, message: str, *args: object, level: int = logging.WARNING
+              ) -> None:
+        """Log, at most ``log_burst`` lines per source and kind of message a minute."""
+        passed, held = self._throttle.allow((source, message))
         if passed:
-            log.warning("bulk port: " + message + "%s", *args, held_back(held))
+            log.log(level, "bulk port: " + message + "%s", *args, held_back(held))
 
     def _accept(self) -> None:
         self._sock.settimeout(REAP_SECONDS)
@@ -215,10 +217,12 @@ class BulkListener:
 
     def _admit(self, raw: socket.socket, peer: object) -> None:
         sock, attach = raw, None
+        source = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         try:
             sock, attach = self._handshake(raw, peer)
         except (OSError, ssl.SSLError, ConnectionError) as err:
-            log.info("bulk port: connection from %s failed: %s", clean(peer), clean(err))
+            self._note(source, "connection from %s failed: %s", clean(peer), clean(err),
+                       level=logging.INFO)
         in_time = self._done(raw)
         try:
             if attach is not None and in_time:
@@ -226,7 +230,8 @@ class BulkListener:
                 attach(sock)
                 return
         except OSError as err:
-            log.info("bulk port: connection from %s failed: %s", clean(peer), clean(err))
+            self._note(source, "connection from %s failed: %s", clean(peer), clean(err),
+                       level=logging.INFO)
         sock.close()
 
     def _handshake(self, raw: socket.socket, peer: object
