@@ -69,6 +69,21 @@ class ExtraPass:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PerExampleClip:
+    """Sample-level DP-SGD (Abadi et al. 2016) in the local loop: each example's gradient of
+    the task loss is clipped to L2 norm ``clip`` (over all trainable tensors), the clipped
+    gradients are summed, ``N(0, (noise_multiplier * clip)^2)`` is added to every coordinate
+    (drawn from the ``(seed, round, client_id, purpose)`` stream, one draw of all trainable
+    values per step) and the sum is divided by the batch's number of examples. ``extra_loss``
+    and ``correct_grads`` act on that private gradient (they read no data)."""
+
+    clip: float
+    noise_multiplier: float
+    seed: int
+    purpose: str = "dp_sgd"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LocalSpec:
     """Hooks into the local SGD loop; the defaults are the plain loop. Hooks must be picklable
     (module-level functions, ``functools.partial``) for the process fleet's workers.
@@ -83,6 +98,8 @@ class LocalSpec:
             modifies ``grads`` in place (FedProx's proximal gradient, SCAFFOLD's correction).
         passes: further SGD passes after the main one, each from its own start.
         finish: turns the raw result into the uplink (FedNova's normalisation, DP clipping).
+        per_example: sample-level DP-SGD (per-example clipping and noise) in place of the
+            plain task-loss gradient.
     """
 
     before: BeforeHook | None = None
@@ -90,11 +107,12 @@ class LocalSpec:
     correct_grads: GradHook | None = None
     passes: tuple[ExtraPass, ...] = ()
     finish: Finish | None = None
+    per_example: PerExampleClip | None = None
 
     @property
     def is_plain(self) -> bool:
         return (self.before is None and self.extra_loss is None and self.correct_grads is None
-                and not self.passes and self.finish is None)
+                and not self.passes and self.finish is None and self.per_example is None)
 
 
 PLAIN = LocalSpec()

@@ -31,6 +31,7 @@ from fedloom.data import load_federated
 from fedloom.fleets.base import AsyncFleet
 from fedloom.fleets.secagg_setup import check_secagg_algorithm, secure_fleet
 from fedloom.models import model_factory
+from fedloom.privacy.private import Private, privatize
 from fedloom.runtime.assemble import FleetChoice, assemble
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
@@ -76,6 +77,10 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
     rule = build_rule(cfg.aggregator)  # robust aggregation replaces the algorithm's mean
     if rule is not None:
         algorithm = Combined(algorithm, rule)
+    if cfg.privacy is not None:  # after the rule: config refuses central DP with a robust one
+        algorithm = privatize(algorithm, cfg.privacy, seed=cfg.seed,
+                              cohort_size=cfg.cohort.size, num_examples=num_examples,
+                              client=cfg.client)
     if cfg.secagg.enabled:
         check_secagg_algorithm(algorithm)
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
@@ -104,7 +109,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
         dropout=cfg.cohort.dropout, eval_every=cfg.eval.every, threads=cfg.fleet.threads,
         clock=None if timed is not None else ClientClock(cfg.clock, num_clients=data.num_clients,
                                                          seed=cfg.seed),
-        losses=parts.losses, store=store, checkpointer=checkpointer)
+        losses=parts.losses, store=store, checkpointer=checkpointer,
+        stop_before=algorithm.stop_reason if isinstance(algorithm, Private) else None)
 
         retries=cfg.cohort.retries or 0,
 

@@ -21,6 +21,7 @@ from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink
 from fedloom.data import load_federated
 from fedloom.models import model_factory
+from fedloom.privacy.private import private_local
 from fedloom.runtime.clients import Client, TrainerClient
 from fedloom.topology.config import TopologyKind
 from fedloom.training.trainer import LocalTrainer
@@ -39,7 +40,8 @@ def client_algorithm(cfg: RunConfig) -> AlgorithmConfig:
 
 def trainer_client(cfg: RunConfig) -> TrainerClient:
     """A :class:`TrainerClient` holding every partition the config's data split makes (a
-    process serves the ids it connects as), training with ``fleet.threads`` torch threads
+    process serves the ids it connects as), under the run's client-side privacy (local DP,
+    DP-SGD: the update is noised before it leaves), training with ``fleet.threads`` torch threads
     (default: all cores) as the simulation does."""
     data = load_federated(cfg.data, seed=cfg.seed)
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
@@ -49,7 +51,9 @@ def trainer_client(cfg: RunConfig) -> TrainerClient:
         num_examples=num_examples, layout=ParamLayout.from_module(model_fn())))
     return TrainerClient(LocalTrainer(model_fn=model_fn, train=data.train,
                                       client_indices=data.client_train, seed=cfg.seed,
-                                      local=algorithm.local), threads=cfg.fleet.threads)
+                                      local=private_local(cfg.privacy, algorithm.local,
+                                                          cfg.seed)),
+                         threads=cfg.fleet.threads)
 
 
 def config_from_text(text: str, overrides: Sequence[str] = ()) -> RunConfig:

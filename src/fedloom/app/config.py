@@ -32,6 +32,7 @@ from fedloom.core.validate import Problems
 from fedloom.data.config import DataConfig
 from fedloom.fleets.config import FleetConfig
 from fedloom.models import ModelConfig
+from fedloom.privacy.config import Mechanism, PrivacyConfig
 from fedloom.runtime.clock import ClockConfig
 from fedloom.runtime.sampling import SamplerName
 from fedloom.secagg.config import SecAggConfig
@@ -102,6 +103,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     topology: TopologyConfig | None = None
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
+    privacy: PrivacyConfig | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -111,7 +113,31 @@ class RunConfig:
                 f"must be <= data.num_clients ({self.data.num_clients})")
         _check_aggregator(self, p)
         _check_secagg(self, p)
+        _check_privacy(self, p)
         p.raise_if_any()
+
+
+def _check_privacy(cfg: RunConfig, p: Problems) -> None:
+    """Differential privacy is accounted per synchronous round of a flat run; the server-side
+    mechanisms need each client's update (see fedloom.privacy)."""
+    dp = cfg.privacy
+    if dp is None:
+        return
+    mech = f"privacy.mechanism = {dp.mechanism.value!r}"
+    p.check(cfg.topology is None, "privacy.mechanism", dp.mechanism.value,
+            "privacy is accounted per round of a flat run; a topology (hierarchy or gossip) "
+            "has none, so it cannot be combined with it")
+    if dp.mechanism not in (Mechanism.CENTRAL, Mechanism.ADAPTIVE):
+        return  # client-side noise: robust aggregation and SecAgg see only noised updates
+    p.check(not cfg.aggregator.robust, "aggregator.name", cfg.aggregator.name,
+            f"{mech} replaces the mean by a clipped, noised sum whose sensitivity is C / m; "
+            "a robust aggregate has another sensitivity that DP-FedAvg's accountant does not "
+            "cover, so they are not combined (use privacy.mechanism = 'local' or 'sample' "
+            "with a robust aggregator)")
+    p.check(not cfg.secagg.enabled, "secagg.enabled", cfg.secagg.enabled,
+            f"{mech} clips each client update on the server, which SecAgg hides from it; "
+            "distributed noise (each client adding its share) is not implemented, so use "
+            "privacy.mechanism = 'local' or 'sample' with secure aggregation")
 
 
 def _check_aggregator(cfg: RunConfig, p: Problems) -> None:

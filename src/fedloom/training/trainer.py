@@ -14,13 +14,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import PLAIN, ExtraPass, GradHook, LocalSpec
+from fedloom.algorithms.base import PLAIN, ExtraPass, GradHook, LocalSpec, PerExampleClip
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientResult, Downlink
 from fedloom.core.rng import Purpose, torch_generator
 from fedloom.data.dataset import Examples
 from fedloom.models import ModelFn
+from fedloom.privacy.sample import ClientFn, add_noise, client_fn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -65,6 +66,7 @@ class LocalTrainer:
         self.bound = BoundModule(model, self.layout)
         self.model: nn.Module = model
         self.params = [p for p in model.parameters()]
+        self.names = [n for n, _ in model.named_parameters()]
         # the data lives where the model does: one copy per device, batches never cross
         self.train = train.to(device)
         on_cpu = torch.device(device).type == "cpu"
@@ -76,6 +78,7 @@ class LocalTrainer:
         self.device = torch.device(device)
         # gradients as views into one flat buffer, for hooks that correct them in place
         self.grads = torch.zeros(self.layout.num_trainable, device=self.device)
+        self._private: ClientFn | None = None  # DP-SGD's per-example gradients, built once
 
     def fit(self, downlink: Downlink) -> ClientResult:
         """Run the client's local SGD from the downlink's parameters; return its new params."""
@@ -88,7 +91,8 @@ class LocalTrainer:
         indices = self.client_indices[downlink.client_id]
         metrics, extras = self.before(downlink, indices)
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
-        metrics["train_loss"], steps = self._sgd(downlink, indices, gen, local.correct_grads)
+        metrics["train_loss"], steps = self._sgd(downlink, indices, gen, local.correct_grads,
+                                                 noise=self._noise(downlink, ""))
         params = self._host(self.bound.read())
         for extra in local.passes:
             extras[extra.name], metrics[f"{extra.name}_train_loss"] = self._pass(
@@ -107,15 +111,23 @@ class LocalTrainer:
         metrics, extras = self.local.before(_View(self, indices), downlink)
         return dict(metrics), dict(extras)
 
+    def _noise(self, downlink: Downlink, pass_name: str) -> torch.Generator | None:
+        """DP-SGD's noise stream for one pass of this client (None without DP-SGD)."""
+        dp = self.local.per_example
+        return None if dp is None else torch_generator(
+            dp.seed, downlink.round, downlink.client_id, dp.purpose + pass_name)
+
     def _sgd(self, downlink: Downlink, indices: torch.Tensor, gen: torch.Generator,
-             correct: GradHook | None) -> tuple[Mean, int]:
-        """The local SGD loop from the bound model's current parameters."""
+             correct: GradHook | None, noise: torch.Generator | None = None) -> tuple[Mean, int]:
+        """The local SGD loop from the bound model's current parameters (DP-SGD when the
+        spec asks for it: then ``noise`` is its noise stream)."""
         cfg = downlink.config
         model, loss_fn, extra_loss = self.model, self.loss_fn, self.local.extra_loss
+        dp = self.local.per_example
         model.train()
         opt = torch.optim.SGD(self.params, lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
-        if correct is not None:
+        if correct is not None or dp is not None:
             self._bind_grads()
         trainable = self.bound.flat[: self.layout.num_trainable]
         losses: list[torch.Tensor] = []  # summed once at the end: no extra op per step
@@ -123,9 +135,17 @@ class LocalTrainer:
         for batch in batch_order(indices, cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps,
                                  generator=gen):
             x, y = self.train.batch(batch)
+            sizes.append(int(y.shape[0]))
+            if dp is not None and noise is not None:
+                losses.append(self._private_grads(dp, x, y, noise))
+                if extra_loss is not None:
+                    torch.autograd.backward(extra_loss(self.params, downlink))
+                if correct is not None:
+                    correct(self.grads, trainable, downlink)
+                opt.step()
+                continue
             loss = loss_fn(model(x), y)
             losses.append(loss.detach())
-            sizes.append(int(y.shape[0]))
             if extra_loss is not None:
                 loss = loss + extra_loss(self.params, downlink)
             opt.zero_grad(set_to_none=correct is None)
@@ -137,12 +157,26 @@ class LocalTrainer:
             if losses else 0.0
         return Mean(loss_sum, float(sum(sizes))), len(sizes)
 
+    def _private_grads(self, dp: PerExampleClip, x: torch.Tensor, y: torch.Tensor,
+                       noise: torch.Generator) -> torch.Tensor:
+        """Write DP-SGD's gradient (:mod:`fedloom.privacy.sample`) into the bound gradient
+        buffer; returns the batch's mean loss."""
+        if self._private is None:
+            self._private = client_fn(self.model, self.names, (), self.loss_fn, dp.clip)
+        params = tuple(p.detach() for p in self.params)
+        *sums, loss = self._private(params, (), x, y, torch.ones(x.shape[0], device=x.device))
+        flat = torch.cat([g.reshape(-1) for g in sums])
+        self.grads.copy_(add_noise(flat, count=int(x.shape[0]), clip=dp.clip,
+                                   noise_multiplier=dp.noise_multiplier, generator=noise))
+        return loss.detach()
+
     def _pass(self, extra: ExtraPass, downlink: Downlink,
               indices: torch.Tensor) -> tuple[torch.Tensor, Mean]:
         """One more SGD pass (Ditto's personal model) from ``extra.start``."""
         self.bound.load(extra.start(downlink))
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, extra.purpose)
-        loss, _ = self._sgd(downlink, indices, gen, extra.correct_grads)
+        loss, _ = self._sgd(downlink, indices, gen, extra.correct_grads,
+                            noise=self._noise(downlink, "/" + extra.name))
         return self._host(self.bound.read()), loss
 
     def _host(self, t: torch.Tensor) -> torch.Tensor:

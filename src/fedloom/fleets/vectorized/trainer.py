@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import GradHook
+from fedloom.algorithms.base import GradHook, PerExampleClip
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
@@ -32,6 +32,7 @@ from fedloom.fleets.vectorized.check import check_model
 from fedloom.fleets.vectorized.conv import ConvMode, use_loop_convolutions
 from fedloom.fleets.vectorized.hooks import add_extra_loss, correct_grads
 from fedloom.fleets.vectorized.kernel import GradKernel, Tensors
+from fedloom.fleets.vectorized.private import PrivateKernel, finish_private, noise_streams
 from fedloom.fleets.vectorized.schedule import Schedule, build_schedule, client_batches
 from fedloom.fleets.vectorized.sgd import StackedSGD
 from fedloom.training.spec import ClientSpec
@@ -91,6 +92,11 @@ class VectorizedTrainer:
             model=model, trained=[e.name for e, d in zip(self.params, self.differentiable) if d],
             fixed=[e.name for e in self.fixed], loss_fn=None if self.weighted else spec.loss_fn,
             trace_after=trace_after)
+        dp = spec.local.per_example
+        self.private = None if dp is None else PrivateKernel(
+            model=model, trained=[e.name for e, d in zip(self.params, self.differentiable) if d],
+            fixed=[e.name for e in self.fixed], loss_fn=spec.loss_fn, dp=dp,
+            trace_after=trace_after)
         self.train = spec.train.to(self.device)
         self._reference: LocalTrainer | None = None
 
@@ -142,7 +148,7 @@ class VectorizedTrainer:
             tasks, self._stack_flat([extra.start(t) for t in tasks]),
             build_schedule([client_batches(t, self.spec.client_indices[t.client_id],
                                            self.spec.seed, extra.purpose) for t in tasks]),
-            extra.correct_grads)) for extra in local.passes]
+            extra.correct_grads, "/" + extra.name)) for extra in local.passes]
         out: list[Outcome] = []
         for j, task in enumerate(tasks):
             metrics, extras = before[j]
@@ -174,8 +180,9 @@ class VectorizedTrainer:
         return torch.stack(list(flats)).to(self.device, self.layout.dtype)
 
     def _sgd(self, tasks: Sequence[Downlink], start: torch.Tensor, sched: Schedule,
-             correct: GradHook | None) -> _Pass:
-        """One SGD pass of every client from ``start`` (K x P), as the serial ``_sgd``."""
+             correct: GradHook | None, pass_name: str = "") -> _Pass:
+        """One SGD pass of every client from ``start`` (K x P), as the serial ``_sgd``
+        (DP-SGD's gradients when the spec asks for them)."""
         k, size, dev = len(tasks), sched.batch_size, self.device
         params = _stack(start, self.params)
         by_name = {e.name: p for e, p in zip(self.params, params)}
@@ -184,9 +191,11 @@ class VectorizedTrainer:
         diff = [p for p, d in zip(params, self.differentiable) if d]
         extra_loss = self.spec.local.extra_loss
         hooked = extra_loss is not None or correct is not None
+        dp = self.spec.local.per_example
+        streams = [] if dp is None else noise_streams(dp, tasks, pass_name)
         # what the serial optimiser steps: every tensor given a .grad
         stepped = [i for i, (e, d) in enumerate(zip(self.params, self.differentiable))
-                   if correct is not None or (d and (extra_loss is not None
+                   if correct is not None or dp is not None or (d and (extra_loss is not None
                                                      or e.name not in self.unused))]
         idx, weights = sched.idx.to(dev), sched.weights.to(dev)
         active = sched.counts > 0
@@ -196,10 +205,12 @@ class VectorizedTrainer:
             x, y = self.train.batch(idx[t].view(-1))
             x, y = x.view(k, size, *x.shape[1:]), y.view(k, size, *y.shape[1:])
             exact = self.weighted or sched.full[t]
-            if exact and not hooked and sgd.plain(t):
+            if self.private is not None:  # masks its padding itself: always exact
+                grads, loss = self.private(diff, fixed, x, y, weights[t])
+            elif exact and not hooked and sgd.plain(t):
                 losses[t] = self.kernel.sgd_step(diff, fixed, x, y, weights[t], sgd.lr)
                 continue
-            if exact:
+            elif exact:
                 grads, loss = self.kernel(diff, fixed, x, y, weights[t])
             else:
                 grads, loss = self._exact_grads(diff, fixed, x, y, weights[t],
@@ -208,6 +219,8 @@ class VectorizedTrainer:
             it = iter(grads)
             every = [next(it) if d else torch.zeros_like(p)
                      for p, d in zip(params, self.differentiable)]
+            if dp is not None:
+                every = self._noised(dp, every, sched.counts[t], streams, active[t].tolist())
             if hooked:
                 act = active[t].tolist()
                 if extra_loss is not None:
@@ -223,6 +236,21 @@ class VectorizedTrainer:
         weights_seen = seen.sum(0).tolist()
         return _Pass(params=out, losses=[Mean(s, w) for s, w in zip(sums, weights_seen)],
                      steps=sched.steps)
+
+    @staticmethod
+    def _noised(dp: PerExampleClip, sums: Sequence[torch.Tensor], counts: torch.Tensor,
+                streams: Sequence[torch.Generator], active: Sequence[bool]) -> list[torch.Tensor]:
+        """DP-SGD's noise and division by the batch size, on the flat trainable values of each
+        client (the serial trainer's layout order); returns them stacked like ``sums``."""
+        k = sums[0].shape[0]
+        flat = finish_private(dp, torch.cat([g.reshape(k, -1) for g in sums], dim=1), counts,
+                              streams, active)
+        out, offset = [], 0
+        for g in sums:
+            n = g[0].numel()
+            out.append(flat[:, offset:offset + n].view(g.shape))
+            offset += n
+        return out
 
     def _exact_grads(self, params: Sequence[torch.Tensor], fixed: Sequence[torch.Tensor],
                      x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
