@@ -24,6 +24,7 @@ from fedloom.algorithms.combined import Combined
 from fedloom.algorithms.registry import AlgorithmContext, build_algorithm
 from fedloom.app.config import RunConfig
 from fedloom.app.topologies import build_topology
+from fedloom.attacks import plan_attack
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
@@ -36,7 +37,7 @@ from fedloom.runtime.assemble import FleetChoice, assemble
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.clock import ClientClock
-from fedloom.runtime.loop import ServerLoop
+from fedloom.runtime.loop import EvaluateFn, ServerLoop
 from fedloom.runtime.sampling import make_sampler
 from fedloom.runtime.simulation import simulated
 from fedloom.topology.gossip import GossipLoop
@@ -62,6 +63,9 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
             stops.
     """
     data = load_federated(cfg.data, seed=cfg.seed)
+    attack = plan_attack(cfg.attack, seed=cfg.seed, num_clients=data.num_clients, remote=remote)
+    if attack is not None:  # data attacks: the malicious clients train on poisoned copies
+        data = attack.poison(data)
     if cfg.cohort.size > data.num_clients:
         raise ConfigError(f"cohort.size = {cfg.cohort.size}: the data has only "
                           f"{data.num_clients} clients")
@@ -84,7 +88,16 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
     if cfg.secagg.enabled:
         check_secagg_algorithm(algorithm)
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
-                     fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval)
+                     fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval,
+                     reducible=None if attack is None else False)
+    evaluate: EvaluateFn = parts.evaluate
+    if attack is not None:  # update attacks rewrite the malicious clients' results
+        if is_async(algorithm):
+            raise ConfigError(f"attack.name = {cfg.attack.name.value!r}: attacks need a "
+                              f"synchronous round; {algorithm.name} is asynchronous")
+        parts = dataclasses.replace(parts, fleet=attack.fleet(parts.fleet))
+        evaluate = attack.evaluate(evaluate, model_fn=model_fn, data=data,
+                                   batch_size=cfg.eval.batch_size)
     if cfg.secagg.enabled:  # the server learns only the sum of the cohort's updates
         parts = dataclasses.replace(parts, fleet=secure_fleet(parts.fleet, cfg.secagg,
                                                                seed=cfg.seed))
@@ -104,15 +117,15 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
         algorithm=algorithm, fleet=parts.fleet,
         sampler=make_sampler(cfg.cohort.sampler, num_examples=num_examples,
                              size=cfg.cohort.size, seed=cfg.seed),
-        evaluate=parts.evaluate, client=cfg.client, rounds=cfg.rounds, layout=parts.layout,
+        evaluate=evaluate, client=cfg.client, rounds=cfg.rounds, layout=parts.layout,
         initial_params=parts.initial_params, seed=cfg.seed, min_success=cfg.cohort.min_success,
+        retries=cfg.cohort.retries or 0,
         dropout=cfg.cohort.dropout, eval_every=cfg.eval.every, threads=cfg.fleet.threads,
         clock=None if timed is not None else ClientClock(cfg.clock, num_clients=data.num_clients,
                                                          seed=cfg.seed),
         losses=parts.losses, store=store, checkpointer=checkpointer,
         stop_before=algorithm.stop_reason if isinstance(algorithm, Private) else None)
 
-        retries=cfg.cohort.retries or 0,
 
 def serve_worker(run: Run) -> None:
     """On a process that serves another's fleet (a torchrun rank other than 0): answer it

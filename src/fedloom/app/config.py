@@ -26,6 +26,8 @@ from fedloom.aggregators.rules import REGISTRY as AGGREGATORS
 from fedloom.aggregators.rules import AggregatorConfig
 from fedloom.algorithms.fedavg import FedAvgOptions
 from fedloom.algorithms.registry import AlgorithmConfig, registry
+from fedloom.attacks.config import OPTIONS as ATTACK_OPTIONS
+from fedloom.attacks.config import AttackConfig, attack_from_mapping
 from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientConfig
 from fedloom.core.validate import Problems
@@ -95,6 +97,7 @@ class RunConfig:
     algorithm: AlgorithmConfig = field(default_factory=lambda: AlgorithmConfig(
         options=FedAvgOptions()))
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     cohort: CohortConfig = field(default_factory=CohortConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
@@ -151,6 +154,8 @@ def _check_aggregator(cfg: RunConfig, p: Problems) -> None:
     p.check(cfg.topology is None, "aggregator.name", agg.name,
             "robust aggregation replaces a flat run's mean; a topology (hierarchy or gossip) "
             "aggregates per node and is not combined with it")
+    p.check(cfg.topology is None or not cfg.attack.active, "attack.name", cfg.attack.name.value,
+            "attacks are simulated on a flat run; a topology is not combined with them")
 
 
 def _check_secagg(cfg: RunConfig, p: Problems) -> None:
@@ -190,6 +195,8 @@ def _convert(tp: Any, value: Any, key: str, p: Problems) -> Any:
         return _algorithm_from_mapping(value, p, key)
     if tp is AggregatorConfig:
         return _aggregator_from_mapping(value, p, key)
+    if tp is AttackConfig:
+        return _attack_from_mapping(value, p, key)
     if origin in (tuple, list):
         return _sequence(tp, value, key, p)
     if origin is dict:
@@ -293,6 +300,29 @@ def _aggregator_from_mapping(data: Any, p: Problems, key: str) -> Any:
     return _BAD if options is _BAD else AggregatorConfig(name=name, options=options)
 
 
+def _attack_from_mapping(data: Any, p: Problems, key: str) -> Any:
+    if not isinstance(data, Mapping):
+        p.add(key, data, "must be a mapping with a 'name'")
+        return _BAD
+    try:
+        name, fraction, rest = attack_from_mapping(data)
+    except ConfigError as err:
+        p.extend("", err)
+        return _BAD
+    options = from_mapping(ATTACK_OPTIONS[name], rest, key, p)
+    fraction = _convert(float, fraction, f"{key}.fraction", p)
+    if fraction is not _BAD and not 0 <= fraction < 1:
+        p.add(f"{key}.fraction", fraction, "must be in [0, 1)")
+        return _BAD
+    if options is _BAD or fraction is _BAD:
+        return _BAD
+    try:
+        return AttackConfig(name=name, fraction=fraction, options=options)
+    except ConfigError as err:
+        p.extend(key, err)
+        return _BAD
+
+
 def parse_run_config(data: Mapping[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from a plain mapping; raises one ConfigError listing every problem."""
     p = Problems()
@@ -346,6 +376,8 @@ def config_to_dict(cfg: Any) -> Any:
     """A plain, YAML-ready mapping of a config (enums as strings; algorithm options inline)."""
     if isinstance(cfg, AlgorithmConfig | AggregatorConfig):
         return {"name": cfg.name, **config_to_dict(cfg.options)}
+    if isinstance(cfg, AttackConfig):
+        return {"name": cfg.name.value, "fraction": cfg.fraction, **config_to_dict(cfg.options)}
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
     if isinstance(cfg, StrEnum):
