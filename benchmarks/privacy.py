@@ -25,6 +25,7 @@ import torch
 from fedloom import ClientConfig, DataConfig, FedAvg, ModelConfig, Simulation, load_federated
 from fedloom.app.build import build_run
 from fedloom.app.config import load_config
+from fedloom.core.errors import ClientError
 from fedloom.core.threads import torch_threads
 from fedloom.data.config import DatasetName
 from fedloom.fleets.vectorized import VectorizedTrainer
@@ -89,7 +90,12 @@ def accuracy(rounds: int, noises: list[float], clip: float, threads: int) -> Non
                 overrides += ["privacy.mechanism=central", f"privacy.noise_multiplier={z}",
                               f"privacy.clip={clip}", "privacy.delta=1e-5"]
             run = build_run(load_config(None, overrides))
-            rows = run.run().rows
+            try:
+                rows = run.run().rows
+            except ClientError as err:  # the noise blew the model up: clients send NaN
+                print(f"| {clients} | {cohort} | {z} | - | diverged at round {err.round} |",
+                      flush=True)
+                continue
             eps = rows[-1].get("epsilon")
             eps_text = "-" if eps is None else ("inf" if eps == float("inf") else f"{eps:.2f}")
             print(f"| {clients} | {cohort} | {'none' if z is None else z} | {eps_text} | "

@@ -58,7 +58,15 @@ def test_refusals_name_the_reason() -> None:
         load_config(None, [*BASE, "privacy.mechanism=central", "secagg.enabled=true"])
     with pytest.raises(ConfigError, match="count_stddev"):
         run("privacy.mechanism=adaptive")  # cohort 10: the default count noise is too small
-    with pytest.raises(ConfigError, match="privacy.mechanism"):
+    with pytest.raises(ConfigError, match=r"privacy\.mechanism"):
         load_config(None, [*BASE, "privacy.mechanism=everything"])
     # client-side noise composes with a robust aggregator
     load_config(None, [*BASE, "privacy.mechanism=local", "aggregator.name=median"])
+
+
+def test_run_summary_carries_epsilon() -> None:
+    from fedloom.reporting.report import summarize_rows
+
+    rows = run("privacy.mechanism=local").run().rows
+    assert summarize_rows(rows, None)["epsilon"] == rows[-1]["epsilon"]
+    assert "epsilon" not in summarize_rows([{"round": 1, "test_accuracy": 0.5}], None)

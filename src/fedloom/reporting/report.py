@@ -39,12 +39,16 @@ def accuracy_curve(rows: Sequence[Row]) -> list[tuple[int, float]]:
 
 
 def summarize_rows(rows: Sequence[Row], target: float | None) -> dict[str, float | int | None]:
-    """Final and best test accuracy, the round of the best, rounds run, first round >= target."""
+    """Final and best test accuracy, the round of the best, rounds run, first round >= target,
+    and, for a private run (fedloom.privacy), the epsilon spent by its last round."""
     rows = top_rows(list(rows))
     curve = accuracy_curve(rows)
     best = max(curve, key=lambda ra: ra[1], default=None)
     reached = [rnd for rnd, acc in curve if target is not None and acc >= target]
-    return {"final_accuracy": curve[-1][1] if curve else None,
+    spent = next((float(e) for r in reversed(rows)
+                  if isinstance(e := r.get("epsilon"), int | float)), None)
+    privacy = {} if spent is None else {"epsilon": spent}  # a private run's budget spent
+    return {**privacy, "final_accuracy": curve[-1][1] if curve else None,
             "best_accuracy": best[1] if best else None,
             "best_round": best[0] if best else None,
             "rounds": max((int(r["round"] or 0) for r in rows), default=0),
