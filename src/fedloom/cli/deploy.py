@@ -255,6 +255,7 @@ def _server_options(args: argparse.Namespace) -> ServerOptions:
         address=args.address, tls=tls, insecure=args.insecure, tokens=args.tokens,
         min_clients=args.min_clients, start_timeout=args.start_timeout, resume=args.resume,
         console=not args.quiet, sample_connected=not args.wait_for_absent,
+        substitute_after=args.substitute_after,
         initial_parameters=getattr(args, "initial_parameters", "server"),
         max_examples=_example_bound(getattr(args, "max_examples", "registered")),
         bulk_port=None if args.bulk_port < 0 else args.bulk_port,
@@ -286,7 +287,6 @@ def _tokens(args: argparse.Namespace, ids: list[int]) -> dict[int, str | None]:
     if args.token_file:
         book = read_tokens(args.token_file)
         return {cid: book.get(cid) for cid in ids}
-        substitute_after=args.substitute_after,
     token = args.token or os.environ.get("FEDLOOM_TOKEN")
     return dict.fromkeys(ids, token)
 
