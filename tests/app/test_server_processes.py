@@ -87,6 +87,26 @@ def test_three_client_processes_give_the_simulations_model_bit_for_bit(tmp_path:
     assert result.history.rows[-1]["test_accuracy"] == sim_rows[-1]["test_accuracy"]
 
 
+def test_secure_aggregation_with_the_command_line_clients(tmp_path: Path) -> None:
+    """``fedloom client`` processes take part in SecAgg+ when the server's config enables it:
+    the run ends with a model within quantisation steps of the plain run's."""
+    port = free_port()
+    secure = [*SYNTH, "secagg.enabled=true", "secagg.threshold=2", "cohort.min_success=3"]
+    with processes() as started:
+        clients = [spawn(started, fedloom_cmd(
+            "client", "--server", f"127.0.0.1:{port}", "--client-id", f"{k},{k + 3}",
+            "--insecure")) for k in range(3)]
+        run_server(load_config(None, [*secure, f"out={tmp_path / 'run'}"]),
+                   ServerOptions(address=f"127.0.0.1:{port}", insecure=True, console=False,
+                                 start_timeout=120))
+        outputs = [p.communicate(timeout=60) for p in clients]
+    assert [p.returncode for p in clients] == [0, 0, 0], outputs
+    deployed = load_file(str(tmp_path / "run" / "model.safetensors"))
+    plain = simulated(SYNTH)
+    assert all(torch.allclose(deployed[k], v, atol=1e-4, rtol=0) for k, v in plain.items())
+    assert len(read_rows(tmp_path / "run" / "metrics.jsonl")) == 3
+
+
 SLOW_TRAINER = """\
 import os, pathlib, shutil, sys, time
 source, target = sys.argv[1], sys.argv[2]

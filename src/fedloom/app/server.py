@@ -33,6 +33,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.rng import derive_seed
 from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
+from fedloom.fleets.secagg_grpc import GrpcSecAggFleet
 from fedloom.runtime.assemble import FleetRequest
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
@@ -187,8 +188,8 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
                     checkpointer=Checkpointer(out, every=max(1, cfg.checkpoint.every)),
                     task_timeout=options.policy.round_timeout,
                     idle_timeout=options.start_timeout)
-    fleet = run.fleet
-    assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built
+    fleet = run.fleet.fleet if isinstance(run.fleet, GrpcSecAggFleet) else run.fleet
+    assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built (under SecAgg's wrapper)
     if isinstance(run, ServerLoop) and options.sample_connected:
         run.sampler = ConnectedSampler(run.sampler, available=fleet.server.connected,
                                        seed=cfg.seed, grace=options.substitute_after)

@@ -297,6 +297,8 @@ def _client(args: argparse.Namespace) -> int:
     from fedloom.runtime.client_loop import Backoff, ClientLoop
     from fedloom.runtime.clients import Client
     from fedloom.runtime.command_client import CommandClient
+    from fedloom.runtime.secagg_client import SecAggClient
+    from fedloom.transport.handlers import Handlers
     from fedloom.transport.security import TlsFiles
 
     ids = _client_ids(args.client_id)
@@ -308,9 +310,16 @@ def _client(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, args.overrides) if args.config else None
         client = ConfigClient(cfg, args.overrides)
     tls = None if args.insecure else TlsFiles(cert=args.cert, key=args.key, ca=args.root_cert)
-    runners = [ClientLoop(args.server, client_id=cid, client=client, token=tokens[cid],
-                            tls=tls, insecure=args.insecure, bulk=not args.no_bulk,
-                            backoff=Backoff(give_up_after=args.retry_for)) for cid in ids]
+
+    def runner(cid: int) -> ClientLoop:
+        """One connection; it can take part in secure aggregation when the server asks."""
+        secure = SecAggClient(client)
+        return ClientLoop(args.server, client_id=cid, client=secure, token=tokens[cid],
+                          tls=tls, insecure=args.insecure, bulk=not args.no_bulk,
+                          backoff=Backoff(give_up_after=args.retry_for),
+                          handlers=secure.install(Handlers()))
+
+    runners = [runner(cid) for cid in ids]
     if len(runners) == 1:
         print(f"client {ids[0]}: {runners[0].run()}")
         return 0
