@@ -273,31 +273,30 @@ def from_mapping(cls: type[Any], data: Mapping[str, Any], prefix: str, p: Proble
     return _BAD if bad else built
 
 
-def _algorithm_from_mapping(data: Any, p: Problems, key: str = "algorithm") -> Any:
+def _named(data: Any, p: Problems, key: str, default: str,
+           known: Mapping[str, Any]) -> tuple[str, Any] | None:
+    """A ``{name: ..., option: ...}`` section: its registered name and its typed options
+    (None after recording what is wrong)."""
     if not isinstance(data, Mapping):
         p.add(key, data, "must be a mapping with a 'name'")
-        return _BAD
+        return None
     rest = dict(data)
-    name = rest.pop("name", "fedavg")
-    known = registry()
+    name = rest.pop("name", default)
     if name not in known:
         p.add(f"{key}.name", name, f"must be one of {', '.join(sorted(known))}")
-        return _BAD
+        return None
     options = from_mapping(known[name].options, rest, key, p)
-    return _BAD if options is _BAD else AlgorithmConfig(name=name, options=options)
+    return None if options is _BAD else (name, options)
+
+
+def _algorithm_from_mapping(data: Any, p: Problems, key: str = "algorithm") -> Any:
+    named = _named(data, p, key, "fedavg", registry())
+    return _BAD if named is None else AlgorithmConfig(name=named[0], options=named[1])
 
 
 def _aggregator_from_mapping(data: Any, p: Problems, key: str) -> Any:
-    if not isinstance(data, Mapping):
-        p.add(key, data, "must be a mapping with a 'name'")
-        return _BAD
-    rest = dict(data)
-    name = rest.pop("name", "mean")
-    if name not in AGGREGATORS:
-        p.add(f"{key}.name", name, f"must be one of {', '.join(sorted(AGGREGATORS))}")
-        return _BAD
-    options = from_mapping(AGGREGATORS[name].options, rest, key, p)
-    return _BAD if options is _BAD else AggregatorConfig(name=name, options=options)
+    named = _named(data, p, key, "mean", AGGREGATORS)
+    return _BAD if named is None else AggregatorConfig(name=named[0], options=named[1])
 
 
 def _attack_from_mapping(data: Any, p: Problems, key: str) -> Any:

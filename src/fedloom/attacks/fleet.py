@@ -17,19 +17,18 @@ import torch
 
 from fedloom.attacks import updates as u
 from fedloom.attacks.config import AttackConfig, AttackName
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientResult, Downlink, Outcome
 from fedloom.core.rng import torch_generator
-from fedloom.fleets.base import Fleet
+from fedloom.fleets.base import Fleet, WrappedFleet
 
 
-class AttackedFleet:
+class AttackedFleet(WrappedFleet):
     """``inner`` with the malicious clients' results rewritten by ``attack``."""
 
     def __init__(self, inner: Fleet, attack: AttackConfig, malicious: frozenset[int],
                  seed: int) -> None:
-        self.inner, self.attack, self.malicious, self.seed = inner, attack, malicious, seed
-        self.is_worker = inner.is_worker
+        super().__init__(inner)
+        self.attack, self.malicious, self.seed = attack, malicious, seed
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
         outcomes = self.inner.fit(round, tasks)
@@ -67,18 +66,6 @@ class AttackedFleet:
             return u.alie(stacked, z=u.alie_z(n, m) if opts.z is None else opts.z)
         return None
 
-    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
-        return self.inner.evaluate(params)
-
-    def client_losses(self, params: torch.Tensor,
-                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
-        return self.inner.client_losses(params, client_ids)
-
-    def serve(self) -> None:
-        self.inner.serve()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 __all__ = ["AttackedFleet"]

@@ -68,6 +68,28 @@ class FleetBase:
         pass
 
 
+class WrappedFleet(FleetBase):
+    """A fleet that changes how ``inner`` fits and leaves the rest to it (evaluation, client
+    losses, worker ranks, closing): subclasses implement ``fit``."""
+
+    def __init__(self, inner: Fleet) -> None:
+        self.inner = inner
+        self.is_worker = inner.is_worker
+
+    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
+        return self.inner.evaluate(params)
+
+    def client_losses(self, params: torch.Tensor,
+                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
+        return self.inner.client_losses(params, client_ids)
+
+    def serve(self) -> None:
+        self.inner.serve()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
     """A submitted task's outcome, as an async fleet delivers it.

@@ -24,9 +24,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 import torch
 
 from fedloom.core.errors import AggregationError, ConfigError, RoundAborted
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
-from fedloom.fleets.base import Fleet, FleetBase
+from fedloom.fleets.base import Fleet, WrappedFleet
 from fedloom.secagg import (
     Quantizer,
     RoundSetup,
@@ -84,7 +83,7 @@ def log_costs(round: int, costs: Sequence[StageCost]) -> None:
                  c.bytes_down, c.bytes_up)
 
 
-class SecAggFleet(FleetBase):
+class SecAggFleet(WrappedFleet):
     """``inner``'s clients train; their updates are summed by the protocol in memory.
 
     Args:
@@ -98,8 +97,8 @@ class SecAggFleet(FleetBase):
 
     def __init__(self, inner: Fleet, cfg: SecAggConfig, *, seed: int = 0,
                  drop: DropPlan | None = None) -> None:
-        self.inner, self.cfg, self.seed, self.drop = inner, cfg, seed, drop
-        self.is_worker = inner.is_worker
+        super().__init__(inner)
+        self.cfg, self.seed, self.drop = cfg, seed, drop
         self.costs: dict[int, list[StageCost]] = {}
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
@@ -129,18 +128,6 @@ class SecAggFleet(FleetBase):
                                         message=why)
         return secure_outcomes(round, base, sim.sum, failures, steps)
 
-    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
-        return self.inner.evaluate(params)
-
-    def client_losses(self, params: torch.Tensor,
-                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
-        return self.inner.client_losses(params, client_ids)
-
-    def serve(self) -> None:
-        self.inner.serve()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 __all__ = ["SecAggFleet", "common_params", "secure_outcomes", "setup_round"]
