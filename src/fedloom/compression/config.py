@@ -1,0 +1,71 @@
+"""``compression.*``: which codec the uplink uses, and its options.
+
+Example:
+    >>> make_codec(CompressionConfig(uplink=Uplink.TOPK, ratio=0.1)).nbytes(100)
+    80
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, TopK
+from fedloom.core.validate import Problems
+
+
+class Uplink(StrEnum):
+    NONE = "none"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    QSGD = "qsgd"
+    TOPK = "topk"
+    RANDK = "randk"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompressionConfig:
+    """``uplink``: the codec of the clients' updates (none: float32, as trained).
+    ``ratio``: the fraction of values top-k and random-k keep. ``levels``: QSGD's levels per
+    sign (127 and below travel as 8 bits). ``block``: values per QSGD norm.
+    ``error_feedback``: keep what a client could not send and add it to its next update
+    (null: on for topk and randk, off otherwise)."""
+
+    uplink: Uplink = Uplink.NONE
+    ratio: float = 0.01
+    levels: int = 127
+    block: int = 4096
+    error_feedback: bool | None = None
+
+    def __post_init__(self) -> None:
+        p = Problems()
+        p.check(0 < self.ratio <= 1, "ratio", self.ratio, "must be in (0, 1]")
+        p.check(1 <= self.levels <= 32767, "levels", self.levels, "must be in [1, 32767]")
+        p.check(self.block >= 1, "block", self.block, "must be >= 1")
+        p.raise_if_any()
+
+    @property
+    def enabled(self) -> bool:
+        return self.uplink is not Uplink.NONE
+
+    @property
+    def feedback(self) -> bool:
+        if self.error_feedback is not None:
+            return self.error_feedback
+        return self.uplink in (Uplink.TOPK, Uplink.RANDK)
+
+
+def make_codec(cfg: CompressionConfig) -> Codec:
+    """The codec ``cfg.uplink`` names (``none`` is not a codec)."""
+    match cfg.uplink:
+        case Uplink.FP16:
+            return Float16()
+        case Uplink.BF16:
+            return BFloat16()
+        case Uplink.QSGD:
+            return QSGD(levels=cfg.levels, block=cfg.block)
+        case Uplink.TOPK:
+            return TopK(ratio=cfg.ratio)
+        case Uplink.RANDK:
+            return RandK(ratio=cfg.ratio)
+    raise ValueError(f"compression.uplink = {cfg.uplink.value!r} is not a codec")
