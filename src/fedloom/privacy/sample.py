@@ -10,6 +10,9 @@ example gradients are ``vmap(grad(loss of one example))`` (one batched computati
 examples); the clipped sum is a per-example weighted sum (one batched matmul per tensor). The
 noise is one draw of all trainable values (layout order) per step from the client's
 ``(seed, round, client_id, purpose)`` stream, so every fleet adds the same noise.
+
+The trainers use :mod:`.ghost` in place of :func:`client_fn` where the model allows: the same
+sums without per-example gradients of linear layers.
 """
 
 from __future__ import annotations
@@ -68,11 +71,13 @@ def client_fn(model: nn.Module, trained: Sequence[str], fixed: Sequence[str],
 
 
 def add_noise(flat_sum: torch.Tensor, *, count: int, clip: float, noise_multiplier: float,
-              generator: torch.Generator) -> torch.Tensor:
+              generator: torch.Generator, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """``(flat_sum + N(0, (z C)^2)) / count``, in place; the noise is drawn from
-    ``generator`` on the CPU (the same draw whatever the device)."""
+    ``generator`` on the CPU (the same draw whatever the device), into ``scratch`` when given
+    (a CPU float tensor shaped like ``flat_sum``: no allocation per step, the same numbers)."""
     if noise_multiplier > 0:
-        noise = torch.randn(flat_sum.shape, generator=generator, dtype=flat_sum.dtype)
+        noise = torch.empty(flat_sum.shape, dtype=flat_sum.dtype) if scratch is None else scratch
+        noise.normal_(generator=generator)  # = torch.randn(shape, generator=generator)
         flat_sum.add_(noise.to(flat_sum.device), alpha=noise_multiplier * clip)
     return flat_sum.div_(max(count, 1))
 

@@ -21,6 +21,7 @@ from fedloom.core.packages import ClientResult, Downlink
 from fedloom.core.rng import Purpose, torch_generator
 from fedloom.data.dataset import Examples
 from fedloom.models import ModelFn
+from fedloom.privacy.ghost import choose, ghost_fn
 from fedloom.privacy.sample import ClientFn, add_noise, client_fn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,7 +79,8 @@ class LocalTrainer:
         self.device = torch.device(device)
         # gradients as views into one flat buffer, for hooks that correct them in place
         self.grads = torch.zeros(self.layout.num_trainable, device=self.device)
-        self._private: ClientFn | None = None  # DP-SGD's per-example gradients, built once
+        self._private: ClientFn | None = None  # DP-SGD's clipped sums, built on first use
+        self._scratch: torch.Tensor | None = None  # DP-SGD's noise, drawn in place each step
 
     def fit(self, downlink: Downlink) -> ClientResult:
         """Run the client's local SGD from the downlink's parameters; return its new params."""
@@ -159,15 +161,20 @@ class LocalTrainer:
 
     def _private_grads(self, dp: PerExampleClip, x: torch.Tensor, y: torch.Tensor,
                        noise: torch.Generator) -> torch.Tensor:
-        """Write DP-SGD's gradient (:mod:`fedloom.privacy.sample`) into the bound gradient
-        buffer; returns the batch's mean loss."""
-        if self._private is None:
-            self._private = client_fn(self.model, self.names, (), self.loss_fn, dp.clip)
+        """Write DP-SGD's gradient (:mod:`fedloom.privacy.sample`, ghost-clipped where the
+        model allows: :mod:`fedloom.privacy.ghost`) into the bound gradient buffer; returns the
+        batch's mean loss."""
         params = tuple(p.detach() for p in self.params)
-        *sums, loss = self._private(params, (), x, y, torch.ones(x.shape[0], device=x.device))
-        flat = torch.cat([g.reshape(-1) for g in sums])
-        self.grads.copy_(add_noise(flat, count=int(x.shape[0]), clip=dp.clip,
-                                   noise_multiplier=dp.noise_multiplier, generator=noise))
+        args = (params, (), x, y, torch.ones(x.shape[0], device=x.device))
+        if self._private is None:
+            self._private = choose(ghost_fn(self.model, self.names, (), self.loss_fn, dp.clip),
+                                   client_fn(self.model, self.names, (), self.loss_fn, dp.clip),
+                                   args, dp.clip)
+            self._scratch = torch.empty(self.layout.num_trainable, dtype=self.grads.dtype)
+        *sums, loss = self._private(*args)
+        torch.cat([g.reshape(-1) for g in sums], out=self.grads)
+        add_noise(self.grads, count=int(x.shape[0]), clip=dp.clip,
+                  noise_multiplier=dp.noise_multiplier, generator=noise, scratch=self._scratch)
         return loss.detach()
 
     def _pass(self, extra: ExtraPass, downlink: Downlink,

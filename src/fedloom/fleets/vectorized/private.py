@@ -1,7 +1,8 @@
 """Sample-level DP-SGD on stacked clients: every client's clipped per-example gradient sum in
-one batched call, ``vmap`` over clients of :func:`fedloom.privacy.sample.client_fn` (itself
-``vmap(grad(loss of one example))``), then each client's own noise as the serial trainer adds
-it.
+one batched call, ``vmap`` over clients of :func:`fedloom.privacy.ghost.ghost_fn` (ghost
+clipping: no per-example gradient of a linear layer) or, for a model it cannot handle, of
+:func:`fedloom.privacy.sample.client_fn` (``vmap(grad(loss of one example))``); then each
+client's own noise as the serial trainer adds it.
 
 The padding of a short batch has weight 0, so it is neither clipped into the sum nor counted;
 the sum is divided by the client's real examples at that step. After a shape's first few calls
@@ -21,7 +22,8 @@ from fedloom.core.packages import Downlink
 from fedloom.core.rng import torch_generator
 from fedloom.fleets.vectorized.check import LossFn
 from fedloom.fleets.vectorized.kernel import GradFn, Tensors, record
-from fedloom.privacy.sample import add_noise, client_fn
+from fedloom.privacy.ghost import choose, ghost_fn
+from fedloom.privacy.sample import ClientFn, client_fn
 
 
 class PrivateKernel:
@@ -39,14 +41,10 @@ class PrivateKernel:
     def __init__(self, *, model: nn.Module, trained: Sequence[str], fixed: Sequence[str],
                  loss_fn: LossFn, dp: PerExampleClip, trace_after: int = 3) -> None:
         self.dp = dp
-        n_trained, n_fixed = len(trained), len(fixed)
-        batched = vmap(client_fn(model, trained, fixed, loss_fn, dp.clip))
-
-        def sums(*args: torch.Tensor) -> Tensors:
-            p, q = args[:n_trained], args[n_trained:n_trained + n_fixed]
-            return tuple(batched(p, q, *args[n_trained + n_fixed:]))
-
-        self.eager: GradFn = sums
+        self.n_trained, self.n_fixed = len(trained), len(fixed)
+        self.ghost = ghost_fn(model, trained, fixed, loss_fn, dp.clip)
+        self.reference = client_fn(model, trained, fixed, loss_fn, dp.clip)
+        self.eager: GradFn | None = None  # chosen on the first call (ghost.choose)
         self.trace_after = trace_after
         self.graphs: dict[tuple[object, ...], GradFn] = {}
         self.calls: dict[tuple[object, ...], int] = {}
@@ -55,22 +53,34 @@ class PrivateKernel:
                  x: torch.Tensor, y: torch.Tensor,
                  w: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
         """Every client's clipped gradient sum (stacked like ``params``) and mean loss."""
+        if self.eager is None:
+            one = (tuple(p[0] for p in params), tuple(q[0] for q in fixed), x[0], y[0], w[0])
+            self.eager = self._batched(choose(self.ghost, self.reference, one, self.dp.clip))
         args = (*params, *fixed, x, y, w)
-        out = self._fn(args)(*args)
+        out = self._fn(args, self.eager)(*args)
         return out[:-1], out[-1]
 
-    def _fn(self, args: Tensors) -> GradFn:
+    def _batched(self, fn: ClientFn) -> GradFn:
+        batched, n_trained, n_fixed = vmap(fn), self.n_trained, self.n_fixed
+
+        def sums(*args: torch.Tensor) -> Tensors:
+            p, q = args[:n_trained], args[n_trained:n_trained + n_fixed]
+            return tuple(batched(p, q, *args[n_trained + n_fixed:]))
+
+        return sums
+
+    def _fn(self, args: Tensors, eager: GradFn) -> GradFn:
         if not self.trace_after:
-            return self.eager
+            return eager
         key = tuple((a.shape, a.dtype, a.device) for a in args)
         fn = self.graphs.get(key)
         if fn is not None:
             return fn
         self.calls[key] = n = self.calls.get(key, 0) + 1
         if n < self.trace_after:
-            return self.eager
-        graph = record(self.eager, args)
-        fn = self.graphs[key] = self.eager if graph is None else graph
+            return eager
+        graph = record(eager, args)
+        fn = self.graphs[key] = eager if graph is None else graph
         return fn
 
 
@@ -81,15 +91,30 @@ def noise_streams(dp: PerExampleClip, tasks: Sequence[Downlink],
                             dp.purpose + pass_name) for t in tasks]
 
 
-def finish_private(dp: PerExampleClip, flat_sums: torch.Tensor, counts: torch.Tensor,
-                   streams: Sequence[torch.Generator], active: Sequence[bool]) -> torch.Tensor:
-    """``(sum + noise) / count`` for every stepping client's row of ``flat_sums`` (K x P, in
-    place); clients that do not step draw no noise, as in the serial loop."""
-    for k, gen in enumerate(streams):
-        if active[k]:
-            add_noise(flat_sums[k], count=int(counts[k]), clip=dp.clip,
-                      noise_multiplier=dp.noise_multiplier, generator=gen)
-    return flat_sums
+def finish_private(dp: PerExampleClip, sums: Sequence[torch.Tensor], counts: torch.Tensor,
+                   streams: Sequence[torch.Generator], active: Sequence[bool],
+                   scratch: torch.Tensor) -> list[torch.Tensor]:
+    """``(sum + noise) / count`` for every stepping client, in place on ``sums`` (each
+    ``(K, *shape)``, together the K x P flat trainable values in layout order); clients that do
+    not step draw no noise, as in the serial loop. Each row of ``scratch`` (K x P, CPU) takes
+    its client's draw in place: the serial trainer's numbers, without concatenating ``sums``."""
+    k = len(streams)
+    if dp.noise_multiplier > 0:
+        for j, gen in enumerate(streams):
+            if active[j]:
+                scratch[j].normal_(generator=gen)  # = torch.randn(P, generator=gen)
+            else:
+                scratch[j].zero_()
+    noise = scratch.to(sums[0].device)
+    div = counts.to(sums[0].device, sums[0].dtype).clamp(min=1).view(-1, 1)
+    out, offset = [], 0
+    for g in sums:
+        flat = g.reshape(k, -1)
+        if dp.noise_multiplier > 0:
+            flat.add_(noise[:, offset:offset + flat.shape[1]], alpha=dp.noise_multiplier * dp.clip)
+        out.append(flat.div_(div).view(g.shape))
+        offset += flat.shape[1]
+    return out
 
 
 __all__ = ["PrivateKernel", "finish_private", "noise_streams"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from fedloom.algorithms.base import GradHook, PerExampleClip
+from fedloom.algorithms.base import GradHook
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
@@ -193,6 +193,8 @@ class VectorizedTrainer:
         hooked = extra_loss is not None or correct is not None
         dp = self.spec.local.per_example
         streams = [] if dp is None else noise_streams(dp, tasks, pass_name)
+        scratch = torch.empty((k, self.layout.num_trainable) if dp else (0,),
+                              dtype=self.layout.dtype)  # DP-SGD's noise, drawn in place
         # what the serial optimiser steps: every tensor given a .grad
         stepped = [i for i, (e, d) in enumerate(zip(self.params, self.differentiable))
                    if correct is not None or dp is not None or (d and (extra_loss is not None
@@ -220,7 +222,8 @@ class VectorizedTrainer:
             every = [next(it) if d else torch.zeros_like(p)
                      for p, d in zip(params, self.differentiable)]
             if dp is not None:
-                every = self._noised(dp, every, sched.counts[t], streams, active[t].tolist())
+                every = finish_private(dp, every, sched.counts[t], streams,
+                                       active[t].tolist(), scratch)
             if hooked:
                 act = active[t].tolist()
                 if extra_loss is not None:
@@ -236,21 +239,6 @@ class VectorizedTrainer:
         weights_seen = seen.sum(0).tolist()
         return _Pass(params=out, losses=[Mean(s, w) for s, w in zip(sums, weights_seen)],
                      steps=sched.steps)
-
-    @staticmethod
-    def _noised(dp: PerExampleClip, sums: Sequence[torch.Tensor], counts: torch.Tensor,
-                streams: Sequence[torch.Generator], active: Sequence[bool]) -> list[torch.Tensor]:
-        """DP-SGD's noise and division by the batch size, on the flat trainable values of each
-        client (the serial trainer's layout order); returns them stacked like ``sums``."""
-        k = sums[0].shape[0]
-        flat = finish_private(dp, torch.cat([g.reshape(k, -1) for g in sums], dim=1), counts,
-                              streams, active)
-        out, offset = [], 0
-        for g in sums:
-            n = g[0].numel()
-            out.append(flat[:, offset:offset + n].view(g.shape))
-            offset += n
-        return out
 
     def _exact_grads(self, params: Sequence[torch.Tensor], fixed: Sequence[torch.Tensor],
                      x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
