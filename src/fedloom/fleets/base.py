@@ -17,6 +17,7 @@ import torch
 
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import Downlink, Outcome
+from fedloom.core.traffic import Traffic
 
 
 class Fleet(Protocol):
@@ -46,6 +47,16 @@ class Fleet(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Metered(Protocol):
+    """A fleet that measures the bytes its fit tasks really move (remote clients); the round
+    loop reports those instead of the sizes a simulation computes."""
+
+    def traffic(self) -> Traffic:
+        """Running totals since the fleet started (a round's are the difference)."""
+        ...
 
 
 class FleetBase:

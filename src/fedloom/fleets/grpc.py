@@ -32,6 +32,7 @@ import torch
 from fedloom.core.errors import ClientError, TransportError
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientFailure, Downlink, Outcome
+from fedloom.core.traffic import Traffic
 from fedloom.fleets.base import Arrival, FleetBase
 from fedloom.transport.codec import ChunkCache
 from fedloom.transport.generated import fedloom_pb2 as pb
@@ -109,6 +110,10 @@ class GrpcFleet(FleetBase):
         self._busy: dict[int, int] = {}  # task id -> client id, tasks in flight (async mode)
         self._closed = False
         self._started = time.monotonic()
+
+    def traffic(self) -> Traffic:
+        """Fit packages sent and fit replies accepted, as measured on the streams."""
+        return self.server.traffic.total()
 
     # -- connections -------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ from fedloom.core.packages import (
     split_outcomes,
 )
 from fedloom.core.threads import torch_threads
-from fedloom.fleets.base import Fleet
+from fedloom.core.traffic import Float32Sizes, Traffic, WireSizes, simulated_traffic
+from fedloom.fleets.base import Fleet, Metered
 from fedloom.runtime import heterogeneity
 from fedloom.runtime.checkpoint import (
     Checkpoint,
@@ -118,6 +119,10 @@ class ServerLoop:
         stop_before: asked before each round with its number; a reason (a string) ends the
             run there, after a checkpoint of the last round run (a privacy budget that
             round would exceed).
+        sizes: the payload bytes each package would have on the wire, for the rows'
+            ``bytes_down`` and ``bytes_up`` (default: every tensor's bytes); a fleet that
+            measures its traffic (:class:`~fedloom.fleets.base.Metered`) reports that instead.
+            Only the attempt that completed a round is counted.
     """
 
     def __init__(self, *, algorithm: Algorithm, fleet: Fleet, sampler: Sampler,
@@ -128,8 +133,10 @@ class ServerLoop:
                  losses: LossesFn | None = None, store: ClientStateStore | None = None,
                  checkpointer: Checkpointer | None = None, retries: int = 0,
                  on_retry: Callable[[int, int], None] | None = None,
-                 stop_before: Callable[[int], str | None] | None = None) -> None:
+                 stop_before: Callable[[int], str | None] | None = None,
+                 sizes: WireSizes | None = None) -> None:
         self.algorithm, self.fleet, self.sampler = algorithm, fleet, sampler
+        self.sizes = sizes or Float32Sizes()
         self.stop_before = stop_before
         self.stopped: str | None = None  # why the run ended before ``rounds``, if it did
         self.retries, self.on_retry = retries, on_retry
@@ -188,7 +195,7 @@ class ServerLoop:
         agg_done = time.perf_counter()
         row: Row = {"round": rnd, "cohort_size": len(cohort), "num_results": len(results),
                     "num_failures": len(failures), "num_dropped": len(hetero.dropped),
-                    "train_loss": _train_loss(results)}
+                    "train_loss": _train_loss(results), **outcome.traffic.row()}
         if attempt:
             row["round_attempts"] = attempt + 1
         row.update(self.algorithm.row_metrics(state))
@@ -215,11 +222,15 @@ class ServerLoop:
             self.algorithm.configure(rnd, state, cohort, self.client), round=rnd, seed=self.seed,
             dropout=self.dropout, straggler_fraction=self.client.straggler_fraction,
             keeps_partial_work=self.algorithm.keeps_partial_work)
+        metered = self.fleet if isinstance(self.fleet, Metered) else None
+        before = None if metered is None else metered.traffic()
         try:
             outcomes = self.fleet.fit(rnd, hetero.tasks)
         except RoundAborted as err:  # the fleet's round failed as a whole (secure aggregation)
             return _Failed(str(err))
         results, failures = split_outcomes(outcomes, self.layout.size)
+        traffic = (simulated_traffic(self.sizes, hetero.tasks, results)
+                   if metered is None or before is None else metered.traffic() - before)
         fit_done = time.perf_counter()
         for f in failures:
             log.warning("round %d: client %d failed at %s: %s", rnd, f.client_id, f.stage,
@@ -236,7 +247,7 @@ class ServerLoop:
                            f"{rnd - 1} is kept; the largest values came from clients "
                            f"{_largest(results)}")
         return _Done(state=new, cohort=cohort, results=results, failures=failures,
-                     hetero=hetero, fit_done=fit_done)
+                     hetero=hetero, fit_done=fit_done, traffic=traffic)
 
     def snapshot(self) -> Checkpoint:
         """What a checkpoint holds of this loop now."""
@@ -269,6 +280,7 @@ class _Done:
     failures: list[ClientFailure]
     hetero: heterogeneity.Heterogeneity
     fit_done: float
+    traffic: Traffic
 
 
 def adoptable(params: torch.Tensor) -> bool:

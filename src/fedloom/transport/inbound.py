@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientFailure
+from fedloom.core.traffic import Meter
 from fedloom.transport.admission import Limits
 from fedloom.transport.bulk_channel import BulkChannel
 from fedloom.transport.codec import MessageRejected, Package, Rejection
@@ -43,12 +44,15 @@ class Inbound:
         bulk: the server's bulk channel, once it has one.
         conduct: counts each client's violations (shared with the admission, which refuses a
             client over the limit until its window ends).
+        traffic: counts the bytes of accepted fit replies (payload and framing).
     """
 
     def __init__(self, *, layout: ParamLayout, schema: ReplySchema | None, limits: Limits,
                  handlers: Handlers, inbox: queue.Queue[Answer | Connection],
-                 bulk: Callable[[], BulkChannel | None], conduct: Conduct | None = None) -> None:
+                 bulk: Callable[[], BulkChannel | None], conduct: Conduct | None = None,
+                 traffic: Meter | None = None) -> None:
         self.layout, self.schema, self.limits = layout, schema, limits
+        self.traffic = traffic or Meter()
         self.handlers, self.inbox, self.bulk = handlers, inbox, bulk
         self.conduct = conduct or Conduct(max_violations=limits.max_violations,
                                           window=limits.violation_window)
@@ -131,6 +135,7 @@ class Inbound:
             f" s + {self.limits.min_transfer_rate:g} bytes/s)", fatal=True), header)
 
     def _receive(self, session: Session, raw: bytes) -> None:
+        session.received_bytes += len(raw)
         pending = session.assembler.pending
         pkg: Package | None = None
         try:
@@ -143,8 +148,13 @@ class Inbound:
 
     def _take(self, session: Session, pkg: Package) -> None:
         """Match a complete package to its task and pass the answer on."""
+        h, received = pkg.header, session.received_bytes
+        session.received_bytes = 0  # the stream frames of this package (the payload if bulk)
         try:
             answer = session.answer(pkg, self.layout, self.schema)
+            if answer is not None and answer.result is not None:
+                self.traffic.received(payload=h.payload_bytes,
+                                      total=received + (h.payload_bytes if h.bulk else 0))
         except MessageRejected as rejection:
             self._reject(session, rejection, pkg.header)
             return
@@ -174,6 +184,7 @@ class Inbound:
 
     def _reject(self, session: Session, rejection: MessageRejected,
                 header: pb.Header | None) -> None:
+        session.received_bytes = 0
         cid = session.client_id
         logged, held = self.throttle.allow((cid, rejection.reason))
         if logged:

@@ -23,6 +23,7 @@ import torch
 
 from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
+from fedloom.core.traffic import Meter
 from fedloom.transport.admission import Admission, Limits, expect_hello, server_options, source_of
 from fedloom.transport.bulk import (
     BULK_MIN_BYTES,
@@ -123,9 +124,10 @@ class FederationServer:
                           window=self.limits.violation_window)
         self.admission = Admission(limits=self.limits, client_ids=self.client_ids,
                                    tokens=tokens, handlers=self.handlers, conduct=conduct)
+        self.traffic = Meter()  # fit packages sent and fit replies accepted, framing apart
         self.inbound = Inbound(layout=layout, schema=schema, limits=self.limits,
                                handlers=self.handlers, inbox=self.inbox, bulk=lambda: self._bulk,
-                               conduct=conduct)
+                               conduct=conduct, traffic=self.traffic)
 
     # -- lifecycle (any thread) ------------------------------------------------------------
 
@@ -225,10 +227,16 @@ class FederationServer:
         payload = sum(t.numel() * t.element_size() for t in out.tensors.values())
         if session is not None and session.bulk is not None and payload >= BULK_MIN_BYTES:
             out.header.bulk = True
-            return BulkPackage(describe(out.header, out.tensors, header_frame),
+            bulk = BulkPackage(describe(out.header, out.tensors, header_frame),
                                tuple(out.tensors.values()))
-        return encode(out.header, out.tensors, wrap_header=header_frame,
-                      chunk_bytes=self.limits.chunk_bytes, cache=cache)
+            if task.kind == pb.FIT:
+                self.traffic.sent(payload=payload, total=len(bulk.header_frame) + payload)
+            return bulk
+        frames = encode(out.header, out.tensors, wrap_header=header_frame,
+                        chunk_bytes=self.limits.chunk_bytes, cache=cache)
+        if task.kind == pb.FIT:
+            self.traffic.sent(payload=payload, total=sum(len(f) for f in frames))
+        return frames
 
     def expire(self, task_ids: Collection[int]) -> None:
         """Forget open tasks (a closed round): their replies are dropped as late."""

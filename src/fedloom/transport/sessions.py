@@ -101,6 +101,7 @@ class Session:
     close_reason: str | None = None
     ticket: bytes = b""  # presented on the bulk port to pair a bulk connection with this session
     bulk: socket.socket | None = None  # the bulk connection, once the client opened it
+    received_bytes: int = 0  # stream frames of the package being received, for counting
 
     def close(self, reason: str) -> None:
         """End the stream after what is queued (the writer stops at the None)."""
