@@ -25,6 +25,7 @@ from fedloom.algorithms.registry import AlgorithmContext, build_algorithm
 from fedloom.app.config import RunConfig
 from fedloom.app.topologies import build_topology
 from fedloom.attacks import plan_attack
+from fedloom.compression.uplink import Compressed, compress
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
@@ -81,6 +82,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
     rule = build_rule(cfg.aggregator)  # robust aggregation replaces the algorithm's mean
     if rule is not None:
         algorithm = Combined(algorithm, rule)
+    if cfg.compression.enabled:  # clients send their updates through the uplink codec
+        algorithm = compress(algorithm, cfg.compression, seed=cfg.seed, store=store)
     if cfg.privacy is not None:  # after the rule: config refuses central DP with a robust one
         algorithm = privatize(algorithm, cfg.privacy, seed=cfg.seed,
                               cohort_size=cfg.cohort.size, num_examples=num_examples,
@@ -124,7 +127,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
         clock=None if timed is not None else ClientClock(cfg.clock, num_clients=data.num_clients,
                                                          seed=cfg.seed),
         losses=parts.losses, store=store, checkpointer=checkpointer,
-        stop_before=algorithm.stop_reason if isinstance(algorithm, Private) else None)
+        stop_before=algorithm.stop_reason if isinstance(algorithm, Private) else None,
+        sizes=algorithm.sizes if isinstance(algorithm, Compressed) else None)
 
 
 def serve_worker(run: Run) -> None:

@@ -28,6 +28,7 @@ from fedloom.algorithms.fedavg import FedAvgOptions
 from fedloom.algorithms.registry import AlgorithmConfig, registry
 from fedloom.attacks.config import OPTIONS as ATTACK_OPTIONS
 from fedloom.attacks.config import AttackConfig, attack_from_mapping
+from fedloom.compression.config import CompressionConfig, check_compression
 from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientConfig
 from fedloom.core.validate import Problems
@@ -107,6 +108,7 @@ class RunConfig:
     topology: TopologyConfig | None = None
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     privacy: PrivacyConfig | None = None
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -117,6 +119,10 @@ class RunConfig:
         _check_aggregator(self, p)
         _check_secagg(self, p)
         _check_privacy(self, p)
+        check_compression(self.compression, p, algorithm=self.algorithm.name, refused={
+            "a topology (hierarchy or gossip)": self.topology is not None,
+            "differential privacy (privacy.*)": self.privacy is not None,
+            "secure aggregation (secagg.enabled)": self.secagg.enabled})
         p.raise_if_any()
 
 

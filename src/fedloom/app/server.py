@@ -163,6 +163,10 @@ def wait_to_retry(fleet: GrpcFleet, cohort: CohortConfig, timeout: float, round:
 def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     """Everything a server run needs, listening already; nothing has run yet."""
     options.check()
+    if cfg.compression.enabled:
+        raise ConfigError(f"compression.uplink = {cfg.compression.uplink.value!r}: uplink "
+                          "compression is simulation-only for now (a deployment sends float32 "
+                          "updates); use compression.uplink=none with fedloom server")
     if cfg.cohort.dropout or cfg.client.straggler_fraction:
         log.warning("cohort.dropout and client.straggler_fraction simulate heterogeneity; a "
                     "deployment has real clients and ignores them")

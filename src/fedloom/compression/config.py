@@ -7,11 +7,16 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, TopK
 from fedloom.core.validate import Problems
+
+#: algorithms whose uplink is a model whose update may be compressed
+UPDATE_UPLINK = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+                           "fednova", "powd"})
 
 
 class Uplink(StrEnum):
@@ -69,3 +74,17 @@ def make_codec(cfg: CompressionConfig) -> Codec:
         case Uplink.RANDK:
             return RandK(ratio=cfg.ratio)
     raise ValueError(f"compression.uplink = {cfg.uplink.value!r} is not a codec")
+
+
+def check_compression(c: CompressionConfig, p: Problems, *, algorithm: str,
+                      refused: Mapping[str, bool]) -> None:
+    """Record why ``c`` cannot run with the run's ``algorithm``, or with what is on in
+    ``refused`` (what compression is not combined with yet, by name)."""
+    if not c.enabled:
+        return
+    key, value = "compression.uplink", c.uplink.value
+    p.check(algorithm in UPDATE_UPLINK, key, value,
+            f"algorithm {algorithm} does not send a model update the codec can compress "
+            f"(supported: {', '.join(sorted(UPDATE_UPLINK))})")
+    for what, on in refused.items():
+        p.check(not on, key, value, f"compression is not combined with {what} yet")
