@@ -3,6 +3,7 @@ send, in a deployment the payload measured on the streams (and the framing aroun
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,22 @@ def test_simulated_bytes_equal_the_payload_a_deployment_sends(tmp_path: Path,
         assert s["bytes_up"] == d["bytes_up"] == 3 * per_client
         assert "framing_bytes_down" not in s  # a simulation has no frames to measure
         assert d["framing_bytes_down"] > 0 and d["framing_bytes_up"] > 0  # type: ignore[operator]
+
+
+def test_asynchronous_rows_count_what_was_handed_out_and_consumed(tmp_path: Path) -> None:
+    """Simulated: each row's bytes_up is the results it mixed in; deployed (measured on the
+    streams, where a reply may arrive before the row that consumes it): whole models, and at
+    least as many as were mixed in."""
+    overrides = [*SYNTH, "rounds=4", "algorithm.name=fedasync", "clock.concurrency=3"]
+    loop = build_run(load_config(None, overrides))
+    rows = loop.run().rows
+    size = loop.layout.size * 4
+    consumed = [0, *(int(r["client_updates"]) for r in rows)]  # type: ignore[call-overload]
+    assert [r["bytes_up"] for r in rows] == [size * (b - a) for a, b in pairwise(consumed)]
+    assert sum(r["bytes_down"] for r in rows) >= sum(r["bytes_up"] for r in rows)  # type: ignore[misc]
+    dep = build_deployment(load_config(None, [*overrides, f"out={tmp_path / 'run'}"]),
+                           ServerOptions(address="127.0.0.1:0", insecure=True, console=False))
+    deployed = serve_to_the_end(dep).rows
+    assert all(r["bytes_up"] % size == 0 for r in deployed)  # type: ignore[operator]
+    assert sum(r["bytes_up"] for r in deployed) >= size * len(deployed)  # type: ignore[misc]
+    assert sum(r["framing_bytes_up"] for r in deployed) > 0  # type: ignore[misc]

@@ -34,7 +34,8 @@ from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import ClientConfig, ClientResult, checked
 from fedloom.core.rng import SERVER, Purpose, torch_generator
 from fedloom.core.threads import torch_threads
-from fedloom.fleets.base import AsyncFleet
+from fedloom.core.traffic import Float32Sizes, Traffic
+from fedloom.fleets.base import AsyncFleet, Metered
 from fedloom.runtime.async_selection import SelectorChoice, make_selector
 from fedloom.runtime.checkpoint import (
     Checkpoint,
@@ -47,6 +48,8 @@ from fedloom.runtime.checkpoint import (
 )
 from fedloom.runtime.loop import EvaluateFn, History
 from fedloom.runtime.sinks import Row, Sink
+
+SIZES = Float32Sizes()  # asynchronous algorithms send uncompressed packages
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,8 @@ class AsyncLoop:
         self.starts = 0  # tasks handed out: the downlink round of the next, for its seeds
         self.rows: list[Row] = []
         self._jobs: dict[int, _Job] = {}
+        self._down = self._up = 0  # payload bytes of tasks handed out and results consumed
+        self._mark = self._traffic()  # at the last row: a row reports what moved since
 
     def run(self) -> History:
         start = len(self.rows)
@@ -138,12 +143,19 @@ class AsyncLoop:
             lag = self.state.round - job.version
             self.state, changed = self.algorithm.on_result(self.state, outcome, job.params, lag)
             window.consumed += 1
+            self._up += SIZES.uplink(outcome)
             window.staleness.append(lag)
             window.metrics.append(outcome.metrics)
             if changed:
                 record(self._row(window), last=self.versions, rows=self.rows, sinks=self.sinks,
                        checkpointer=self.checkpointer, snapshot=self.snapshot)
                 window = _Window(consumed=window.consumed)
+
+    def _traffic(self) -> Traffic:
+        """Running totals: measured by a fleet that can (remote clients), else counted."""
+        if isinstance(self.fleet, Metered):
+            return self.fleet.traffic()
+        return Traffic(bytes_down=self._down, bytes_up=self._up)
 
     def _hand_out(self) -> None:
         """The newest model to idle clients, up to ``concurrency`` in flight (seeded order)."""
@@ -161,6 +173,7 @@ class AsyncLoop:
             task_id = self.fleet.submit(task)
             if task_id is not None:
                 self._jobs[task_id] = _Job(cid, self.state.round, task.params, self.fleet.now())
+                self._down += SIZES.downlink(task)
                 self.starts += 1
 
     def _give_up_late(self) -> None:
@@ -181,6 +194,9 @@ class AsyncLoop:
                     "mean_staleness": sum(window.staleness) / max(len(window.staleness), 1),
                     "train_loss": train["train_loss"].value if "train_loss" in train else None,
                     "num_failures": window.failures, "fit_seconds": window.compute_seconds}
+        now = self._traffic()
+        row.update((now - self._mark).row())
+        self._mark = now
         if self.fleet.simulated:
             row["sim_time"] = self.fleet.now()
         version = self.state.round
