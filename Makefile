@@ -26,7 +26,8 @@ test-slow: $(STAMP)
 
 # the numerics again on one torch thread: rounding can change with the thread count, so every
 # bitwise comparison must pin both of its sides and hold at any count
-NUMERICS ?= tests/core tests/algorithms tests/training tests/fleets tests/runtime
+NUMERICS ?= tests/core tests/algorithms tests/aggregators tests/privacy tests/secagg tests/training \
+            tests/fleets tests/runtime
 test-one-thread: $(STAMP)
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pytest -q $(NUMERICS)
 
