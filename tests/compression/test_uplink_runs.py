@@ -72,7 +72,7 @@ def test_refusals_name_what_is_refused() -> None:
         load_config(None, [*TINY, "compression.uplink=topk", "algorithm.name=scaffold"])
     with pytest.raises(ConfigError, match="not combined with secure aggregation"):
         load_config(None, [*TINY, "compression.uplink=qsgd", "secagg.enabled=true"])
-    with pytest.raises(ConfigError, match="compression.uplink = 'nope'"):
+    with pytest.raises(ConfigError, match=r"compression\.uplink = 'nope'"):
         load_config(None, [*TINY, "compression.uplink=nope"])
     cfg = load_config(None, [*TINY, "compression.uplink=fp16"])
     with pytest.raises(ConfigError, match="simulation-only for now"):
