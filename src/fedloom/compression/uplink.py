@@ -23,17 +23,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from fedloom.algorithms.base import Algorithm, Finish, LocalSpec, ResultNeeds, Selection
+from fedloom.algorithms.base import Algorithm, Finish
 from fedloom.algorithms.client_store import ClientStateStore
+from fedloom.algorithms.wrapped import Wrapped
 from fedloom.compression.codecs import Codec, with_feedback
 from fedloom.compression.config import UPDATE_UPLINK, CompressionConfig, make_codec
 from fedloom.core.errors import ConfigError
-from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.rng import torch_generator
 from fedloom.core.traffic import payload_bytes
@@ -79,27 +79,17 @@ class CompressedSizes:
             v for k, v in result.extras.items() if k != RESIDUAL)
 
 
-class Compressed:
+class Compressed(Wrapped):
     """``inner`` with its clients' updates sent through ``codec`` (see the module docstring)."""
-
-    reducible = False  # error feedback needs each client's residual, never a reduced mean
 
     def __init__(self, inner: Algorithm, codec: Codec, *, feedback: bool, seed: int,
                  store: ClientStateStore) -> None:
-        self.inner, self.codec, self.feedback, self.store = inner, codec, feedback, store
-        self.name = inner.name
-        self.local: LocalSpec = dataclasses.replace(inner.local, finish=_Encode(
-            codec=codec, feedback=feedback, seed=seed, inner=inner.local.finish))
+        super().__init__(inner, dataclasses.replace(inner.local, finish=_Encode(
+            codec=codec, feedback=feedback, seed=seed, inner=inner.local.finish)))
+        self.codec, self.feedback, self.store = codec, feedback, store
+        self.reducible = False  # error feedback needs each client's residual, not a mean
         self.asynchronous = False
-        self.keeps_partial_work = inner.keeps_partial_work
-        self.personalized = inner.personalized
         self.sizes = CompressedSizes(codec)
-
-    def init(self, params: torch.Tensor) -> ServerState:
-        return self.inner.init(params)
-
-    def select(self, round: int, state: ServerState, selection: Selection) -> list[int]:
-        return self.inner.select(round, state, selection)
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
@@ -124,15 +114,6 @@ class Compressed:
                                                    if k != RESIDUAL})
             plain.append(r)
         return self.inner.aggregate(round, state, plain)
-
-    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
-        return self.inner.result_needs(layout)
-
-    def personal_params(self, client_id: int, params: torch.Tensor) -> torch.Tensor:
-        return self.inner.personal_params(client_id, params)
-
-    def row_metrics(self, state: ServerState) -> Mapping[str, float]:
-        return self.inner.row_metrics(state)
 
 
 def compress(algorithm: Algorithm, cfg: CompressionConfig, *, seed: int,

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
-
-from fedloom.algorithms.base import Algorithm, LocalSpec, ResultNeeds, Selection
+from fedloom.algorithms.base import Algorithm, LocalSpec
 from fedloom.algorithms.combined import Combined
+from fedloom.algorithms.wrapped import Wrapped
 from fedloom.core.errors import ConfigError
-from fedloom.core.layout import ParamLayout
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
+from fedloom.core.packages import ClientConfig, ServerState
 from fedloom.privacy.accountant import Accountant
 from fedloom.privacy.central import GaussianSum
 from fedloom.privacy.config import Mechanism, PrivacyConfig
@@ -42,38 +40,13 @@ def private_local(privacy: PrivacyConfig | None, local: LocalSpec, seed: int) ->
                      seed=seed)
 
 
-class Private:
+class Private(Wrapped):
     """``inner`` under ``privacy`` (see the module docstring); build it with :func:`privatize`."""
 
     def __init__(self, inner: Algorithm, privacy: PrivacyConfig, accountant: Accountant,
                  local: LocalSpec) -> None:
-        self.inner, self.privacy, self.accountant = inner, privacy, accountant
-        self.name = inner.name
-        self.local = local
-        self.asynchronous = inner.asynchronous
-        self.keeps_partial_work = inner.keeps_partial_work
-        self.reducible = inner.reducible
-        self.personalized = inner.personalized
-
-    def init(self, params: torch.Tensor) -> ServerState:
-        return self.inner.init(params)
-
-    def select(self, round: int, state: ServerState, selection: Selection) -> list[int]:
-        return self.inner.select(round, state, selection)
-
-    def configure(self, round: int, state: ServerState, cohort: Sequence[int],
-                  client: ClientConfig) -> list[Downlink]:
-        return self.inner.configure(round, state, cohort, client)
-
-    def aggregate(self, round: int, state: ServerState,
-                  results: Sequence[ClientResult]) -> ServerState:
-        return self.inner.aggregate(round, state, results)
-
-    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
-        return self.inner.result_needs(layout)
-
-    def personal_params(self, client_id: int, params: torch.Tensor) -> torch.Tensor:
-        return self.inner.personal_params(client_id, params)
+        super().__init__(inner, local)
+        self.privacy, self.accountant = privacy, accountant
 
     def row_metrics(self, state: ServerState) -> Mapping[str, float]:
         return {**self.inner.row_metrics(state),
