@@ -19,7 +19,8 @@ CODECS = {"none (float32)": [], "fp16": ["compression.uplink=fp16"],
           "bf16": ["compression.uplink=bf16"],
           "qsgd (127 levels)": ["compression.uplink=qsgd", "compression.levels=127"],
           "topk (1%, EF)": ["compression.uplink=topk", "compression.ratio=0.01"],
-          "randk (1%, EF)": ["compression.uplink=randk", "compression.ratio=0.01"]}
+          "randk (1%, EF)": ["compression.uplink=randk", "compression.ratio=0.01"],
+          "sign (EF)": ["compression.uplink=sign"]}
 
 
 def main() -> None:

@@ -10,7 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.compression import QSGD, BFloat16, CompressionConfig, Float16, RandK, TopK, Uplink
+from fedloom.compression import (
+    QSGD,
+    BFloat16,
+    CompressionConfig,
+    Float16,
+    RandK,
+    Sign,
+    TopK,
+    Uplink,
+)
 from fedloom.compression.codecs import kept, with_feedback
 from fedloom.compression.config import make_codec
 from fedloom.core.errors import ConfigError
@@ -86,6 +95,28 @@ def test_randk_keeps_k_exact_values(x: torch.Tensor, ratio: float, seed: int) ->
     assert enc.nbytes == codec.nbytes(x.numel()) == 4 * k + 8
 
 
+@settings(max_examples=200, deadline=None)
+@given(vectors, st.integers(1, 64))
+def test_sign_keeps_each_sign_and_the_blocks_mean_magnitude(x: torch.Tensor, block: int) -> None:
+    codec = Sign(block=block)
+    enc = codec.encode(x, None)
+    y = codec.decode(enc)
+    assert enc.nbytes == codec.nbytes(x.numel())
+    assert bool(((y < 0) == (x < 0)).all())  # the sign of every value (0 as +)
+    for b in range(0, x.numel(), block):
+        part = x[b:b + block]
+        torch.testing.assert_close(y[b:b + block].abs(),
+                                   part.abs().mean().expand(part.numel()))
+
+
+def test_sign_by_hand() -> None:
+    """x = (1, -3, 0, 4) in blocks of 2: scales 2 and 2; bits 0100 -> one byte 0b01000000."""
+    enc = Sign(block=2).encode(torch.tensor([1.0, -3.0, 0.0, 4.0]), None)
+    assert enc.tensors["signs"].tolist() == [64] and enc.tensors["scale"].tolist() == [2.0, 2.0]
+    assert Sign(block=2).decode(enc).tolist() == [2.0, -2.0, 2.0, 2.0]
+    assert Sign(block=4096).nbytes(199_210) == 24_902 + 4 * 49  # 32x smaller, 49 scales
+
+
 def test_sizes_by_hand() -> None:
     assert Float16().nbytes(1000) == BFloat16().nbytes(1000) == 2000
     assert QSGD(levels=127, block=256).nbytes(1000) == 1000 + 4 * 4  # int8 + 4 norms
@@ -119,8 +150,8 @@ def test_qsgd_is_unbiased() -> None:
     assert float((biased - x).abs().max()) > float((5 * stderr).max())
 
 
-@pytest.mark.parametrize("codec", [TopK(ratio=0.05), RandK(ratio=0.05)])
-def test_error_feedback_tracks_the_sum_of_updates(codec: TopK | RandK) -> None:
+@pytest.mark.parametrize("codec", [TopK(ratio=0.05), RandK(ratio=0.05), Sign(block=50)])
+def test_error_feedback_tracks_the_sum_of_updates(codec: TopK | RandK | Sign) -> None:
     """With feedback, sum(decoded) = sum(true) - residual, and the residual stays bounded;
     without it the gap grows with the rounds."""
     gen = _gen(3)
@@ -141,6 +172,8 @@ def test_error_feedback_tracks_the_sum_of_updates(codec: TopK | RandK) -> None:
 def test_config_names_codecs_and_checks_options() -> None:
     assert isinstance(make_codec(CompressionConfig(uplink=Uplink.QSGD)), QSGD)
     assert CompressionConfig(uplink=Uplink.TOPK).feedback
+    assert CompressionConfig(uplink=Uplink.SIGN).feedback
+    assert isinstance(make_codec(CompressionConfig(uplink=Uplink.SIGN, block=64)), Sign)
     assert not CompressionConfig(uplink=Uplink.QSGD).feedback
     assert CompressionConfig(uplink=Uplink.QSGD, error_feedback=True).feedback
     with pytest.raises(ConfigError, match=r"ratio = 0\.0"):

@@ -27,12 +27,14 @@ def _loop(*overrides: str) -> ServerLoop:
     return loop
 
 
-@pytest.mark.parametrize("codec", ["fp16", "bf16", "qsgd", "topk", "randk"])
+@pytest.mark.parametrize("codec", ["fp16", "bf16", "qsgd", "topk", "randk", "sign"])
 def test_each_codec_runs_learns_and_counts_its_bytes(codec: str) -> None:
-    loop = _loop(f"compression.uplink={codec}", "compression.ratio=0.3", "compression.levels=15")
+    loop = _loop(f"compression.uplink={codec}", "compression.ratio=0.3", "compression.levels=15",
+                 "compression.block=10")
     rows = loop.run().rows
     numel = loop.layout.size
-    sent = make_codec(CompressionConfig(uplink=Uplink(codec), ratio=0.3, levels=15)).nbytes(numel)
+    sent = make_codec(CompressionConfig(uplink=Uplink(codec), ratio=0.3, levels=15,
+                                        block=10)).nbytes(numel)
     assert all(r["bytes_up"] == 4 * sent for r in rows)
     assert all(r["bytes_down"] == 4 * 4 * numel for r in rows)  # residuals are not traffic
     assert sent < 4 * numel

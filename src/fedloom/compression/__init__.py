@@ -11,10 +11,11 @@ from fedloom.compression.codecs import (
     Encoded,
     Float16,
     RandK,
+    Sign,
     TopK,
     with_feedback,
 )
 from fedloom.compression.config import CompressionConfig, Uplink, make_codec
 
-__all__ = ["QSGD", "BFloat16", "Codec", "CompressionConfig", "Encoded", "Float16", "RandK",
+__all__ = ["QSGD", "BFloat16", "Codec", "CompressionConfig", "Encoded", "Float16", "RandK", "Sign",
            "TopK", "Uplink", "make_codec", "with_feedback"]

@@ -13,6 +13,9 @@ the data (:meth:`Codec.nbytes`), so a simulation counts the bytes a deployment w
   kept, 0 elsewhere.
 - ``randk``: k values at indices drawn from a seed (the 8-byte seed travels instead of the
   indices), 4k + 8 bytes; exact on the k kept, 0 elsewhere.
+- ``sign``: scaled sign (EF-SignSGD, Karimireddy et al. 2019): one bit per value (packed 8 to a
+  byte) and one float32 scale per block, the block's mean magnitude ``||x_b||_1 / |b|``:
+  ceil(n / 8) + 4 ceil(n / block) bytes; each value decodes to ``+-scale`` with its sign (0 as +).
 
 ``k = max(1, ceil(ratio * n))``. Random draws (QSGD's rounding, random-k's indices) come from the
 generator the caller passes (:func:`fedloom.core.rng.torch_generator`), never a global one.
@@ -210,6 +213,43 @@ class RandK:
         return 4 * kept(self.ratio, numel) + 8
 
 
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sign:
+    """Scaled sign per block: the signs as bits, each block's mean magnitude as its scale."""
+
+    block: int = 4096
+    name: str = "sign"
+
+    def __post_init__(self) -> None:
+        if self.block < 1:
+            raise ConfigError(f"compression.block = {self.block}: must be >= 1")
+
+    def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
+        n = x.numel()
+        blocks = math.ceil(n / self.block)
+        padded = torch.zeros(blocks * self.block, dtype=torch.float32)
+        padded[:n] = x
+        counts = torch.full((blocks,), float(self.block))
+        counts[-1] = n - (blocks - 1) * self.block
+        scale = padded.view(blocks, self.block).abs().sum(dim=1) / counts
+        bits = torch.zeros(math.ceil(n / 8) * 8, dtype=torch.uint8)
+        bits[:n] = (x < 0).to(torch.uint8)
+        packed = (bits.view(-1, 8) * _BITS).sum(dim=1, dtype=torch.uint8)
+        return Encoded(tensors={"signs": packed, "scale": scale}, numel=n)
+
+    def decode(self, enc: Encoded) -> torch.Tensor:
+        n = enc.numel
+        bits = (enc.tensors["signs"].unsqueeze(1) & _BITS).ne(0).view(-1)[:n]
+        magnitude = enc.tensors["scale"].repeat_interleave(self.block)[:n]
+        return torch.where(bits, -magnitude, magnitude)
+
+    def nbytes(self, numel: int) -> int:
+        return math.ceil(numel / 8) + 4 * math.ceil(numel / self.block)
+
+
 def with_feedback(codec: Codec, update: torch.Tensor, residual: torch.Tensor | None,
                   gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Error feedback: ``update + residual`` is compressed; returns what the server decodes
@@ -219,5 +259,5 @@ def with_feedback(codec: Codec, update: torch.Tensor, residual: torch.Tensor | N
     return decoded, corrected - decoded
 
 
-__all__ = ["QSGD", "BFloat16", "Codec", "Encoded", "Float16", "RandK", "TopK", "kept",
+__all__ = ["QSGD", "BFloat16", "Codec", "Encoded", "Float16", "RandK", "Sign", "TopK", "kept",
            "with_feedback"]

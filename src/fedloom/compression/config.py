@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, TopK
+from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, Sign, TopK
 from fedloom.core.validate import Problems
 
 #: algorithms whose uplink is a model whose update may be compressed
@@ -26,6 +26,7 @@ class Uplink(StrEnum):
     QSGD = "qsgd"
     TOPK = "topk"
     RANDK = "randk"
+    SIGN = "sign"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,7 +35,8 @@ class CompressionConfig:
     ``ratio``: the fraction of values top-k and random-k keep. ``levels``: QSGD's levels per
     sign (127 and below travel as 8 bits). ``block``: values per QSGD norm.
     ``error_feedback``: keep what a client could not send and add it to its next update
-    (null: on for topk and randk, off otherwise)."""
+    (null: on for topk, randk and sign, off otherwise). ``block`` is also sign's values per
+    scale."""
 
     uplink: Uplink = Uplink.NONE
     ratio: float = 0.01
@@ -57,7 +59,7 @@ class CompressionConfig:
     def feedback(self) -> bool:
         if self.error_feedback is not None:
             return self.error_feedback
-        return self.uplink in (Uplink.TOPK, Uplink.RANDK)
+        return self.uplink in (Uplink.TOPK, Uplink.RANDK, Uplink.SIGN)
 
 
 def make_codec(cfg: CompressionConfig) -> Codec:
@@ -73,6 +75,8 @@ def make_codec(cfg: CompressionConfig) -> Codec:
             return TopK(ratio=cfg.ratio)
         case Uplink.RANDK:
             return RandK(ratio=cfg.ratio)
+        case Uplink.SIGN:
+            return Sign(block=cfg.block)
     raise ValueError(f"compression.uplink = {cfg.uplink.value!r} is not a codec")
 
 
