@@ -286,7 +286,8 @@ class _Done:
 def adoptable(params: torch.Tensor) -> bool:
     """Whether a new global model may be adopted: it and its squared L2 norm are finite in its
     dtype (a model whose norm overflows makes every client's next step overflow)."""
-    return bool(torch.isfinite(params).all()) and bool(torch.isfinite(params.square().sum()))
+    flat = params.reshape(-1)
+    return bool(torch.isfinite(torch.dot(flat, flat)))  # NaN or inf anywhere makes it so too
 
 
 def _largest(results: Sequence[ClientResult], count: int = 3) -> list[int]:

@@ -72,10 +72,12 @@ class Inbound:
             return
         self._take(session, pkg)
 
-    def drop(self, session: Session, reason: str) -> None:
-        """Fail the session's open tasks and close it."""
+    def drop(self, session: Session, reason: str, stage: str = "disconnect") -> None:
+        """Fail the session's open tasks and close it. ``stage`` says why: ``disconnect``, the
+        connection went (its tasks may be sent again when the client is back); ``cut_off``,
+        the server closed it for what the client did (they are not)."""
         for task in list(session.tasks.values()):
-            self.fail(session, task, "disconnect", reason)
+            self.fail(session, task, stage, reason)
         session.close(reason)
 
     def fail(self, session: Session, task: Task, stage: str, message: str) -> None:
@@ -126,7 +128,7 @@ class Inbound:
         header = session.assembler.pending
         if time.monotonic() < deadline - 0.05 or header is None:
             self.drop(session, f"idle for {self.limits.idle_timeout} s in the middle of a "
-                               "package")
+                               "package", stage="cut_off")
             return
         size = header.payload_bytes
         self._reject(session, MessageRejected(
@@ -208,4 +210,4 @@ class Inbound:
                       f"{self.limits.max_violations} rejected messages in "
                       f"{self.limits.violation_window:g} s")
             log.warning("client %d: %s; its stream is closed", cid, reason)
-            self.drop(session, reason)
+            self.drop(session, reason, stage="cut_off")
