@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from collections.abc import Sequence
 
@@ -67,7 +68,21 @@ def hold_out(data: FederatedData, fraction: float, seed: int) -> FederatedData:
                                client_test_data=data.arrays())
 
 
+#: datasets read from files by their own module: ``load(cfg, seed) -> FederatedData`` with the
+#: dataset's natural clients in ``client_train`` (empty where it has none, e.g. CIFAR-10)
+FILE_LOADERS: dict[DatasetName, tuple[str, str]] = {
+    DatasetName.SHAKESPEARE: ("fedloom.data.shakespeare", "load_shakespeare"),
+    DatasetName.ADULT: ("fedloom.data.adult", "load_adult"),
+    DatasetName.LEAF: ("fedloom.data.leaf", "load_leaf"),
+    DatasetName.CIFAR10: ("fedloom.data.cifar10", "load_cifar10"),
+}
+
+
 def _load(cfg: DataConfig, seed: int) -> FederatedData:
+    if cfg.name in FILE_LOADERS:
+        module, function = FILE_LOADERS[cfg.name]
+        data: FederatedData = getattr(importlib.import_module(module), function)(cfg, seed)
+        return _natural_or_split(cfg, data, seed)
     if cfg.name == DatasetName.GENERATED:
         assert cfg.alpha is not None
         return load_generated(num_clients=cfg.num_clients, per_client=cfg.examples_per_client,
@@ -87,6 +102,28 @@ def _load(cfg: DataConfig, seed: int) -> FederatedData:
         return data
     client_train = _split(cfg, data.arrays().y.numpy(), data.num_classes, seed)
     return dataclasses.replace(data, client_train=client_train, client_test=None)
+
+
+def _natural_or_split(cfg: DataConfig, data: FederatedData, seed: int) -> FederatedData:
+    """``data``'s natural clients (at most ``cfg.num_clients``: the largest, kept in their
+    natural order), or its training examples pooled and split by ``cfg.partition``."""
+    if cfg.partition != PartitionKind.NATURAL:
+        client_train = _split(cfg, data.arrays().y.numpy(), data.num_classes, seed)
+        return dataclasses.replace(data, client_train=client_train, client_test=None)
+    if data.num_clients == 0:
+        raise ConfigError(f"data.partition = 'natural': {cfg.name} has no natural clients; "
+                          "use iid, dirichlet, shards or quantity")
+    if data.num_clients > cfg.num_clients:
+        sizes = np.array([int(c.shape[0]) for c in data.client_train])
+        keep = np.sort(np.argsort(-sizes, kind="stable")[:cfg.num_clients])
+        logger.info("%s: keeping the %d largest of %d natural clients", cfg.name,
+                    cfg.num_clients, data.num_clients)
+        data = dataclasses.replace(
+            data, client_train=tuple(data.client_train[k] for k in keep),
+            client_test=None if data.client_test is None
+            else tuple(data.client_test[k] for k in keep))
+    _check_min_examples([c.numpy() for c in data.client_train], cfg)
+    return data
 
 
 def _split(
