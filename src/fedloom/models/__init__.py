@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,9 @@ class ModelName(StrEnum):
     MLP = "mlp"
     CNN = "cnn"
     LOGREG = "logreg"
+    LSTM = "lstm"  # next-character model: embedding, stacked LSTM, linear head (text.py)
+    CIFAR_CNN = "cifar_cnn"  # the FedAvg paper's CIFAR CNN (cifar.py)
+    RESNET_GN = "resnet_gn"  # a small ResNet with GroupNorm (cifar.py)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,10 +32,21 @@ class ModelConfig:
 
     name: ModelName = ModelName.MLP
     hidden: int = 200
+    resnet_depth: int = 20  # resnet_gn: 6n + 2 layers (8, 14, 20, 32, ...)
+    norm_groups: int = 2  # resnet_gn: GroupNorm groups (must divide 16)
+    embedding: int = 8  # lstm: width of the character embedding
+    lstm_hidden: int = 256  # lstm: units per LSTM layer (the FedAvg paper's 256)
+    lstm_layers: int = 2  # lstm: stacked LSTM layers
 
     def __post_init__(self) -> None:
         p = Problems()
         p.check(self.hidden >= 1, "hidden", self.hidden, "must be >= 1")
+        p.check(self.resnet_depth >= 8 and (self.resnet_depth - 2) % 6 == 0, "resnet_depth",
+                self.resnet_depth, "must be 6n + 2 with n >= 1 (8, 14, 20, 32, ...)")
+        p.check(self.norm_groups >= 1 and 16 % self.norm_groups == 0, "norm_groups",
+                self.norm_groups, "must divide 16 (the first stage's channels): 1, 2, 4, 8, 16")
+        for key in ("embedding", "lstm_hidden", "lstm_layers"):
+            p.check(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
         p.raise_if_any()
 
 
@@ -66,9 +81,20 @@ def logreg(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
 
 ModelFn = Callable[[], nn.Module]
 
+#: models in their own module: ``factory(cfg, input_shape, num_classes) -> ModelFn``
+_MODULE_FACTORIES: dict[ModelName, tuple[str, str]] = {
+    ModelName.LSTM: ("fedloom.models.text", "lstm_factory"),
+    ModelName.CIFAR_CNN: ("fedloom.models.cifar", "cnn_factory"),
+    ModelName.RESNET_GN: ("fedloom.models.cifar", "resnet_factory"),
+}
+
 
 def model_factory(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFn:
     """A zero-argument, picklable factory building the configured model for this data shape."""
+    if cfg.name in _MODULE_FACTORIES:
+        module, function = _MODULE_FACTORIES[cfg.name]
+        factory = getattr(importlib.import_module(module), function)
+        return factory(cfg, input_shape, num_classes)  # type: ignore[no-any-return]
     if cfg.name == ModelName.MLP:
         return partial(mlp, input_shape, num_classes, cfg.hidden)
     if cfg.name == ModelName.CNN:
