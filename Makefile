@@ -12,7 +12,7 @@ ARGS ?=
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install --quiet -e ".[dev,privacy]"
+	$(BIN)/pip install --quiet -e ".[dev,privacy,hf,tensorboard]"
 	touch $(STAMP)
 
 run: $(STAMP)

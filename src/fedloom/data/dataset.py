@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Unpack
 
+import numpy as np
+import numpy.typing as npt
 import torch
+
+from fedloom.data.stats import format_partition_table, label_counts, plot_label_distribution
+
+if TYPE_CHECKING:
+    import datasets
+    from torch.utils.data import Dataset
+
+    from fedloom.data.own import SplitOptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +70,11 @@ class Examples(Protocol):
 class FederatedData:
     """A dataset split over clients.
 
+    Built by :func:`fedloom.data.load_federated` from a config, or from your own examples by
+    :meth:`from_arrays`, :meth:`from_torch` and :meth:`from_hf` (split by the same
+    partitioners; see :class:`fedloom.data.own.SplitOptions`). :meth:`partition_table` and
+    :meth:`plot_partition` show the split as ``fedloom partition`` does.
+
     Attributes:
         train: all training examples (an :class:`ArrayData`, or examples generated on demand);
             ``client_train[k]`` indexes client k's share.
@@ -107,3 +123,83 @@ class FederatedData:
             return None
         source = self.test if self.client_test_data is None else self.client_test_data
         return source, self.client_test[client_id]
+
+    def label_counts(self) -> np.ndarray:
+        """Training examples of each class on each client, shape (clients, classes)."""
+        return label_counts(self.arrays().y.numpy(), [c.numpy() for c in self.client_train],
+                            self.num_classes)
+
+    def partition_table(self, max_rows: int = 20) -> str:
+        """The text table ``fedloom partition`` prints: per-client totals and label counts."""
+        return format_partition_table(self.label_counts(), max_rows=max_rows)
+
+    def plot_partition(self, path: str | Path, *, title: str | None = None) -> Path:
+        """Save ``fedloom partition``'s stacked-bar PNG of labels per client; its path."""
+        return plot_label_distribution(self.label_counts(), path, title=title)
+
+    @classmethod
+    def from_arrays(cls, x: npt.ArrayLike | torch.Tensor, y: npt.ArrayLike | torch.Tensor, *,
+                    test: tuple[npt.ArrayLike | torch.Tensor, npt.ArrayLike | torch.Tensor]
+                    | None = None, clients: npt.ArrayLike | None = None,
+                    **options: Unpack[SplitOptions]) -> FederatedData:
+        """Examples ``x`` (n, ...) with integer labels ``y`` (n,), split over clients.
+
+        Example:
+            >>> x, y = torch.randn(100, 5), torch.arange(100) % 3
+            >>> data = FederatedData.from_arrays(x, y, num_clients=4, partition="dirichlet",
+            ...                                  alpha=0.5, seed=0)
+            >>> data.num_clients, data.num_classes, data.input_shape, len(data.test)
+            (4, 3, (5,), 20)
+
+        Args:
+            x: inputs, one row per example (tensor, numpy array or nested list).
+            y: labels, class indices >= 0.
+            test: a central test set ``(x_test, y_test)``; without it ``test_fraction`` of the
+                examples are held out.
+            clients: each example's client id (ints or strings), for a natural partition:
+                client k is the k-th smallest distinct id.
+            **options: how to split (:class:`fedloom.data.own.SplitOptions`): ``num_clients``,
+                ``partition``, ``alpha``, ``test_fraction``, ``seed``, ...
+
+        Raises:
+            DataError: the examples are malformed (the message names the example).
+            ConfigError: an option is unknown or invalid.
+        """
+        from fedloom.data.own import federate
+        from fedloom.data.own_sources import inputs, labels
+
+        given = None if test is None else (inputs(test[0], "test x"), labels(test[1], "test y"))
+        return federate(inputs(x, "x"), labels(y, "y"), test=given, clients=clients,
+                        source="from_arrays", options=options)
+
+    @classmethod
+    def from_torch(cls, dataset: Dataset[object], *, test: Dataset[object] | None = None,
+                   clients: npt.ArrayLike | None = None,
+                   **options: Unpack[SplitOptions]) -> FederatedData:
+        """A map-style ``torch.utils.data.Dataset`` of (input, label) pairs, read once into
+        tensors, split over clients (``options`` as in :meth:`from_arrays`)."""
+        from fedloom.data.own import federate
+        from fedloom.data.own_sources import from_torch
+
+        x, y = from_torch(dataset, "dataset")
+        given = None if test is None else from_torch(test, "test")
+        return federate(x, y, test=given, clients=clients, source="from_torch",
+                        options=options)
+
+    @classmethod
+    def from_hf(cls, dataset: datasets.Dataset, *, x: str | Sequence[str], y: str,
+                test: datasets.Dataset | None = None, clients: str | npt.ArrayLike | None = None,
+                **options: Unpack[SplitOptions]) -> FederatedData:
+        """A Hugging Face ``datasets.Dataset`` (the ``hf`` extra): input column(s) ``x``
+        (several are concatenated per example), label column ``y``; ``clients`` may name a
+        column of client ids. ``num_classes`` defaults to a ClassLabel column's count; the
+        rest of ``options`` as in :meth:`from_arrays`."""
+        from fedloom.data.own import federate
+        from fedloom.data.own_sources import class_label_count, from_hf, hf_columns
+
+        features, labels = from_hf(dataset, x, y, "dataset")
+        given = None if test is None else from_hf(test, x, y, "test")
+        if isinstance(clients, str):
+            clients = hf_columns(dataset, [clients], "dataset")[clients]
+        return federate(features, labels, test=given, clients=clients, source="from_hf",
+                        options=options, class_count=class_label_count(dataset, y))
