@@ -22,6 +22,7 @@ from fedloom.compression import (
 )
 from fedloom.compression.codecs import kept, with_feedback
 from fedloom.compression.config import make_codec
+from fedloom.compression.sparse import decode_indices
 from fedloom.core.errors import ConfigError
 
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32)
@@ -71,7 +72,7 @@ def test_topk_keeps_exactly_the_k_largest_magnitudes(x: torch.Tensor, ratio: flo
     enc = codec.encode(x, None)
     out = codec.decode(enc)
     k = kept(ratio, x.numel())
-    idx = enc.tensors["indices"].long()
+    idx = decode_indices(enc, k)
     assert idx.numel() == k and idx.unique().numel() == k
     assert torch.equal(out[idx], x[idx])  # kept values exact
     rest = torch.ones(x.numel(), dtype=torch.bool)
@@ -79,7 +80,8 @@ def test_topk_keeps_exactly_the_k_largest_magnitudes(x: torch.Tensor, ratio: flo
     assert bool((out[rest] == 0).all())
     if bool(rest.any()):  # nothing dropped is larger than anything kept
         assert float(x[rest].abs().max()) <= float(x[idx].abs().min())
-    assert enc.nbytes == codec.nbytes(x.numel()) == 8 * k
+    assert enc.nbytes == codec.nbytes(x.numel()) <= 8 * k
+    codec.validate(enc)
 
 
 @settings(max_examples=100, deadline=None)
@@ -121,33 +123,45 @@ def test_sizes_by_hand() -> None:
     assert Float16().nbytes(1000) == BFloat16().nbytes(1000) == 2000
     assert QSGD(levels=127, block=256).nbytes(1000) == 1000 + 4 * 4  # int8 + 4 norms
     assert QSGD(levels=128, block=1000).nbytes(1000) == 2000 + 4  # int16 + 1 norm
-    assert TopK(ratio=0.01).nbytes(1000) == 10 * (4 + 4)
-    assert TopK(ratio=0.001).nbytes(10) == 8  # at least one value
+    # 10 of 1000: Elias-Fano with 6 low bits: 60 bits -> 8 bytes, 10 + (999 >> 6) + 1 = 26
+    # high bits -> 4 bytes; int32 would take 40, a bitmap 125
+    assert TopK(ratio=0.01).nbytes(1000) == 10 * 4 + 8 + 4
+    assert TopK(ratio=0.001).nbytes(10) == 4 + 2  # one value; a bitmap of 10 bits
+    assert TopK(ratio=0.5).nbytes(1000) == 500 * 4 + 125  # dense: a bitmap
+    assert QSGD(levels=7, block=1000).nbytes(1001) == 501 + 4 * 2  # 4 bits a value
+    assert QSGD(levels=1, block=1000).nbytes(1001) == 251 + 4 * 2  # 2 bits a value
     assert RandK(ratio=0.1).nbytes(1000) == 100 * 4 + 8
 
 
 def test_qsgd_by_hand() -> None:
-    """x = (3, -4): norm 5, levels 5 -> |x| * 5 / 5 = (3, 4) exactly, no randomness."""
+    """x = (3, -4): norm 5, levels 5 -> |x| * 5 / 5 = (3, 4) exactly, no randomness; 5 levels
+    travel in 4 bits as level + 5: (8, 1) -> one byte 0x81. 10 levels: int8 (6, -8)."""
     codec = QSGD(levels=5, block=2)
     enc = codec.encode(torch.tensor([3.0, -4.0]), _gen())
-    assert enc.tensors["levels"].tolist() == [3, -4]
+    assert enc.tensors["levels"].tolist() == [0x81]
     assert enc.tensors["norms"].tolist() == [5.0]
     assert codec.decode(enc).tolist() == [3.0, -4.0]
+    wide = QSGD(levels=10, block=2).encode(torch.tensor([3.0, -4.0]), _gen())
+    assert wide.tensors["levels"].tolist() == [6, -8] and wide.tensors["levels"].dtype == torch.int8
+    one = QSGD(levels=1, block=4).encode(torch.tensor([0.0, -5.0, 0.0, 0.0]), _gen())
+    assert one.tensors["levels"].tolist() == [0b01_00_01_01]  # level + 1 in 2 bits: 1, 0, 1, 1
 
 
-def test_qsgd_is_unbiased() -> None:
+@pytest.mark.parametrize(("levels", "bits"), [(1, 2), (7, 4), (127, 8), (1000, 16)])
+def test_qsgd_is_unbiased_at_every_width(levels: int, bits: int) -> None:
     """The mean of many independent encodings approaches x: every coordinate within 5
     standard errors (the variance of one coordinate is at most (norm / levels)^2 / 4)."""
     x = torch.randn(200, generator=_gen(1))
-    codec = QSGD(levels=2, block=50)
+    codec = QSGD(levels=levels, block=50)
+    assert codec.bits == bits
     gen = _gen(2)
-    trials = 4000
+    trials = 3000
     mean = sum(codec.decode(codec.encode(x, gen)) for _ in range(trials)) / trials
     blocks = x.view(-1, 50).norm(dim=1, keepdim=True).expand(-1, 50).reshape(-1)
-    stderr = blocks / 2 / 2 / math.sqrt(trials)
+    stderr = blocks / levels / 2 / math.sqrt(trials)
     assert bool(((mean - x).abs() <= 5 * stderr).all())
-    biased = codec.decode(codec.encode(x, gen))  # one draw is far from x: the test can fail
-    assert float((biased - x).abs().max()) > float((5 * stderr).max())
+    one = codec.decode(codec.encode(x, gen))  # one draw is far from x: the test can fail
+    assert float((one - x).abs().max()) > float((5 * stderr).max())
 
 
 @pytest.mark.parametrize("codec", [TopK(ratio=0.05), RandK(ratio=0.05), Sign(block=50)])

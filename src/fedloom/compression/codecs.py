@@ -1,21 +1,25 @@
 """Uplink codecs of flat float tensors: what a client would send instead of its float32 update.
 
 Every codec turns a 1-D float32 tensor into an :class:`Encoded` (the tensors that would travel,
-nothing else) and back, and states its size on the wire for ``numel`` values without looking at
-the data (:meth:`Codec.nbytes`), so a simulation counts the bytes a deployment would send.
+nothing else) and back, states its size on the wire for ``numel`` values without looking at
+the data (:meth:`Codec.nbytes`), so a simulation counts the bytes a deployment would send, and
+checks a received payload before decoding it (:meth:`Codec.validate`, see :mod:`.payload`).
 
 - ``fp16``: float16 values, 2n bytes; error ``2**-11 |x| + 2**-25`` per value (values clamped to
   +-65504, never infinite).
 - ``bf16``: bfloat16 values, 2n bytes; error ``2**-8 |x| + 2**-133`` per value.
-- ``qsgd``: one float32 norm per block and a signed level per value (int8 up to 127 levels, else
-  int16), n + 4 ceil(n / block) bytes with int8; error ``norm(block) / levels``; unbiased.
-- ``topk``: the k largest magnitudes as int32 indices + float32 values, 8k bytes; exact on the k
-  kept, 0 elsewhere.
-- ``randk``: k values at indices drawn from a seed (the 8-byte seed travels instead of the
-  indices), 4k + 8 bytes; exact on the k kept, 0 elsewhere.
+- ``qsgd``: one float32 norm per block and a signed level per value: 2 bits for 1 level,
+  4 bits for up to 7 (packed, as ``level + levels``), int8 up to 127, else int16:
+  ``ceil(n bits / 8) + 4 ceil(n / block)`` bytes; error ``norm(block) / levels``; unbiased.
+- ``topk`` (:mod:`.sparse`): the k largest magnitudes as float32 values and their indices in
+  the smallest encoding for the density, ``4k + index_bytes(k, n)``; exact on the k kept, 0
+  elsewhere.
+- ``randk`` (:mod:`.sparse`): k values at indices drawn from a seed (the 8-byte seed travels
+  instead of the indices), 4k + 8 bytes; exact on the k kept, 0 elsewhere.
 - ``sign``: scaled sign (EF-SignSGD, Karimireddy et al. 2019): one bit per value (packed 8 to a
   byte) and one float32 scale per block, the block's mean magnitude ``||x_b||_1 / |b|``:
   ceil(n / 8) + 4 ceil(n / block) bytes; each value decodes to ``+-scale`` with its sign (0 as +).
+- ``powersgd`` (:mod:`.powersgd`): rank-r factors of each matrix of the model.
 
 ``k = max(1, ceil(ratio * n))``. Random draws (QSGD's rounding, random-k's indices) come from the
 generator the caller passes (:func:`fedloom.core.rng.torch_generator`), never a global one.
@@ -27,47 +31,32 @@ Example:
     >>> codec = TopK(ratio=0.5)
     >>> enc = codec.encode(torch.tensor([0.1, -3.0, 2.0, 0.5]), None)
     >>> codec.decode(enc), codec.nbytes(4)
-    (tensor([ 0., -3.,  2.,  0.]), 16)
+    (tensor([ 0., -3.,  2.,  0.]), 9)
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
+from fedloom.compression import bits
+from fedloom.compression.payload import (
+    Codec,
+    Encoded,
+    Invalid,
+    InvalidPayload,
+    expect,
+    expect_finite,
+    expect_non_negative,
+    refuse_if,
+)
+from fedloom.compression.sparse import RandK, TopK, kept
 from fedloom.core.errors import ConfigError
 
 FP16_MAX = 65504.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Encoded:
-    """A compressed flat tensor: the tensors that would travel and the length it decodes to."""
-
-    tensors: dict[str, torch.Tensor]
-    numel: int
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
-
-
-class Codec(Protocol):
-    """A lossy or lossless encoding of a flat float32 tensor."""
-
-    @property
-    def name(self) -> str: ...
-
-    def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded: ...
-
-    def decode(self, enc: Encoded) -> torch.Tensor: ...
-
-    def nbytes(self, numel: int) -> int:
-        """The bytes :meth:`encode` produces for ``numel`` values (whatever they are)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +75,10 @@ class Float16:
     def nbytes(self, numel: int) -> int:
         return 2 * numel
 
+    def validate(self, enc: Encoded) -> None:
+        expect(enc, {"values": (torch.float16, enc.numel)})
+        expect_finite(enc, "values")
+
 
 @dataclass(frozen=True, slots=True)
 class BFloat16:
@@ -102,13 +95,18 @@ class BFloat16:
     def nbytes(self, numel: int) -> int:
         return 2 * numel
 
+    def validate(self, enc: Encoded) -> None:
+        expect(enc, {"values": (torch.bfloat16, enc.numel)})
+        expect_finite(enc, "values")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QSGD:
     """Stochastic uniform quantisation (Alistarh et al. 2017) with ``levels`` levels per sign
     and one L2 norm per block of ``block`` values: ``x_i -> norm * sign(x_i) * l_i / levels``
     with ``l_i`` rounded up with probability ``levels |x_i| / norm - floor(...)``, so the
-    decoded tensor is unbiased. Levels travel as int8 (``levels <= 127``) or int16."""
+    decoded tensor is unbiased. Levels travel packed as ``l + levels`` in 2 bits
+    (``levels = 1``) or 4 bits (``levels <= 7``), else as int8 (``<= 127``) or int16."""
 
     levels: int = 127
     block: int = 4096
@@ -121,8 +119,13 @@ class QSGD:
             raise ConfigError(f"compression block = {self.block}: must be >= 1")
 
     @property
+    def bits(self) -> int:
+        """Bits per value on the wire."""
+        return 2 if self.levels == 1 else 4 if self.levels <= 7 else 8 if self.levels <= 127 else 16
+
+    @property
     def dtype(self) -> torch.dtype:
-        return torch.int8 if self.levels <= 127 else torch.int16
+        return {2: torch.uint8, 4: torch.uint8, 8: torch.int8, 16: torch.int16}[self.bits]
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         pad = (-x.numel()) % self.block
@@ -134,86 +137,39 @@ class QSGD:
         scaled = blocks.abs() / norms.clamp_min(torch.finfo(torch.float32).tiny) * self.levels
         low = scaled.floor()
         up = torch.rand(scaled.shape, generator=gen, dtype=torch.float32) < (scaled - low)
-        level = (low + up).clamp_max(self.levels) * blocks.sign()
-        return Encoded(tensors={"norms": norms.view(-1),
-                                "levels": level.view(-1)[: x.numel()].to(self.dtype)},
-                       numel=x.numel())
+        level = ((low + up).clamp_max(self.levels) * blocks.sign()).view(-1)[: x.numel()]
+        codes = (bits.pack((level + self.levels).to(torch.int32), self.bits) if self.bits < 8
+                 else level.to(self.dtype))
+        return Encoded(tensors={"norms": norms.view(-1), "levels": codes}, numel=x.numel())
+
+    def _levels(self, enc: Encoded) -> torch.Tensor:
+        codes = enc.tensors["levels"]
+        if self.bits < 8:
+            return bits.unpack(codes, self.bits, enc.numel) - self.levels
+        return codes.to(torch.int64)
 
     def decode(self, enc: Encoded) -> torch.Tensor:
-        levels = self._blocks(enc.tensors["levels"].to(torch.float32))
+        levels = self._blocks(self._levels(enc).to(torch.float32))
         out = levels * enc.tensors["norms"].view(-1, 1) / self.levels
         return out.view(-1)[: enc.numel]
 
     def nbytes(self, numel: int) -> int:
-        return numel * (1 if self.dtype == torch.int8 else 2) + 4 * math.ceil(numel / self.block)
+        return bits.packed_size(numel, self.bits) + 4 * math.ceil(numel / self.block)
 
-
-def kept(ratio: float, numel: int) -> int:
-    """How many values a sparsifier of density ``ratio`` keeps of ``numel``."""
-    return min(numel, max(1, math.ceil(ratio * numel)))
-
-
-def _check_ratio(ratio: float) -> None:
-    if not 0 < ratio <= 1:
-        raise ConfigError(f"compression.ratio = {ratio}: must be in (0, 1]")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TopK:
-    """The ``ceil(ratio * n)`` values of largest magnitude, as int32 indices and float32 values
-    (ties broken by ``torch.topk``)."""
-
-    ratio: float = 0.01
-    name: str = "topk"
-
-    def __post_init__(self) -> None:
-        _check_ratio(self.ratio)
-
-    def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
-        idx = x.abs().topk(kept(self.ratio, x.numel()), sorted=False).indices.sort().values
-        return Encoded(tensors={"indices": idx.to(torch.int32), "values": x[idx].float()},
-                       numel=x.numel())
-
-    def decode(self, enc: Encoded) -> torch.Tensor:
-        out = torch.zeros(enc.numel, dtype=torch.float32)
-        out[enc.tensors["indices"].long()] = enc.tensors["values"]
-        return out
-
-    def nbytes(self, numel: int) -> int:
-        return 8 * kept(self.ratio, numel)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RandK:
-    """``ceil(ratio * n)`` values at indices drawn uniformly without replacement from a seed;
-    the seed travels instead of the indices. Not rescaled (a contraction, for error feedback)."""
-
-    ratio: float = 0.01
-    name: str = "randk"
-
-    def __post_init__(self) -> None:
-        _check_ratio(self.ratio)
-
-    def _indices(self, seed: int, numel: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        return torch.randperm(numel, generator=gen)[: kept(self.ratio, numel)]
-
-    def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
-        seed = int(torch.randint(0, 2**62, (), generator=gen))
-        return Encoded(tensors={"seed": torch.tensor(seed, dtype=torch.int64),
-                                "values": x[self._indices(seed, x.numel())].float()},
-                       numel=x.numel())
-
-    def decode(self, enc: Encoded) -> torch.Tensor:
-        out = torch.zeros(enc.numel, dtype=torch.float32)
-        out[self._indices(int(enc.tensors["seed"]), enc.numel)] = enc.tensors["values"]
-        return out
-
-    def nbytes(self, numel: int) -> int:
-        return 4 * kept(self.ratio, numel) + 8
-
-
-_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    def validate(self, enc: Encoded) -> None:
+        expect(enc, {"norms": (torch.float32, math.ceil(enc.numel / self.block)),
+                     "levels": (self.dtype, bits.packed_size(enc.numel, self.bits)
+                                if self.bits < 8 else enc.numel)})
+        expect_finite(enc, "norms")
+        expect_non_negative(enc, "norms")
+        if self.bits < 8:
+            refuse_if(not bits.padding_clear(enc.tensors["levels"], enc.numel * self.bits),
+                      Invalid.BAD_VALUE, "levels: padding bits set")
+        levels = self._levels(enc)
+        if levels.numel():
+            worst = int(levels.abs().max())
+            refuse_if(worst > self.levels, Invalid.LEVEL_RANGE,
+                      f"levels: |level| {worst} beyond the configured {self.levels}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -235,19 +191,58 @@ class Sign:
         counts = torch.full((blocks,), float(self.block))
         counts[-1] = n - (blocks - 1) * self.block
         scale = padded.view(blocks, self.block).abs().sum(dim=1) / counts
-        bits = torch.zeros(math.ceil(n / 8) * 8, dtype=torch.uint8)
-        bits[:n] = (x < 0).to(torch.uint8)
-        packed = (bits.view(-1, 8) * _BITS).sum(dim=1, dtype=torch.uint8)
-        return Encoded(tensors={"signs": packed, "scale": scale}, numel=n)
+        return Encoded(tensors={"signs": bits.pack_bools(x < 0), "scale": scale}, numel=n)
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         n = enc.numel
-        bits = (enc.tensors["signs"].unsqueeze(1) & _BITS).ne(0).view(-1)[:n]
+        negative = bits.unpack_bools(enc.tensors["signs"], n)
         magnitude = enc.tensors["scale"].repeat_interleave(self.block)[:n]
-        return torch.where(bits, -magnitude, magnitude)
+        return torch.where(negative, -magnitude, magnitude)
 
     def nbytes(self, numel: int) -> int:
         return math.ceil(numel / 8) + 4 * math.ceil(numel / self.block)
+
+    def validate(self, enc: Encoded) -> None:
+        expect(enc, {"signs": (torch.uint8, math.ceil(enc.numel / 8)),
+                     "scale": (torch.float32, math.ceil(enc.numel / self.block))})
+        expect_finite(enc, "scale")
+        expect_non_negative(enc, "scale")
+        refuse_if(not bits.padding_clear(enc.tensors["signs"], enc.numel), Invalid.BAD_VALUE,
+                  "signs: padding bits set")
+
+
+@runtime_checkable
+class WarmStarted(Protocol):
+    """A codec that keeps client-local state between rounds (PowerSGD's factors): encoding
+    takes the state the client kept (None in its first round) and returns the next one."""
+
+    def encode_warm(self, x: torch.Tensor, warm: torch.Tensor | None,
+                    gen: torch.Generator | None) -> tuple[Encoded, torch.Tensor]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Step:
+    """One client's update through its codec: what travels, what the server decodes, and
+    what the client keeps (the residual with error feedback, a warm-started codec's state)."""
+
+    encoded: Encoded
+    decoded: torch.Tensor
+    residual: torch.Tensor | None
+    warm: torch.Tensor | None
+
+
+def compress_update(codec: Codec, update: torch.Tensor, *, residual: torch.Tensor | None,
+                    warm: torch.Tensor | None, gen: torch.Generator | None,
+                    feedback: bool) -> Step:
+    """Encode ``update`` (plus ``residual`` with error feedback) and decode it again."""
+    corrected = update if residual is None or not feedback else update + residual
+    if isinstance(codec, WarmStarted):
+        encoded, warm = codec.encode_warm(corrected, warm, gen)
+    else:
+        encoded, warm = codec.encode(corrected, gen), None
+    decoded = codec.decode(encoded)
+    return Step(encoded=encoded, decoded=decoded, warm=warm,
+                residual=corrected - decoded if feedback else None)
 
 
 def with_feedback(codec: Codec, update: torch.Tensor, residual: torch.Tensor | None,
@@ -259,5 +254,6 @@ def with_feedback(codec: Codec, update: torch.Tensor, residual: torch.Tensor | N
     return decoded, corrected - decoded
 
 
-__all__ = ["QSGD", "BFloat16", "Codec", "Encoded", "Float16", "RandK", "Sign", "TopK", "kept",
+__all__ = ["QSGD", "BFloat16", "Codec", "Encoded", "Float16", "Invalid", "InvalidPayload",
+           "RandK", "Sign", "Step", "TopK", "WarmStarted", "compress_update", "kept",
            "with_feedback"]

@@ -2,7 +2,7 @@
 
 Example:
     >>> make_codec(CompressionConfig(uplink=Uplink.TOPK, ratio=0.1)).nbytes(100)
-    80
+    47
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, Sign, TopK
+from fedloom.compression.powersgd import PowerSGD
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import ParamLayout
 from fedloom.core.validate import Problems
 
 #: algorithms whose uplink is a model whose update may be compressed
@@ -27,6 +30,7 @@ class Uplink(StrEnum):
     TOPK = "topk"
     RANDK = "randk"
     SIGN = "sign"
+    POWERSGD = "powersgd"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,20 +39,22 @@ class CompressionConfig:
     ``ratio``: the fraction of values top-k and random-k keep. ``levels``: QSGD's levels per
     sign (127 and below travel as 8 bits). ``block``: values per QSGD norm.
     ``error_feedback``: keep what a client could not send and add it to its next update
-    (null: on for topk, randk and sign, off otherwise). ``block`` is also sign's values per
-    scale."""
+    (null: on for topk, randk, sign and powersgd, off otherwise). ``block`` is also sign's
+    values per scale. ``rank``: PowerSGD's rank per matrix."""
 
     uplink: Uplink = Uplink.NONE
     ratio: float = 0.01
     levels: int = 127
     block: int = 4096
     error_feedback: bool | None = None
+    rank: int = 2
 
     def __post_init__(self) -> None:
         p = Problems()
         p.check(0 < self.ratio <= 1, "ratio", self.ratio, "must be in (0, 1]")
         p.check(1 <= self.levels <= 32767, "levels", self.levels, "must be in [1, 32767]")
         p.check(self.block >= 1, "block", self.block, "must be >= 1")
+        p.check(self.rank >= 1, "rank", self.rank, "must be >= 1")
         p.raise_if_any()
 
     @property
@@ -59,11 +65,12 @@ class CompressionConfig:
     def feedback(self) -> bool:
         if self.error_feedback is not None:
             return self.error_feedback
-        return self.uplink in (Uplink.TOPK, Uplink.RANDK, Uplink.SIGN)
+        return self.uplink in (Uplink.TOPK, Uplink.RANDK, Uplink.SIGN, Uplink.POWERSGD)
 
 
-def make_codec(cfg: CompressionConfig) -> Codec:
-    """The codec ``cfg.uplink`` names (``none`` is not a codec)."""
+def make_codec(cfg: CompressionConfig, layout: ParamLayout | None = None) -> Codec:
+    """The codec ``cfg.uplink`` names (``none`` is not a codec); PowerSGD needs the model's
+    ``layout`` (the shapes of its tensors)."""
     match cfg.uplink:
         case Uplink.FP16:
             return Float16()
@@ -77,6 +84,11 @@ def make_codec(cfg: CompressionConfig) -> Codec:
             return RandK(ratio=cfg.ratio)
         case Uplink.SIGN:
             return Sign(block=cfg.block)
+        case Uplink.POWERSGD:
+            if layout is None:
+                raise ConfigError("compression.uplink = 'powersgd' needs the model's layout "
+                                  "(the shapes of its tensors) to build the codec")
+            return PowerSGD.for_layout(layout, rank=cfg.rank)
     raise ValueError(f"compression.uplink = {cfg.uplink.value!r} is not a codec")
 
 

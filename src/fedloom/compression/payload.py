@@ -1,0 +1,129 @@
+"""What a codec puts on the wire (:class:`Encoded`), the :class:`Codec` protocol, and the
+checks a receiver runs on a payload a hostile client could send.
+
+:meth:`Codec.validate` raises :class:`InvalidPayload` with one of the named reasons of
+:class:`Invalid` before anything is decoded: wrong tensor names, dtypes or sizes for the
+declared length, indices out of range or repeated, non-finite values, norms or scales,
+quantisation levels beyond the configured count, set padding bits.
+
+Example:
+    >>> enc = Encoded(tensors={"values": torch.zeros(3)}, numel=4)
+    >>> try:
+    ...     expect(enc, {"values": (torch.float32, 4)})
+    ... except InvalidPayload as e:
+    ...     print(e.reason.value)
+    wrong_shape
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+import torch
+
+from fedloom.core.errors import ClientError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Encoded:
+    """A compressed flat tensor: the tensors that would travel and the length it decodes to."""
+
+    tensors: dict[str, torch.Tensor]
+    numel: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+class Codec(Protocol):
+    """A lossy or lossless encoding of a flat float32 tensor."""
+
+    @property
+    def name(self) -> str: ...
+
+    def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded: ...
+
+    def decode(self, enc: Encoded) -> torch.Tensor: ...
+
+    def nbytes(self, numel: int) -> int:
+        """The bytes :meth:`encode` produces for ``numel`` values (whatever they are)."""
+        ...
+
+    def validate(self, enc: Encoded) -> None:
+        """Raise :class:`InvalidPayload` unless ``enc`` is a payload :meth:`encode` could
+        have produced for ``enc.numel`` values (checked before :meth:`decode` touches it)."""
+        ...
+
+
+class Invalid(StrEnum):
+    """Why a compressed payload was refused."""
+
+    NAMES = "bad_names"  # a tensor missing, or one the codec does not send
+    DTYPE = "bad_dtype"  # a tensor of another dtype than the codec sends
+    SHAPE = "wrong_shape"  # a tensor's size contradicts the declared length
+    INDEX_RANGE = "index_out_of_range"  # a sparse index outside [0, numel)
+    INDEX_DUPLICATE = "index_duplicated"  # a sparse index repeated (or out of order)
+    NON_FINITE = "non_finite"  # NaN or infinite values, norms or scales
+    LEVEL_RANGE = "level_out_of_range"  # a quantisation level beyond the configured count
+    BAD_VALUE = "bad_value"  # a negative norm or scale, set padding bits, a bad seed or length
+
+
+class InvalidPayload(ClientError):
+    """A client's compressed update that fails its codec's checks.
+
+    Attributes:
+        reason: the named reason.
+        detail: what exactly was wrong (the tensor and the value).
+    """
+
+    def __init__(self, reason: Invalid, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        ClientError.__init__(self, f"invalid payload ({reason.value}): {detail}", stage="decode")
+
+
+def refuse_if(bad: bool, reason: Invalid, detail: str) -> None:
+    if bad:
+        raise InvalidPayload(reason, detail)
+
+
+def expect_length(enc: Encoded, minimum: int = 0) -> None:
+    """The declared length is an int of at least ``minimum``."""
+    refuse_if(isinstance(enc.numel, bool) or not isinstance(enc.numel, int)
+              or enc.numel < minimum, Invalid.BAD_VALUE,
+              f"declared length {enc.numel!r}: must be an int >= {minimum}")
+
+
+def expect(enc: Encoded, spec: Mapping[str, tuple[torch.dtype, int]]) -> None:
+    """``enc`` carries exactly the tensors of ``spec`` (name -> dtype, number of values),
+    each one-dimensional (a 0-d tensor counts as one value)."""
+    expect_length(enc)
+    names, wanted = set(enc.tensors), set(spec)
+    refuse_if(names != wanted, Invalid.NAMES,
+              f"tensors {sorted(names)}, expected {sorted(wanted)}")
+    for name, (dtype, numel) in spec.items():
+        t = enc.tensors[name]
+        refuse_if(t.dtype != dtype, Invalid.DTYPE, f"{name}: {t.dtype}, expected {dtype}")
+        refuse_if(t.dim() > 1 or t.numel() != numel, Invalid.SHAPE,
+                  f"{name}: shape {tuple(t.shape)}, expected ({numel},) for {enc.numel} values")
+
+
+def expect_finite(enc: Encoded, *names: str) -> None:
+    for name in names:
+        t = enc.tensors[name]
+        refuse_if(not bool(torch.isfinite(t).all()), Invalid.NON_FINITE,
+                  f"{name}: {int((~torch.isfinite(t)).sum())} non-finite value(s)")
+
+
+def expect_non_negative(enc: Encoded, name: str) -> None:
+    t = enc.tensors[name]
+    refuse_if(bool((t < 0).any()), Invalid.BAD_VALUE,
+              f"{name}: negative value {float(t.min())} (norms and scales are >= 0)")
+
+
+__all__ = ["Codec", "Encoded", "Invalid", "InvalidPayload", "expect", "expect_finite",
+           "expect_length", "expect_non_negative", "refuse_if"]
