@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from fedloom.algorithms import AlgorithmContext, build_algorithm
+from fedloom.algorithms.client_store import make_store
 from fedloom.algorithms.registry import AlgorithmConfig
 from fedloom.app.config import RunConfig, load_config
+from fedloom.compression.uplink import CLIENT_LOCAL, compressed_local
 from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
@@ -23,6 +25,7 @@ from fedloom.data import load_federated
 from fedloom.models import model_factory
 from fedloom.privacy.private import private_local
 from fedloom.runtime.clients import Client, TrainerClient
+from fedloom.runtime.local_state import StatefulClient
 from fedloom.topology.config import TopologyKind
 from fedloom.training.trainer import LocalTrainer
 
@@ -41,19 +44,35 @@ def client_algorithm(cfg: RunConfig) -> AlgorithmConfig:
 def trainer_client(cfg: RunConfig) -> TrainerClient:
     """A :class:`TrainerClient` holding every partition the config's data split makes (a
     process serves the ids it connects as), under the run's client-side privacy (local DP,
-    DP-SGD: the update is noised before it leaves), training with ``fleet.threads`` torch threads
-    (default: all cores) as the simulation does."""
+    DP-SGD: the update is noised before it leaves) and then its uplink codec (the update leaves
+    encoded), training with ``fleet.threads`` torch threads (default: all cores) as the
+    simulation does."""
     data = load_federated(cfg.data, seed=cfg.seed)
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
     num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))
     chosen = client_algorithm(cfg)
+    layout = ParamLayout.from_module(model_fn())
     algorithm = build_algorithm(chosen.name, chosen.options, AlgorithmContext(
-        num_examples=num_examples, layout=ParamLayout.from_module(model_fn())))
+        num_examples=num_examples, layout=layout))
     return TrainerClient(LocalTrainer(model_fn=model_fn, train=data.train,
                                       client_indices=data.client_train, seed=cfg.seed,
-                                      local=private_local(cfg.privacy, algorithm.local,
-                                                          cfg.seed)),
+                                      local=compressed_local(
+                                          cfg.compression,
+                                          private_local(cfg.privacy, algorithm.local, cfg.seed),
+                                          seed=cfg.seed, layout=layout)),
                          threads=cfg.fleet.threads)
+
+
+def config_client(cfg: RunConfig) -> Client:
+    """:func:`trainer_client`, keeping what the run's client half remembers between rounds
+    (uplink compression's error-feedback residual, a warm-started codec's state) in this
+    process, per client id, on disk under ``state_dir`` when the config sets one."""
+    inner = trainer_client(cfg)
+    if not cfg.compression.enabled:
+        return inner
+    store = (None if cfg.state_dir is None
+             else make_store(cfg.state_dir, len(inner.trainer.client_indices)))
+    return StatefulClient(inner, keys=CLIENT_LOCAL, store=store)
 
 
 def config_from_text(text: str, overrides: Sequence[str] = ()) -> RunConfig:
@@ -71,7 +90,7 @@ class ConfigClient(Client):
     def __init__(self, cfg: RunConfig | None = None, overrides: Sequence[str] = ()) -> None:
         self.cfg = cfg
         self.overrides = list(overrides)
-        self._inner: TrainerClient | None = None
+        self._inner: Client | None = None
         self._lock = threading.Lock()
 
     def on_welcome(self, layout: ParamLayout, run_config: str) -> None:
@@ -80,11 +99,11 @@ class ConfigClient(Client):
                 if self.cfg is None and not run_config:
                     raise ClientError("the server sent no run config: start the client with "
                                       "--config CONFIG.yaml")
-                self._inner = trainer_client(self.cfg or config_from_text(run_config,
-                                                                          self.overrides))
+                self._inner = config_client(self.cfg or config_from_text(run_config,
+                                                                         self.overrides))
         self._inner.on_welcome(layout, run_config)
 
-    def _trainer(self) -> TrainerClient:
+    def _trainer(self) -> Client:
         if self._inner is None:
             raise ClientError("no welcome from the server yet")
         return self._inner

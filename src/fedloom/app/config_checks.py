@@ -18,10 +18,8 @@ def check_sections(cfg: RunConfig, p: Problems) -> None:
     _check_aggregator(cfg, p)
     _check_secagg(cfg, p)
     _check_privacy(cfg, p)
-    check_compression(cfg.compression, p, algorithm=cfg.algorithm.name, refused={
-        "a topology (hierarchy or gossip)": cfg.topology is not None,
-        "differential privacy (privacy.*)": cfg.privacy is not None,
-        "secure aggregation (secagg.enabled)": cfg.secagg.enabled})
+    check_compression(cfg.compression, p, algorithm=cfg.algorithm.name,
+                      topology=cfg.topology is not None, secagg=cfg.secagg.enabled)
 
 
 def _check_privacy(cfg: RunConfig, p: Problems) -> None:

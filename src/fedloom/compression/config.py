@@ -7,7 +7,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -92,15 +91,33 @@ def make_codec(cfg: CompressionConfig, layout: ParamLayout | None = None) -> Cod
     raise ValueError(f"compression.uplink = {cfg.uplink.value!r} is not a codec")
 
 
-def check_compression(c: CompressionConfig, p: Problems, *, algorithm: str,
-                      refused: Mapping[str, bool]) -> None:
-    """Record why ``c`` cannot run with the run's ``algorithm``, or with what is on in
-    ``refused`` (what compression is not combined with yet, by name)."""
+#: uplink codecs that compose with secure aggregation: per-client quantisers without state
+SECAGG_SOUND = frozenset({Uplink.FP16, Uplink.BF16, Uplink.QSGD})
+
+
+def check_compression(c: CompressionConfig, p: Problems, *, algorithm: str, topology: bool,
+                      secagg: bool) -> None:
+    """Record why ``c`` cannot run with the run's ``algorithm``, a ``topology`` or secure
+    aggregation (``secagg``), each problem naming its key. Differential privacy always
+    composes: the codec runs after the client's clipping and noise (post-processing)."""
     if not c.enabled:
         return
     key, value = "compression.uplink", c.uplink.value
     p.check(algorithm in UPDATE_UPLINK, key, value,
             f"algorithm {algorithm} does not send a model update the codec can compress "
             f"(supported: {', '.join(sorted(UPDATE_UPLINK))})")
-    for what, on in refused.items():
-        p.check(not on, key, value, f"compression is not combined with {what} yet")
+    p.check(not topology, key, value,
+            "a topology (hierarchy or gossip) sends aggregates and models between nodes, not "
+            "one client update per task, so it is not combined with uplink compression")
+    if not secagg:
+        return
+    p.check(c.uplink in SECAGG_SOUND, key, value,
+            "secure aggregation (secagg.enabled) masks every value of a dense update in its "
+            "ring: a sparsifier's indices would travel unmasked (showing which coordinates "
+            "changed) and its values would be masked densely anyway, and sign and powersgd "
+            "need client state; use fp16, bf16 or qsgd (decoded on the client, then "
+            "fixed-point in the ring)")
+    p.check(not c.feedback, "compression.error_feedback", c.error_feedback,
+            "secure aggregation sends every client the same task with no per-client state, "
+            "so error feedback (a residual per client) is not combined with it; set "
+            "compression.error_feedback=false")

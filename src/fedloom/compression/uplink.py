@@ -1,13 +1,26 @@
 """An averaging algorithm whose clients send their update through an uplink codec.
 
-:class:`Compressed` wraps an algorithm whose uplink is a model (FedAvg and its family): the
-client's end step (:attr:`~fedloom.algorithms.base.LocalSpec.finish`) encodes its update
-``params - received`` and decodes it again, so the server aggregates exactly what it would
-decode; the rows' ``bytes_up`` count the codec's size (:class:`CompressedSizes`). With error
-feedback each client's residual (what its codec could not send) is kept in the run's
-client-state store under ``compression_residual``, so it scales to many clients and survives
-a checkpoint. A simulated client is stateless, so the residual rides in its downlink's and
-result's extras: that is client-local state, never counted as traffic.
+:class:`Compressed` wraps an algorithm whose uplink is a model (FedAvg and its family). The
+client's end step (:func:`compressed_local`, run by simulated and deployed clients alike)
+encodes its update ``params - received`` and puts the codec's tensors in the result's extras
+under ``codec/<name>``: that is all a deployed client sends for its update (no ``params``).
+The server side decodes them (:func:`decode_update`, run by
+:class:`~fedloom.fleets.decoding.DecodingFleet` on every fleet, so a simulation aggregates
+exactly what a deployment decodes) after the codec has checked them (``validate``). The
+rows' ``bytes_up`` count the tensors a result carries (:class:`CompressedSizes`), which are the
+bytes a deployed client's reply carries.
+
+Error feedback: each client keeps what its codec could not send (``compression_residual``) and
+adds it to its next update; a warm-started codec (PowerSGD) keeps its factors
+(``compression_warm``) the same way. A deployed client keeps them itself
+(:class:`~fedloom.runtime.local_state.StatefulClient`); a simulated client is stateless, so
+the run's client-state store stands in for its memory and the residual rides in its downlink's
+and result's extras, never counted as traffic (it scales to many clients and survives a
+checkpoint).
+
+DP composes as post-processing: the end step runs after the client's clipping and noise, so
+the codec sees only the noised update and the accountant is unchanged (build the privacy
+wrapper first, then :func:`compress`).
 
 Example:
     >>> from fedloom.algorithms.client_store import MemoryStore
@@ -15,36 +28,46 @@ Example:
     >>> from fedloom.compression.config import CompressionConfig, Uplink
     >>> algo = compress(FedAvg(), CompressionConfig(uplink=Uplink.FP16), seed=0,
     ...                 store=MemoryStore())
-    >>> algo.name, algo.sizes.uplink(ClientResult(round=1, client_id=0, params=torch.zeros(10),
-    ...                                            num_examples=1, num_steps=1))
+    >>> algo.name, algo.sizes.uplink(ClientResult(
+    ...     round=1, client_id=0, params=torch.zeros(10), num_examples=1, num_steps=1,
+    ...     extras={ENCODED + "values": torch.zeros(10, dtype=torch.float16)}))
     ('fedavg', 20)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from fedloom.algorithms.base import Algorithm, Finish
+from fedloom.algorithms.base import Algorithm, Finish, LocalSpec, ResultNeeds
 from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.algorithms.wrapped import Wrapped
-from fedloom.compression.codecs import Codec, with_feedback
+from fedloom.compression.codecs import Codec, Encoded, WarmStarted, compress_update
 from fedloom.compression.config import UPDATE_UPLINK, CompressionConfig, make_codec
-from fedloom.core.errors import ConfigError
+from fedloom.core.errors import AggregationError, ConfigError
+from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.rng import torch_generator
 from fedloom.core.traffic import payload_bytes
 
 RESIDUAL = "compression_residual"
+#: a warm-started codec's state between rounds (PowerSGD's factors)
+WARM = "compression_warm"
+#: the prefix of the extras that carry an encoded update (``codec/<tensor name>``)
+ENCODED = "codec/"
+#: extras that are a client's own memory, never sent
+CLIENT_LOCAL = frozenset({RESIDUAL, WARM})
 PURPOSE = "compression"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Encode:
-    """The client's end step: the inner one, then the update through the codec."""
+    """The client's end step: the inner one (DP's clip and noise among them), then the update
+    through the codec; the result carries the encoding and, for simulated fleets' buffers, the
+    model it decodes to."""
 
     codec: Codec
     feedback: bool
@@ -56,75 +79,138 @@ class _Encode:
             result = self.inner(result, downlink)
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, PURPOSE)
         update = (result.params - downlink.params).to(torch.float32)
-        residual = downlink.extras.get(RESIDUAL) if self.feedback else None
-        decoded, residual = with_feedback(self.codec, update, residual, gen)
-        extras = dict(result.extras)
-        if self.feedback:
-            extras[RESIDUAL] = residual
-        params = downlink.params + decoded.to(downlink.params.dtype)
+        step = compress_update(self.codec, update, residual=downlink.extras.get(RESIDUAL),
+                               warm=downlink.extras.get(WARM), gen=gen, feedback=self.feedback)
+        extras = {k: v for k, v in result.extras.items() if k not in CLIENT_LOCAL}
+        extras.update({ENCODED + name: t for name, t in step.encoded.tensors.items()})
+        if step.residual is not None:
+            extras[RESIDUAL] = step.residual
+        if step.warm is not None:
+            extras[WARM] = step.warm
+        params = downlink.params + step.decoded.to(downlink.params.dtype)
         return dataclasses.replace(result, params=params, extras=extras)
+
+
+def compressed_local(cfg: CompressionConfig, local: LocalSpec, *, seed: int,
+                     layout: ParamLayout | None = None) -> LocalSpec:
+    """``local`` whose uplink goes through ``cfg``'s codec (a deployed client calls this after
+    :func:`fedloom.privacy.private.private_local`, so the codec sees the noised update)."""
+    if not cfg.enabled:
+        return local
+    return dataclasses.replace(local, finish=_Encode(
+        codec=make_codec(cfg, layout), feedback=cfg.feedback, seed=seed, inner=local.finish))
+
+
+def encoded_of(result: ClientResult, numel: int) -> Encoded | None:
+    """The encoded update a result carries (None: it carries its update as ``params``)."""
+    tensors = {k.removeprefix(ENCODED): v for k, v in result.extras.items()
+               if k.startswith(ENCODED)}
+    return Encoded(tensors=tensors, numel=numel) if tensors else None
+
+
+def template(codec: Codec, numel: int) -> dict[str, torch.Tensor]:
+    """The tensors ``codec`` makes for ``numel`` values (their names, dtypes and shapes)."""
+    return codec.encode(torch.zeros(numel), torch.Generator().manual_seed(0)).tensors
+
+
+def decode_update(codec: Codec, received: torch.Tensor, result: ClientResult) -> ClientResult:
+    """``result`` with ``params = received + decode(update)`` when it carries an encoded
+    update, checked first by the codec (:class:`~fedloom.compression.payload.InvalidPayload`
+    with a named reason: wrong tensors, indices out of range or repeated, non-finite values);
+    unchanged otherwise."""
+    enc = encoded_of(result, received.numel())
+    if enc is None:
+        return result
+    codec.validate(enc)
+    update = codec.decode(enc)
+    if not bool(torch.isfinite(update).all()):
+        raise AggregationError(f"encoded update decodes to non-finite values ({codec.name})")
+    return dataclasses.replace(result, params=received + update.to(received.dtype))
 
 
 @dataclass(frozen=True, slots=True)
 class CompressedSizes:
-    """Payload sizes with the update encoded by ``codec`` (residuals are client-local)."""
+    """Payload sizes as sent: a result's tensors but the client-local residual, and its
+    ``params`` only when its update is not encoded."""
 
     codec: Codec
 
     def downlink(self, task: Downlink) -> int:
-        return payload_bytes([task.params, *(v for k, v in task.extras.items() if k != RESIDUAL)])
+        return payload_bytes([task.params, *(v for k, v in task.extras.items()
+                                             if k not in CLIENT_LOCAL)])
 
     def uplink(self, result: ClientResult) -> int:
-        return self.codec.nbytes(result.params.numel()) + payload_bytes(
-            v for k, v in result.extras.items() if k != RESIDUAL)
+        extras = [v for k, v in result.extras.items() if k not in CLIENT_LOCAL]
+        encoded = any(k.startswith(ENCODED) for k in result.extras)
+        return payload_bytes(extras if encoded else [result.params, *extras])
+
+
+def _plain(extras: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in extras.items() if k not in CLIENT_LOCAL and not k.startswith(ENCODED)}
 
 
 class Compressed(Wrapped):
-    """``inner`` with its clients' updates sent through ``codec`` (see the module docstring)."""
+    """``inner`` with its clients' updates sent through ``codec`` (see the module docstring).
+
+    Args:
+        clients_keep_state: the clients keep their residuals themselves (a deployment); False:
+            the store stands in for simulated clients' memory.
+    """
 
     def __init__(self, inner: Algorithm, codec: Codec, *, feedback: bool, seed: int,
-                 store: ClientStateStore) -> None:
+                 store: ClientStateStore, clients_keep_state: bool = False) -> None:
         super().__init__(inner, dataclasses.replace(inner.local, finish=_Encode(
             codec=codec, feedback=feedback, seed=seed, inner=inner.local.finish)))
         self.codec, self.feedback, self.store = codec, feedback, store
-        self.reducible = False  # error feedback needs each client's residual, not a mean
+        self.clients_keep_state = clients_keep_state
+        # client state (a residual, warm factors) is per result; otherwise the mean will do
+        self.reducible = inner.reducible and not feedback and not isinstance(codec, WarmStarted)
         self.asynchronous = False
         self.sizes = CompressedSizes(codec)
+
+    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
+        """The inner algorithm's extras and the codec's tensors (what a reply must carry)."""
+        needs = self.inner.result_needs(layout)
+        encoded = {ENCODED + k: t.numel() for k, t in template(self.codec, layout.size).items()}
+        return dataclasses.replace(needs, extras={**needs.extras, **encoded})
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
         tasks = self.inner.configure(round, state, cohort, client)
-        if not self.feedback:
+        if self.clients_keep_state:
             return tasks
         out = []
         for task in tasks:
-            residual = self.store.get(task.client_id, RESIDUAL)
-            if residual is not None:
-                task = dataclasses.replace(task, extras={**task.extras, RESIDUAL: residual})
-            out.append(task)
+            kept = {k: v for k in sorted(CLIENT_LOCAL)
+                    if (v := self.store.get(task.client_id, k)) is not None}
+            out.append(dataclasses.replace(task, extras={**task.extras, **kept}) if kept
+                       else task)
         return out
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:
         plain = []
         for r in results:
-            if RESIDUAL in r.extras:
-                self.store.put(r.client_id, RESIDUAL, r.extras[RESIDUAL])
-                r = dataclasses.replace(r, extras={k: v for k, v in r.extras.items()
-                                                   if k != RESIDUAL})
-            plain.append(r)
+            for key in CLIENT_LOCAL & set(r.extras):
+                if not self.clients_keep_state:
+                    self.store.put(r.client_id, key, r.extras[key])
+            plain.append(dataclasses.replace(r, extras=_plain(r.extras)))
         return self.inner.aggregate(round, state, plain)
 
 
 def compress(algorithm: Algorithm, cfg: CompressionConfig, *, seed: int,
-             store: ClientStateStore) -> Compressed:
-    """``algorithm`` with ``cfg``'s uplink codec; ConfigError for an algorithm whose uplink is
-    not an update."""
+             store: ClientStateStore, clients_keep_state: bool = False,
+             layout: ParamLayout | None = None) -> Compressed:
+    """``algorithm`` with ``cfg``'s uplink codec (PowerSGD's needs the model's ``layout``);
+    ConfigError for an algorithm whose uplink is not an update."""
     if algorithm.name not in UPDATE_UPLINK or algorithm.asynchronous:
         raise ConfigError(f"compression.uplink = {cfg.uplink.value!r}: {algorithm.name} does not "
                           f"send a model update the codec can compress (supported: "
                           f"{', '.join(sorted(UPDATE_UPLINK))})")
-    return Compressed(algorithm, make_codec(cfg), feedback=cfg.feedback, seed=seed, store=store)
+    return Compressed(algorithm, make_codec(cfg, layout), feedback=cfg.feedback, seed=seed,
+                      store=store, clients_keep_state=clients_keep_state)
 
 
-__all__ = ["RESIDUAL", "UPDATE_UPLINK", "Compressed", "CompressedSizes", "compress"]
+__all__ = ["CLIENT_LOCAL", "ENCODED", "RESIDUAL", "UPDATE_UPLINK", "Compressed",
+           "CompressedSizes", "WARM", "compress", "compressed_local", "decode_update",
+           "encoded_of", "template"]

@@ -21,6 +21,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
     "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+    "int16": torch.int16, "int8": torch.int8,  # quantised updates (compression.uplink=qsgd)
     "uint8": torch.uint8, "bool": torch.bool,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}

@@ -2,7 +2,9 @@
 
 A downlink travels as a ``FIT`` header (round, client id, training config) with the tensor
 ``params`` and one tensor ``extras/<key>`` per extra; a :class:`ClientResult` as a ``FIT_REPLY``
-with the same tensor names plus its counts and metrics. The ``*_from_*`` functions check what
+with the same tensor names plus its counts and metrics. A result whose update is encoded by an
+uplink codec (extras ``codec/<name>``, :mod:`fedloom.compression.uplink`) travels without
+``params``: the codec's tensors are the update. The ``*_from_*`` functions check what
 arrived against the model's layout and raise :class:`MessageRejected` with a named reason.
 """
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedloom.compression.uplink import ENCODED
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
@@ -179,10 +182,14 @@ class ReplySchema:
     Attributes:
         extras: the extras by name and number of values (None: any extras).
         metrics: metric names that must be present (q-FFL's ``start_loss``).
+        encoded: the update travels as an uplink codec's tensors (extras ``codec/<name>``, any
+            dtype) instead of ``params``; the result's ``params`` is then empty until the
+            server decodes it.
     """
 
     extras: Mapping[str, int] | None = None
     metrics: frozenset[str] = frozenset()
+    encoded: bool = False
 
 
 def _extras(pkg: Package, layout: ParamLayout,
@@ -192,7 +199,8 @@ def _extras(pkg: Package, layout: ParamLayout,
         if name == PARAMS:
             continue
         reject_if(not name.startswith(EXTRAS), Rejection.MALFORMED, f"unknown tensor {name!r}")
-        reject_if(not t.is_floating_point(), Rejection.BAD_DTYPE,
+        reject_if(not t.is_floating_point() and not name.startswith(EXTRAS + ENCODED),
+                  Rejection.BAD_DTYPE,
                   f"{name!r} has dtype {DTYPE_NAMES.get(t.dtype, t.dtype)}: extras are floats")
         reject_if(t.dim() > 1 or t.numel() > layout.size, Rejection.WRONG_SHAPE,
                   f"{name!r} has shape {tuple(t.shape)}: extras are scalars or 1-D, at most "
@@ -220,7 +228,8 @@ def result_to_package(task_id: int, result: ClientResult,
                        client_id=result.client_id, num_examples=result.num_examples,
                        num_steps=result.num_steps)
     metrics_to_proto(result.metrics, header.metrics)
-    tensors = {PARAMS: result.params}
+    encoded = any(k.startswith(ENCODED) for k in result.extras)
+    tensors = {} if encoded else {PARAMS: result.params}  # an encoded update replaces params
     tensors.update({EXTRAS + k: v for k, v in result.extras.items()})
     return header, tensors
 
@@ -234,7 +243,12 @@ def result_from_package(pkg: Package, *, layout: ParamLayout,
     missing = sorted(schema.metrics - set(h.metrics))
     reject_if(bool(missing), Rejection.MALFORMED, f"metrics {missing} missing; the algorithm "
               "needs them")
-    params = _params(pkg, layout)
+    if schema.encoded:
+        reject_if(PARAMS in pkg.tensors, Rejection.MALFORMED, f"{PARAMS!r} sent with an "
+                  "encoded update (the run compresses the uplink: send the codec's tensors)")
+        params = torch.empty(0, dtype=layout.dtype)
+    else:
+        params = _params(pkg, layout)
     extras = _extras(pkg, layout, schema.extras)
     return ClientResult(round=h.round, client_id=h.client_id, params=params,
                         num_examples=h.num_examples, num_steps=h.num_steps,

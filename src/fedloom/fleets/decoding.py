@@ -1,0 +1,62 @@
+"""The server side of uplink compression: encoded updates decoded where results arrive.
+
+:func:`decoding` wraps any fleet (simulated or remote) of a compressed run: every result that
+carries an encoded update (:data:`~fedloom.compression.uplink.ENCODED` extras) is checked and
+decoded against the model its task sent (:func:`~fedloom.compression.uplink.decode_update`),
+so the algorithm sees decoded parameters and never the wire, and a simulation aggregates
+exactly what a deployment decodes. An encoding that fails its check (another tensor than the
+codec makes, an index out of range or repeated, a non-finite value) makes that client's
+result a :class:`~fedloom.core.packages.ClientFailure` at stage ``validate`` naming why; the
+round goes on with the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fedloom.compression.codecs import Codec
+from fedloom.compression.uplink import decode_update
+from fedloom.core.errors import FedloomError
+from fedloom.core.packages import ClientFailure, Downlink, Outcome
+from fedloom.core.traffic import Traffic
+from fedloom.fleets.base import Fleet, Metered, WrappedFleet
+
+
+class DecodingFleet(WrappedFleet):
+    """``inner``'s results with their encoded updates decoded (see the module docstring)."""
+
+    def __init__(self, inner: Fleet, codec: Codec) -> None:
+        super().__init__(inner)
+        self.codec = codec
+
+    def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
+        received = {t.client_id: t.params for t in tasks}
+        out: list[Outcome] = []
+        for o in self.inner.fit(round, tasks):
+            if isinstance(o, ClientFailure) or o.client_id not in received:
+                out.append(o)
+                continue
+            try:
+                out.append(decode_update(self.codec, received[o.client_id], o))
+            except (FedloomError, ValueError) as err:
+                out.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
+                                         message=f"encoded update rejected: {err}"))
+        return out
+
+
+class MeteredDecodingFleet(DecodingFleet):
+    """A :class:`DecodingFleet` over a fleet that measures its traffic (remote clients)."""
+
+    def traffic(self) -> Traffic:
+        assert isinstance(self.inner, Metered)
+        return self.inner.traffic()
+
+
+def decoding(inner: Fleet, codec: Codec) -> DecodingFleet:
+    """``inner`` with encoded updates decoded; it stays :class:`Metered` when ``inner`` is."""
+    if isinstance(inner, Metered):
+        return MeteredDecodingFleet(inner, codec)
+    return DecodingFleet(inner, codec)
+
+
+__all__ = ["DecodingFleet", "MeteredDecodingFleet", "decoding"]
