@@ -21,6 +21,12 @@ class AggregationMode(StrEnum):
     REDUCE = "reduce"  # a reduce collective for linear aggregations: faster, within tolerance
 
 
+class CompileMode(StrEnum):
+    AUTO = "auto"  # where it was measured to pay: CUDA (on CPU the recorded graph is faster)
+    ON = "on"  # torch.compile every recorded step (eager, with a warning, where it fails)
+    OFF = "off"  # replay the recorded steps eagerly
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FleetConfig:
     """Where clients run.
@@ -36,6 +42,7 @@ class FleetConfig:
             "cuda:0,cuda:1"); default cpu, or one GPU per rank under torchrun when CUDA exists.
         vectorize: the process and distributed fleets vectorize their own share of the cohort.
         aggregation: the distributed fleet's ``exact`` gather or faster ``reduce``.
+        compile: the vectorized fleet's steps through ``torch.compile`` (:class:`CompileMode`).
     """
 
     kind: FleetKind = FleetKind.SERIAL
@@ -46,6 +53,7 @@ class FleetConfig:
     devices: str | None = None
     vectorize: bool = False
     aggregation: AggregationMode = AggregationMode.EXACT
+    compile: CompileMode = CompileMode.AUTO
 
     def __post_init__(self) -> None:
         p = Problems()

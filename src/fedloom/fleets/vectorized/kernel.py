@@ -23,6 +23,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch.fx import GraphModule
 
 from fedloom.fleets.vectorized.check import LossFn
+from fedloom.fleets.vectorized.compiled import StepCompiler
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,12 @@ class GradKernel:
         fixed: names of the other tensors the forward needs (frozen parameters, buffers).
         loss_fn: the task loss, or None for the weighted cross-entropy.
         trace_after: record a graph for a shape on its this-many-th call (0: never).
+        compiler: compiles each recorded graph (None: replay it eagerly).
     """
 
     def __init__(self, *, model: nn.Module, trained: Sequence[str], fixed: Sequence[str],
-                 loss_fn: LossFn | None, trace_after: int = 3) -> None:
+                 loss_fn: LossFn | None, trace_after: int = 3,
+                 compiler: StepCompiler | None = None) -> None:
         self.trained = tuple(trained)
         self.fixed = tuple(fixed)
         n_trained, n_fixed = len(self.trained), len(self.fixed)
@@ -82,6 +85,7 @@ class GradKernel:
         self.n_trained = n_trained
         self.eager: GradFn = grads
         self.trace_after = trace_after
+        self.compiler = compiler
         self.graphs: dict[tuple[object, ...], GradFn] = {}
         self.calls: dict[tuple[object, ...], int] = {}
 
@@ -122,7 +126,11 @@ class GradKernel:
         graph = record(self.eager, args)
         if graph is not None and lr is not None:
             fuse_sgd(graph, self.n_trained, lr)
-        fn = self.graphs[key] = self.eager if graph is None else graph
+        if graph is None:
+            fn = self.eager
+        else:
+            fn = graph if self.compiler is None else self.compiler.wrap(graph)
+        self.graphs[key] = fn
         return fn
 
 

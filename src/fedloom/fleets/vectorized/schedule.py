@@ -79,3 +79,18 @@ def build_schedule(batches: Sequence[Sequence[torch.Tensor]]) -> Schedule:
     weights = (torch.arange(size) < counts.unsqueeze(-1)).to(torch.float32)
     full = tuple(bool(v) for v in (counts == size).all(dim=1).tolist())
     return Schedule(idx=idx, counts=counts, weights=weights, steps=steps, full=full)
+
+
+def pad_clients(sched: Schedule, k: int) -> Schedule:
+    """``sched`` with clients added up to ``k`` that never step (count 0, weight 0 everywhere,
+    indices repeating the first client's: real examples, never read with any weight)."""
+    extra = k - int(sched.idx.shape[1])
+    if extra <= 0:
+        return sched
+    steps = sched.num_steps
+    return Schedule(
+        idx=torch.cat([sched.idx, sched.idx[:, :1].expand(-1, extra, -1)], dim=1),
+        counts=torch.cat([sched.counts, sched.counts.new_zeros((steps, extra))], dim=1),
+        weights=torch.cat([sched.weights, sched.weights.new_zeros(
+            (steps, extra, sched.batch_size))], dim=1),
+        steps=sched.steps, full=(False,) * steps)

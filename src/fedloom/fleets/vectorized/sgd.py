@@ -57,10 +57,14 @@ class StackedSGD:
         self.shapes = [(k,) + (1,) * (p.dim() - 1) for p in self.params]
         self.bufs: list[torch.Tensor] = []
 
-    def plain(self, t: int) -> bool:
-        """Whether step t is ``p -= lr * g`` for every client with one ``lr`` (fusable)."""
-        return self.uniform and self.all_active[t] and not self.use_momentum \
-            and not self.use_decay
+    def plain(self, t: int, *, idle_grads_zero: bool = False) -> bool:
+        """Whether step t is ``p -= lr * g`` for every client with one ``lr`` (fusable).
+
+        With ``idle_grads_zero`` (the masked loss gives clients without a batch a gradient of
+        exactly 0) that holds whether or not every client steps: ``p - lr * 0`` is ``p``.
+        """
+        return self.uniform and (self.all_active[t] or idle_grads_zero) \
+            and not self.use_momentum and not self.use_decay
 
     def step(self, t: int, grads: Sequence[torch.Tensor]) -> None:
         """Apply step t; ``grads`` (stacked like the params) may be overwritten."""

@@ -28,12 +28,14 @@ from fedloom.algorithms.base import GradHook
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome
+from fedloom.fleets.config import CompileMode
 from fedloom.fleets.vectorized.check import check_model
+from fedloom.fleets.vectorized.compiled import Backend, Buckets, StepCompiler, compiles
 from fedloom.fleets.vectorized.conv import ConvMode, use_loop_convolutions
 from fedloom.fleets.vectorized.hooks import add_extra_loss, correct_grads
 from fedloom.fleets.vectorized.kernel import GradKernel, Tensors
 from fedloom.fleets.vectorized.private import PrivateKernel, finish_private, noise_streams
-from fedloom.fleets.vectorized.schedule import Schedule, build_schedule, client_batches
+from fedloom.fleets.vectorized.schedule import Schedule, build_schedule, client_batches, pad_clients
 from fedloom.fleets.vectorized.sgd import StackedSGD
 from fedloom.training.spec import ClientSpec
 from fedloom.training.trainer import LocalTrainer
@@ -61,6 +63,9 @@ class VectorizedTrainer:
             (0: always run ``torch.func`` eagerly).
         conv: how convolutions are batched (:class:`ConvMode`); ``auto`` runs layers with few
             input channels as a loop over clients on CPU, where that is faster.
+        compile: whether recorded steps go through ``torch.compile`` (:mod:`.compiled`; only
+            with the default loss, whose masking lets a chunk be padded to a bucket size).
+        backend: ``torch.compile``'s backend.
 
     Raises:
         ConfigError: the model has a layer that cannot be vectorized (named in the message).
@@ -68,7 +73,9 @@ class VectorizedTrainer:
 
     def __init__(self, spec: ClientSpec, device: str | torch.device = "cpu",
                  chunk: int | None = None, *, trace_after: int = 3,
-                 conv: ConvMode | str = ConvMode.AUTO) -> None:
+                 conv: ConvMode | str = ConvMode.AUTO,
+                 compile: CompileMode | str = CompileMode.AUTO,
+                 backend: Backend = "inductor") -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.chunk = chunk
@@ -88,11 +95,15 @@ class VectorizedTrainer:
                            if not e.trainable or e.name in probe.frozen)
         # the default loss is masked per example; any other is called on real examples only
         self.weighted = spec.loss_fn is F.cross_entropy and not probe_y.is_floating_point()
+        dp = spec.local.per_example
+        self.compiler = StepCompiler(backend) if (
+            compiles(compile, self.device) and self.weighted and dp is None and trace_after) \
+            else None
+        self.buckets = Buckets()
         self.kernel = GradKernel(
             model=model, trained=[e.name for e, d in zip(self.params, self.differentiable) if d],
             fixed=[e.name for e in self.fixed], loss_fn=None if self.weighted else spec.loss_fn,
-            trace_after=trace_after)
-        dp = spec.local.per_example
+            trace_after=trace_after, compiler=self.compiler)
         self.private = None if dp is None else PrivateKernel(
             model=model, trained=[e.name for e, d in zip(self.params, self.differentiable) if d],
             fixed=[e.name for e in self.fixed], loss_fn=spec.loss_fn, dp=dp,
@@ -183,7 +194,10 @@ class VectorizedTrainer:
              correct: GradHook | None, pass_name: str = "") -> _Pass:
         """One SGD pass of every client from ``start`` (K x P), as the serial ``_sgd``
         (DP-SGD's gradients when the spec asks for them)."""
-        k, size, dev = len(tasks), sched.batch_size, self.device
+        real = len(tasks)  # compiled steps: the chunk is padded with clients that never step
+        k = real if self.compiler is None else self.buckets(real)
+        start, sched = _pad_rows(start, k), pad_clients(sched, k)
+        size, dev = sched.batch_size, self.device
         params = _stack(start, self.params)
         by_name = {e.name: p for e, p in zip(self.params, params)}
         fixed = tuple(by_name.get(e.name, t)
@@ -201,7 +215,8 @@ class VectorizedTrainer:
                                                      or e.name not in self.unused))]
         idx, weights = sched.idx.to(dev), sched.weights.to(dev)
         active = sched.counts > 0
-        sgd = StackedSGD([params[i] for i in stepped], [t.config for t in tasks], active)
+        configs = [t.config for t in tasks] + [tasks[0].config] * (k - real)
+        sgd = StackedSGD([params[i] for i in stepped], configs, active)
         losses = torch.zeros((sched.num_steps, k), dtype=torch.float32, device=dev)
         for t in range(sched.num_steps):
             x, y = self.train.batch(idx[t].view(-1))
@@ -209,7 +224,7 @@ class VectorizedTrainer:
             exact = self.weighted or sched.full[t]
             if self.private is not None:  # masks its padding itself: always exact
                 grads, loss = self.private(diff, fixed, x, y, weights[t])
-            elif exact and not hooked and sgd.plain(t):
+            elif exact and not hooked and sgd.plain(t, idle_grads_zero=self.weighted):
                 losses[t] = self.kernel.sgd_step(diff, fixed, x, y, weights[t], sgd.lr)
                 continue
             elif exact:
@@ -231,10 +246,10 @@ class VectorizedTrainer:
                 if correct is not None:
                     every = list(correct_grads(correct, params, every, tasks, act))
             sgd.step(t, [every[i] for i in stepped])
-        out = start.clone(memory_format=torch.contiguous_format)  # start may view a downlink
+        out = start[:real].clone(memory_format=torch.contiguous_format)  # may view a downlink
         for e, p in zip(self.params, params):
-            out[:, e.offset:e.stop] = p.reshape(k, -1)
-        seen = sched.counts.to(torch.float64)
+            out[:, e.offset:e.stop] = p[:real].reshape(real, -1)
+        losses, seen = losses[:, :real], sched.counts[:, :real].to(torch.float64)
         sums = (losses.to(device="cpu", dtype=torch.float64) * seen).sum(0).tolist()
         weights_seen = seen.sum(0).tolist()
         return _Pass(params=out, losses=[Mean(s, w) for s, w in zip(sums, weights_seen)],
@@ -257,6 +272,16 @@ class VectorizedTrainer:
                 full.index_copy_(0, ids, part)
             loss = loss.index_copy(0, ids, v)
         return grads, loss
+
+
+def _pad_rows(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, P) ``flat`` with rows repeating its first up to ``k`` rows."""
+    extra = k - flat.shape[0]
+    if extra <= 0:
+        return flat
+    if flat.stride(0) == 0:  # one downlink shared by the chunk: still a view
+        return flat[:1].expand(k, -1)
+    return torch.cat([flat, flat[:1].expand(extra, -1)])
 
 
 def _stack(flat: torch.Tensor, entries: Sequence[LayoutEntry]) -> Tensors:
