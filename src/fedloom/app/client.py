@@ -16,6 +16,7 @@ from fedloom.algorithms import AlgorithmContext, build_algorithm
 from fedloom.algorithms.client_store import make_store
 from fedloom.algorithms.registry import AlgorithmConfig
 from fedloom.app.config import RunConfig, load_config
+from fedloom.compression.config import DownlinkCoding
 from fedloom.compression.uplink import CLIENT_LOCAL, compressed_local
 from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
@@ -25,6 +26,7 @@ from fedloom.data import load_federated
 from fedloom.models import model_factory
 from fedloom.privacy.private import private_local
 from fedloom.runtime.clients import Client, TrainerClient
+from fedloom.runtime.downlink_client import ReceivingClient
 from fedloom.runtime.local_state import StatefulClient
 from fedloom.topology.config import TopologyKind
 from fedloom.training.trainer import LocalTrainer
@@ -66,12 +68,16 @@ def trainer_client(cfg: RunConfig) -> TrainerClient:
 def config_client(cfg: RunConfig) -> Client:
     """:func:`trainer_client`, keeping what the run's client half remembers between rounds
     (uplink compression's error-feedback residual, a warm-started codec's state) in this
-    process, per client id, on disk under ``state_dir`` when the config sets one."""
-    inner = trainer_client(cfg)
+    process, per client id, on disk under ``state_dir`` when the config sets one; with
+    ``compression.downlink`` it rebuilds the model it is sent (and keeps the last one)."""
+    trainer = trainer_client(cfg)
+    inner: Client = trainer
+    if cfg.compression.downlink is not DownlinkCoding.NONE:  # the model arrives encoded
+        inner = ReceivingClient(inner, block=cfg.compression.block)
     if not cfg.compression.enabled:
         return inner
     store = (None if cfg.state_dir is None
-             else make_store(cfg.state_dir, len(inner.trainer.client_indices)))
+             else make_store(cfg.state_dir, len(trainer.trainer.client_indices)))
     return StatefulClient(inner, keys=CLIENT_LOCAL, store=store)
 
 

@@ -32,6 +32,14 @@ class Uplink(StrEnum):
     POWERSGD = "powersgd"
 
 
+class DownlinkCoding(StrEnum):
+    """How the server sends the model (:mod:`fedloom.compression.downlink`)."""
+
+    NONE = "none"
+    FP16 = "fp16"
+    DELTA = "delta"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CompressionConfig:
     """``uplink``: the codec of the clients' updates (none: float32, as trained).
@@ -39,7 +47,11 @@ class CompressionConfig:
     sign (127 and below travel as 8 bits). ``block``: values per QSGD norm.
     ``error_feedback``: keep what a client could not send and add it to its next update
     (null: on for topk, randk, sign and powersgd, off otherwise). ``block`` is also sign's
-    values per scale. ``rank``: PowerSGD's rank per matrix."""
+    values per scale. ``rank``: PowerSGD's rank per matrix.
+    ``downlink``: how the model is sent (none: float32; fp16: half precision; delta: 8-bit
+    QSGD changes against the model each client last received, see
+    :mod:`fedloom.compression.downlink`). ``history``: delta's rounds of changes the server
+    keeps (a client further behind gets the whole model)."""
 
     uplink: Uplink = Uplink.NONE
     ratio: float = 0.01
@@ -47,6 +59,8 @@ class CompressionConfig:
     block: int = 4096
     error_feedback: bool | None = None
     rank: int = 2
+    downlink: DownlinkCoding = DownlinkCoding.NONE
+    history: int = 3
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -54,6 +68,7 @@ class CompressionConfig:
         p.check(1 <= self.levels <= 32767, "levels", self.levels, "must be in [1, 32767]")
         p.check(self.block >= 1, "block", self.block, "must be >= 1")
         p.check(self.rank >= 1, "rank", self.rank, "must be >= 1")
+        p.check(self.history >= 1, "history", self.history, "must be >= 1")
         p.raise_if_any()
 
     @property
@@ -100,6 +115,7 @@ def check_compression(c: CompressionConfig, p: Problems, *, algorithm: str, topo
     """Record why ``c`` cannot run with the run's ``algorithm``, a ``topology`` or secure
     aggregation (``secagg``), each problem naming its key. Differential privacy always
     composes: the codec runs after the client's clipping and noise (post-processing)."""
+    _check_downlink(c, p, algorithm=algorithm, topology=topology, secagg=secagg)
     if not c.enabled:
         return
     key, value = "compression.uplink", c.uplink.value
@@ -121,3 +137,20 @@ def check_compression(c: CompressionConfig, p: Problems, *, algorithm: str, topo
             "secure aggregation sends every client the same task with no per-client state, "
             "so error feedback (a residual per client) is not combined with it; set "
             "compression.error_feedback=false")
+
+
+def _check_downlink(c: CompressionConfig, p: Problems, *, algorithm: str, topology: bool,
+                    secagg: bool) -> None:
+    if c.downlink is DownlinkCoding.NONE:
+        return
+    key, value = "compression.downlink", c.downlink.value
+    p.check(algorithm in UPDATE_UPLINK, key, value,
+            f"algorithm {algorithm}'s clients do not send a model update, which the server "
+            "moves from the model it sent onto its own float32 model "
+            f"(supported: {', '.join(sorted(UPDATE_UPLINK))})")
+    p.check(not topology, key, value,
+            "a topology (hierarchy or gossip) sends models between nodes of its own; it is "
+            "not combined with downlink compression")
+    p.check(not secagg, key, value,
+            "secure aggregation sends every client one float32 model with nothing else; it is "
+            "not combined with downlink compression")

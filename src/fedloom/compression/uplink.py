@@ -47,6 +47,7 @@ from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.algorithms.wrapped import Wrapped
 from fedloom.compression.codecs import Codec, Encoded, WarmStarted, compress_update
 from fedloom.compression.config import UPDATE_UPLINK, CompressionConfig, make_codec
+from fedloom.compression.downlink import CODED
 from fedloom.core.errors import AggregationError, ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
@@ -130,14 +131,14 @@ def decode_update(codec: Codec, received: torch.Tensor, result: ClientResult) ->
 
 @dataclass(frozen=True, slots=True)
 class CompressedSizes:
-    """Payload sizes as sent: a result's tensors but the client-local residual, and its
-    ``params`` only when its update is not encoded."""
-
-    codec: Codec
+    """Payload sizes as sent: a package's tensors but client-local state; a task's ``params``
+    only when the model is not encoded (:mod:`fedloom.compression.downlink`), a result's only
+    when its update is not."""
 
     def downlink(self, task: Downlink) -> int:
-        return payload_bytes([task.params, *(v for k, v in task.extras.items()
-                                             if k not in CLIENT_LOCAL)])
+        extras = [v for k, v in task.extras.items() if k not in CLIENT_LOCAL]
+        coded = any(k.startswith(CODED) for k in task.extras)
+        return payload_bytes(extras if coded else [task.params, *extras])
 
     def uplink(self, result: ClientResult) -> int:
         extras = [v for k, v in result.extras.items() if k not in CLIENT_LOCAL]
@@ -166,7 +167,7 @@ class Compressed(Wrapped):
         # client state (a residual, warm factors) is per result; otherwise the mean will do
         self.reducible = inner.reducible and not feedback and not isinstance(codec, WarmStarted)
         self.asynchronous = False
-        self.sizes = CompressedSizes(codec)
+        self.sizes = CompressedSizes()
 
     def result_needs(self, layout: ParamLayout) -> ResultNeeds:
         """The inner algorithm's extras and the codec's tensors (what a reply must carry)."""

@@ -4,7 +4,9 @@ A downlink travels as a ``FIT`` header (round, client id, training config) with 
 ``params`` and one tensor ``extras/<key>`` per extra; a :class:`ClientResult` as a ``FIT_REPLY``
 with the same tensor names plus its counts and metrics. A result whose update is encoded by an
 uplink codec (extras ``codec/<name>``, :mod:`fedloom.compression.uplink`) travels without
-``params``: the codec's tensors are the update. The ``*_from_*`` functions check what
+``params``: the codec's tensors are the update. Likewise a downlink whose model is encoded
+(extras ``downlink/codec/...``, :mod:`fedloom.compression.downlink`) travels without
+``params``. The ``*_from_*`` functions check what
 arrived against the model's layout and raise :class:`MessageRejected` with a named reason.
 """
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedloom.compression.downlink import CODED, DOWN
 from fedloom.compression.uplink import ENCODED
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import LayoutEntry, ParamLayout
@@ -158,7 +161,8 @@ def downlink_to_package(task_id: int, downlink: Downlink,
     header = pb.Header(task_id=task_id, kind=pb.FIT, round=downlink.round,
                        client_id=downlink.client_id, config=config_to_proto(downlink.config))
     values_to_proto(values or {}, header.values)
-    tensors = {PARAMS: downlink.params}
+    coded = any(k.startswith(CODED) for k in downlink.extras)
+    tensors = {} if coded else {PARAMS: downlink.params}  # an encoded model replaces params
     tensors.update({EXTRAS + k: v for k, v in downlink.extras.items()})
     return header, tensors
 
@@ -199,8 +203,8 @@ def _extras(pkg: Package, layout: ParamLayout,
         if name == PARAMS:
             continue
         reject_if(not name.startswith(EXTRAS), Rejection.MALFORMED, f"unknown tensor {name!r}")
-        reject_if(not t.is_floating_point() and not name.startswith(EXTRAS + ENCODED),
-                  Rejection.BAD_DTYPE,
+        coded = name.startswith((EXTRAS + ENCODED, EXTRAS + DOWN))
+        reject_if(not t.is_floating_point() and not coded, Rejection.BAD_DTYPE,
                   f"{name!r} has dtype {DTYPE_NAMES.get(t.dtype, t.dtype)}: extras are floats")
         reject_if(t.dim() > 1 or t.numel() > layout.size, Rejection.WRONG_SHAPE,
                   f"{name!r} has shape {tuple(t.shape)}: extras are scalars or 1-D, at most "
@@ -217,9 +221,15 @@ def _extras(pkg: Package, layout: ParamLayout,
 
 
 def downlink_from_package(pkg: Package, layout: ParamLayout) -> Downlink:
+    """A fit task; its ``params`` is empty when the model travels encoded (extras
+    ``downlink/codec/...``: the client rebuilds it, see
+    :func:`fedloom.compression.downlink.receive`)."""
     h = pkg.header
-    return Downlink(round=h.round, client_id=h.client_id, params=_params(pkg, layout),
-                    config=config_from_proto(h.config), extras=_extras(pkg, layout, None))
+    extras = _extras(pkg, layout, None)
+    coded = PARAMS not in pkg.tensors and any(k.startswith(CODED) for k in extras)
+    params = torch.empty(0, dtype=layout.dtype) if coded else _params(pkg, layout)
+    return Downlink(round=h.round, client_id=h.client_id, params=params,
+                    config=config_from_proto(h.config), extras=extras)
 
 
 def result_to_package(task_id: int, result: ClientResult,
