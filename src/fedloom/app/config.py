@@ -39,6 +39,7 @@ from fedloom.models import ModelConfig
 from fedloom.privacy.config import PrivacyConfig
 from fedloom.runtime.clock import ClockConfig
 from fedloom.runtime.sampling import SamplerName
+from fedloom.runtime.sinks import SinkName
 from fedloom.secagg.config import SecAggConfig
 from fedloom.topology.config import TopologyConfig
 from fedloom.training.evaluation import EvalConfig
@@ -87,7 +88,9 @@ class CheckpointConfig:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunConfig:
     """A whole simulation run. ``out`` null means ``runs/<name>-<timestamp>``; ``state_dir``
-    holds per-client algorithm state in memory-mapped files (null: in memory)."""
+    holds per-client algorithm state in memory-mapped files (null: in memory); ``sinks``: where
+    the rows go besides ``metrics.jsonl`` (always written): ``[jsonl, tensorboard]`` adds
+    event files under ``RUN_DIR/tensorboard``."""
 
     name: str = "run"
     rounds: int = 50
@@ -110,9 +113,14 @@ class RunConfig:
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
     privacy: PrivacyConfig | None = None
     compression: CompressionConfig = field(default_factory=CompressionConfig)
+    sinks: tuple[SinkName, ...] = (SinkName.JSONL,)
 
     def __post_init__(self) -> None:
         p = Problems()
+        names = [str(s) for s in self.sinks]
+        p.check(SinkName.JSONL in self.sinks and len(set(names)) == len(names), "sinks", names,
+                "must name jsonl (metrics.jsonl, the source of truth) and each sink once, "
+                "e.g. [jsonl, tensorboard]")
         p.check(self.rounds >= 1, "rounds", self.rounds, "must be >= 1")
         p.check(self.seed >= 0, "seed", self.seed, "must be >= 0")
         p.check(self.cohort.size <= self.data.num_clients, "cohort.size", self.cohort.size,
@@ -157,6 +165,8 @@ def _convert(tp: Any, value: Any, key: str, p: Problems) -> Any:
         return from_mapping(tp, value, key, p)
     if isinstance(tp, type) and issubclass(tp, StrEnum):
         allowed = [m.value for m in tp]
+        if isinstance(value, bool) and {"on", "off"} <= set(allowed):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in allowed:
             p.add(key, value, f"must be one of {', '.join(allowed)}")
             return _BAD

@@ -43,7 +43,7 @@ from fedloom.runtime.checkpoint import (
 from fedloom.runtime.client_loop import Backoff, ClientLoop
 from fedloom.runtime.clients import Client
 from fedloom.runtime.sampling import ConnectedSampler
-from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink
+from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink, file_sinks, row_step
 from fedloom.topology.build import build_hierarchy
 from fedloom.topology.hierarchy import Aggregator, HierarchicalLoop
 from fedloom.topology.tree import Tree, build_tree
@@ -156,7 +156,8 @@ class Edge:
                                      initial_params=layout.module_to_flat(model),
                                      threads=cfg.fleet.threads)
         self.out = self._open_out(down.resume)
-        self.sinks: list[Sink] = [JsonlSink(self.out / "metrics.jsonl")]
+        done = max((row_step(r) or 0 for r in self.loop.rows), default=0)
+        self.sinks: list[Sink] = file_sinks(self.out, cfg.sinks, resumed_after=done)
         if down.console:
             self.sinks.append(ConsoleSink(cfg.rounds, title=f"{cfg.name} {options.node}"))
         self.loop.sinks.extend(self.sinks)

@@ -14,7 +14,7 @@ from fedloom.app.config import RunConfig
 from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.loop import History
-from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink
+from fedloom.runtime.sinks import ConsoleSink, Sink, file_sinks
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,7 +51,11 @@ def run_experiment(cfg: RunConfig, *, console: bool = True,
     except BaseException:
         run.fleet.close()  # a distributed fleet's workers are waiting: tell them to stop
         raise
-    sinks: list[Sink] = [JsonlSink(out / "metrics.jsonl")]
+    try:
+        sinks: list[Sink] = file_sinks(out, cfg.sinks, resumed_after=run.state.round)
+    except BaseException:
+        run.fleet.close()
+        raise
     if console:
         sinks.append(ConsoleSink(cfg.rounds, title=cfg.name, done=run.state.round))
     run.sinks.extend(sinks)

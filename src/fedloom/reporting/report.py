@@ -5,7 +5,8 @@ and best test accuracy, the rounds to reach the target accuracy and the wall tim
 against round for every configuration; every failure with its stage and message. The numbers
 come from each task's ``metrics.jsonl`` (the source of truth) and the scheduler's state. The
 HTML embeds its plots as base64 PNG, so it opens from disk with no server and no network; the
-Markdown links the same plots, written beside it under ``plots/``.
+Markdown links the same plots, written beside it under ``plots/``. Runs with TensorBoard event
+files (``sinks: [jsonl, tensorboard]``) are linked, with the command that shows them together.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedloom.core.errors import ConfigError
-from fedloom.runtime.sinks import Row, read_rows, top_rows
+from fedloom.runtime.sinks import TENSORBOARD_DIR, Row, read_rows, top_rows
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +231,26 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def tensorboard_links(sweep_dir: Path, tasks: Sequence[TaskNumbers]) -> list[tuple[str, str]]:
+    """(task id, event-file folder relative to ``sweep_dir``) of the tasks that wrote one."""
+    return [(t.task_id, f"tasks/{t.task_id}/{TENSORBOARD_DIR}") for t in tasks
+            if (sweep_dir / "tasks" / t.task_id / TENSORBOARD_DIR).is_dir()]
+
+
+def _tensorboard_section(sweep_dir: Path, links: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """The HTML and Markdown paragraphs linking the runs' TensorBoard folders ("" for none)."""
+    if not links:
+        return "", ""
+    command = f"tensorboard --logdir {sweep_dir / 'tasks'}"
+    lead = f"{len(links)} runs wrote TensorBoard event files; all of them together: "
+    html_links = ", ".join(f'<a href="{html.escape(rel)}">{html.escape(task)}</a>'
+                           for task, rel in links)
+    return (f"<h2>TensorBoard</h2><p>{html.escape(lead)}<code>{html.escape(command)}</code>"
+            f"</p><p>{html_links}</p>",
+            f"## TensorBoard\n\n{lead}`{command}`\n\n"
+            + ", ".join(f"[{task}]({rel})" for task, rel in links))
+
+
 def write_report(sweep_dir: str | Path) -> ReportFiles:
     """Write ``report.html``, ``report.md``, ``results.csv`` and ``plots/`` in ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
@@ -245,6 +266,7 @@ def write_report(sweep_dir: str | Path) -> ReportFiles:
     _write_csv(sweep_dir / "results.csv", manifest, tasks)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
     target = manifest.get("target_accuracy")
+    tb_html, tb_md = _tensorboard_section(sweep_dir, tensorboard_links(sweep_dir, tasks))
 
     images = "".join(
         f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
@@ -255,7 +277,7 @@ def write_report(sweep_dir: str | Path) -> ReportFiles:
         f"<h1>Sweep {html.escape(name)}</h1><p>{len(tasks)} tasks: {html.escape(status)}. "
         f"Target accuracy: {html.escape(str(target))}. Generated {stamp}. Raw numbers: "
         f'<a href="results.csv">results.csv</a>.</p><h2>Results</h2>'
-        f'{_html_table(header, rows, "results")}<h2>Accuracy by round</h2>{images}'
+        f'{_html_table(header, rows, "results")}<h2>Accuracy by round</h2>{images}{tb_html}'
         f"<h2>Failures</h2>"
         + (_html_table(failure_header, failures, "failed") if failures else "<p>None.</p>")
         + "</body></html>")
@@ -264,7 +286,8 @@ def write_report(sweep_dir: str | Path) -> ReportFiles:
         f"Generated {stamp}. Raw numbers: [results.csv](results.csv).",
         "## Results", _md_table(header, rows), "## Accuracy by round",
         "\n".join(f"![{p.stem}](plots/{p.name})" for p in plots) or "No rounds yet.",
-        "## Failures", _md_table(failure_header, failures) if failures else "None.", ""])
+        *([tb_md] if tb_md else []), "## Failures",
+        _md_table(failure_header, failures) if failures else "None.", ""])
     html_path, md_path = sweep_dir / "report.html", sweep_dir / "report.md"
     html_path.write_text(html_text, encoding="utf-8")
     md_path.write_text(md_text, encoding="utf-8")

@@ -1,13 +1,27 @@
-"""Where per-round metrics go: JSONL (the source of truth) and the console."""
+"""Where per-round metrics go: JSONL (the source of truth), TensorBoard and the console.
+
+A run directory always gets ``metrics.jsonl``; ``sinks: [jsonl, tensorboard]`` in a run config
+adds TensorBoard event files under ``RUN_DIR/tensorboard`` (:func:`file_sinks`).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
+from enum import StrEnum
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
+
+from fedloom.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 Row = dict[str, float | int | str | None]
+
+#: a run directory's TensorBoard event files: ``tensorboard --logdir RUN_DIR/tensorboard``
+TENSORBOARD_DIR = "tensorboard"
 
 
 class Sink(Protocol):
@@ -20,6 +34,24 @@ def _jsonable(value: float | int | str | None) -> float | int | str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+class SinkName(StrEnum):
+    JSONL = "jsonl"  # RUN_DIR/metrics.jsonl: always written, the source of truth
+    TENSORBOARD = "tensorboard"  # RUN_DIR/tensorboard: event files (the `tensorboard` extra)
+
+
+def file_sinks(out: Path, names: Iterable[SinkName] = (), *,
+               resumed_after: int = 0) -> list[Sink]:
+    """The sinks writing a run directory: ``metrics.jsonl`` always, TensorBoard when named.
+
+    ``resumed_after``: the step (:func:`row_step`) a resumed run continues after (TensorBoard
+    then discards what an earlier run wrote for later steps, as ``metrics.jsonl`` was cut back).
+    """
+    sinks: list[Sink] = []
+    if SinkName.TENSORBOARD in names:
+        sinks.append(TensorBoardSink(out / TENSORBOARD_DIR, purge_after=resumed_after))
+    return [JsonlSink(out / "metrics.jsonl"), *sinks]
 
 
 class JsonlSink:
@@ -58,6 +90,54 @@ def read_rows(path: Path) -> list[Row]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def row_step(row: Row) -> int | None:
+    """A row's TensorBoard step: its ``round``, or for an aggregator below a hierarchy's root
+    its own round count (``node_round``) where the row has one."""
+    step = row.get("node_round") if row.get("level") else None
+    step = row.get("round") if step is None else step
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+class TensorBoardSink:
+    """Every row as TensorBoard scalars at its :func:`row_step`: each numeric value under its
+    metrics.jsonl key (rows of an aggregator below a hierarchy's root under ``NODE/key``), in
+    double precision so the event file holds the row's exact numbers. Flushed per row.
+    ``purge_after``: the round a resumed run continues after; TensorBoard then shows this
+    writer's rows for the rounds after it, not an earlier writer's.
+
+    Uses ``torch.utils.tensorboard.SummaryWriter`` (the ``tensorboard`` extra: pip install
+    'fedloom[tensorboard]'), imported only here.
+    """
+
+    def __init__(self, log_dir: Path, *, purge_after: int = 0) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("sinks: tensorboard needs the tensorboard package: pip install "
+                              "'fedloom[tensorboard]'") from None
+        self.log_dir = log_dir
+        # every writer starts a session at its first round: TensorBoard ignores a log's first
+        # start, and on each later one drops what earlier writers logged from that round on
+        self._writer: SummaryWriter = SummaryWriter(log_dir=str(log_dir),
+                                                    purge_step=purge_after + 1)
+
+    def log(self, row: Row) -> None:
+        step = row_step(row)
+        if step is None:
+            return
+        prefix = f"{row.get('node')}/" if row.get("level") else ""
+        for key, value in row.items():
+            if key in ("round", "level", "node_round") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float):
+                self._writer.add_scalar(prefix + key, value, global_step=step, new_style=True,
+                                        double_precision=True)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class ConsoleSink:
