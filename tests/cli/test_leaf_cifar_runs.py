@@ -47,13 +47,20 @@ def test_leaf_femnist_config_runs_two_rounds(tmp_path: Path, model: str) -> None
     assert isinstance(accuracy, float) and 0.0 <= accuracy <= 1.0
 
 
-def test_cifar10_config_runs_two_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("model", [
+    ["model.name=cifar_cnn"],
+    pytest.param(["model.name=resnet_gn", "model.resnet_depth=8", "fleet.kind=vectorized"],
+                 marks=pytest.mark.slow),  # ~35 s on a busy 2-core machine; the fleet agreement
+                                           # itself is tests/fleets/test_vectorized_cifar.py
+], ids=["cifar_cnn", "resnet_gn-vectorized"])
+def test_cifar10_config_runs_two_rounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        model: list[str]) -> None:
     files = tiny_batches(per_file=4)
     write_batches(tmp_path / "data" / "cifar-10-batches-bin", files)
     monkeypatch.setattr(cifar10, "CIFAR10_ARCHIVE", spec_for(files))
     out = tmp_path / "run"
     assert main(["run", "configs/fedavg_cifar10_cnn.yaml", f"data.dir={tmp_path / 'data'}",
-                 "data.num_clients=4", "client.epochs=1", f"out={out}", *FAST]) == 0
+                 "data.num_clients=4", "client.epochs=1", *model, f"out={out}", *FAST]) == 0
     assert [r["round"] for r in rows(out)] == [1, 2]
 
 
