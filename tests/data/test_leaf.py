@@ -129,6 +129,8 @@ def test_folder_found_under_a_data_root(tmp_path: Path, monkeypatch: pytest.Monk
     data = load_leaf(DataConfig(name=DatasetName.LEAF), seed=0)  # dataset from the folder name
     assert data.name == "leaf_femnist"
     assert load_leaf(leaf_cfg(tmp_path / "root" / "leaf" / "femnist"), seed=0).num_clients == 3
+    direct = DataConfig(name=DatasetName.LEAF, dir=str(tmp_path / "root" / "leaf" / "femnist"))
+    assert load_leaf(direct, seed=0).num_clients == 3  # data.dir as the LEAF folder itself
     with pytest.raises(DataError, match=r"(?s)no folder with train/ and test/.*preprocess\.sh"):
         load_leaf(leaf_cfg(tmp_path / "nowhere"), seed=0)
 

@@ -24,12 +24,12 @@ that does not match ``num_samples`` or ``user_data``, a user listed twice (in on
 or type, and labels out of range are each a :class:`DataError` naming the file, the user and
 what was wrong.
 
-**Where.** ``data.leaf_dir`` is the folder holding ``train/`` and ``test/`` (or its parent
-``data/`` folder's parent, as LEAF lays it out: ``<leaf>/data/femnist``). Without it, each root
-of :func:`fedloom.data.locate.search_roots` (``data.dir`` first) is searched for
-``leaf/<dataset>/data``. LEAF data cannot be downloaded ready-made: its scripts download and
-sample the raw data (``./preprocess.sh -s niid --sf 0.05 -k 0 -t sample`` in
-``leaf/data/femnist``).
+**Where.** ``data.leaf_dir`` is the folder holding ``train/`` and ``test/``, or the folder
+above their ``data/`` folder, as LEAF lays it out (``<leaf>/data/femnist``). Without it,
+``data.dir`` is tried the same way, then each root of :func:`fedloom.data.locate.search_roots`
+(``data.dir``, ``$FEDLOOM_DATA``, ``../shared/data``) is searched for ``leaf/<dataset>/data``.
+LEAF data cannot be downloaded ready-made: its scripts download and sample the raw data
+(``./preprocess.sh -s niid --sf 0.05 -k 0 -t sample`` in ``leaf/data/femnist``).
 """
 
 from __future__ import annotations
@@ -122,12 +122,14 @@ def find_leaf_folder(cfg: DataConfig) -> tuple[Path, LeafDataset | None]:
     """The folder holding ``train/`` and ``test/``, and the dataset if the config or the
     folder's place (``leaf/<dataset>/data``) names it."""
     kinds = [cfg.leaf_dataset] if cfg.leaf_dataset is not None else list(LeafDataset)
-    if cfg.leaf_dir is not None:
-        base = Path(cfg.leaf_dir).expanduser()
-        candidates = [(base, cfg.leaf_dataset), (base / "data", cfg.leaf_dataset)]
-    else:
-        candidates = [(root / "leaf" / str(k) / sub, k) for root in search_roots(cfg.dir)
-                      for k in kinds for sub in ("data", ".")]
+    explicit = cfg.leaf_dir if cfg.leaf_dir is not None else cfg.dir
+    candidates: list[tuple[Path, LeafDataset | None]] = []
+    if explicit is not None:
+        base = Path(explicit).expanduser()
+        candidates += [(base, cfg.leaf_dataset), (base / "data", cfg.leaf_dataset)]
+    if cfg.leaf_dir is None:
+        candidates += [(root / "leaf" / str(k) / sub, k) for root in search_roots(cfg.dir)
+                       for k in kinds for sub in ("data", ".")]
     for path, kind in candidates:
         if (path / "train").is_dir() and (path / "test").is_dir():
             return path.resolve(), kind
