@@ -16,8 +16,9 @@ it; 4 or 5 compile once for 5; 11 to 20 once for 20.
 When it pays (``fleet.compile = auto``) is measured (benchmarks/bench_vectorized.py
 ``--compile``): on CPU the 2NN's step is 80% batched matmuls that the recorded graph already
 calls in place, and inductor adds a copy back into every updated weight, so the compiled step
-was slower (4.8 vs 1.4 ms per W1 step, 1 thread) and ``auto`` leaves CPU steps uncompiled;
-on CUDA, where per-op launches dominate a small model's step, ``auto`` compiles.
+was slower (1.9 to 4.8 ms against 1.4 to 1.5 ms per W1 step, 1 thread, on a shared machine)
+and ``auto`` leaves CPU steps uncompiled. On CUDA, where per-op launches dominate a small model's
+step, ``auto`` compiles: expected to pay there, not yet measured (no GPU in that session).
 """
 
 from __future__ import annotations
