@@ -60,7 +60,8 @@ def test_qsgd_round_trip_within_one_level(x: torch.Tensor, block: int, levels: i
     enc = codec.encode(x, _gen(seed))
     out = codec.decode(enc)
     pad = torch.nn.functional.pad(x, (0, (-x.numel()) % block)).view(-1, block)
-    bound = (pad.norm(dim=1, keepdim=True) / levels).expand_as(pad).reshape(-1)[: x.numel()]
+    norms = pad.double().norm(dim=1, keepdim=True).float()  # float64: tiny values' squares
+    bound = (norms / levels).expand_as(pad).reshape(-1)[: x.numel()]
     assert bool(((out - x).abs() <= bound * (1 + 1e-5) + 1e-30).all())
     assert enc.nbytes == codec.nbytes(x.numel())
 
@@ -194,3 +195,13 @@ def test_config_names_codecs_and_checks_options() -> None:
         CompressionConfig(ratio=0.0)
     with pytest.raises(ConfigError, match="levels = 0"):
         CompressionConfig(levels=0)
+
+
+def test_config_values_reach_the_sparsifiers_and_nothing_else() -> None:
+    from fedloom.compression.sparse import Values
+    codec = make_codec(CompressionConfig(uplink=Uplink.TOPK, values=Values.FLOAT16))
+    assert isinstance(codec, TopK) and codec.values is Values.FLOAT16
+    codec = make_codec(CompressionConfig(uplink=Uplink.RANDK, values=Values.FLOAT16))
+    assert isinstance(codec, RandK) and codec.values is Values.FLOAT16
+    with pytest.raises(ConfigError, match="applies to the topk and randk uplinks only"):
+        CompressionConfig(uplink=Uplink.QSGD, values=Values.FLOAT16)

@@ -18,6 +18,7 @@ from fedloom.compression.sparse import (
     INT32,
     RandK,
     TopK,
+    Values,
     decode_indices,
     encode_indices,
     index_bytes,
@@ -151,3 +152,31 @@ def test_randk_payload_checks() -> None:
     _refused(codec, _with(enc, seed=torch.tensor(1.0)), Invalid.DTYPE)
     _refused(codec, _with(enc, values=torch.zeros(9)), Invalid.SHAPE)
     _refused(codec, _with(enc, values=torch.full((10,), float("inf"))), Invalid.NON_FINITE)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-6e4, 6e4, allow_nan=False, width=32), min_size=1, max_size=300),
+       st.floats(0.001, 1.0), st.integers(0, 9))
+def test_float16_values_round_within_half_precision(values: list[float], ratio: float,
+                                                    seed: int) -> None:
+    x = torch.tensor(values)
+    for codec in (TopK(ratio=ratio, values=Values.FLOAT16),
+                  RandK(ratio=ratio, values=Values.FLOAT16)):
+        enc = codec.encode(x, torch.Generator().manual_seed(seed))
+        codec.validate(enc)
+        out = codec.decode(enc)
+        k = kept(ratio, x.numel())
+        assert enc.tensors["values"].dtype == torch.float16
+        assert enc.nbytes == codec.nbytes(x.numel())
+        assert codec.nbytes(x.numel()) == type(codec)(ratio=ratio).nbytes(x.numel()) - 2 * k
+        sent = out != 0
+        assert bool(((out - x)[sent].abs() <= x[sent].abs() * 2**-11 + 2**-25).all())
+
+
+def test_float16_values_are_checked_as_float16() -> None:
+    codec = TopK(ratio=0.01, values=Values.FLOAT16)
+    enc = codec.encode(torch.randn(1000), None)
+    _refused(codec, _with(enc, values=enc.tensors["values"].float()), Invalid.DTYPE, "float16")
+    _refused(codec, _with(enc, values=torch.full((10,), float("inf"), dtype=torch.float16)),
+             Invalid.NON_FINITE)
+    assert codec.nbytes(199_210) == 2 * 1993 + 2134  # 6,120 bytes, 32.6x fewer than float32

@@ -133,7 +133,8 @@ class QSGD:
 
     def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
         blocks = self._blocks(x.to(torch.float32))
-        norms = blocks.norm(dim=1, keepdim=True)
+        # in float64: the squares of values below ~1e-19 would underflow float32 to a 0 norm
+        norms = torch.linalg.vector_norm(blocks, dim=1, keepdim=True, dtype=torch.float64).float()
         scaled = blocks.abs() / norms.clamp_min(torch.finfo(torch.float32).tiny) * self.levels
         low = scaled.floor()
         up = torch.rand(scaled.shape, generator=gen, dtype=torch.float32) < (scaled - low)

@@ -12,6 +12,7 @@ from enum import StrEnum
 
 from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, Sign, TopK
 from fedloom.compression.powersgd import PowerSGD
+from fedloom.compression.sparse import Values
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.validate import Problems
@@ -47,7 +48,8 @@ class CompressionConfig:
     sign (127 and below travel as 8 bits). ``block``: values per QSGD norm.
     ``error_feedback``: keep what a client could not send and add it to its next update
     (null: on for topk, randk, sign and powersgd, off otherwise). ``block`` is also sign's
-    values per scale. ``rank``: PowerSGD's rank per matrix.
+    values per scale. ``rank``: PowerSGD's rank per matrix. ``values``: the dtype top-k's and
+    random-k's kept values travel in (float32, or float16 with its rounding error fed back).
     ``downlink``: how the model is sent (none: float32; fp16: half precision; delta: 8-bit
     QSGD changes against the model each client last received, see
     :mod:`fedloom.compression.downlink`). ``history``: delta's rounds of changes the server
@@ -59,6 +61,7 @@ class CompressionConfig:
     block: int = 4096
     error_feedback: bool | None = None
     rank: int = 2
+    values: Values = Values.FLOAT32
     downlink: DownlinkCoding = DownlinkCoding.NONE
     history: int = 3
 
@@ -68,6 +71,8 @@ class CompressionConfig:
         p.check(1 <= self.levels <= 32767, "levels", self.levels, "must be in [1, 32767]")
         p.check(self.block >= 1, "block", self.block, "must be >= 1")
         p.check(self.rank >= 1, "rank", self.rank, "must be >= 1")
+        p.check(self.values is Values.FLOAT32 or self.uplink in (Uplink.TOPK, Uplink.RANDK),
+                "values", self.values.value, "applies to the topk and randk uplinks only")
         p.check(self.history >= 1, "history", self.history, "must be >= 1")
         p.raise_if_any()
 
@@ -93,9 +98,9 @@ def make_codec(cfg: CompressionConfig, layout: ParamLayout | None = None) -> Cod
         case Uplink.QSGD:
             return QSGD(levels=cfg.levels, block=cfg.block)
         case Uplink.TOPK:
-            return TopK(ratio=cfg.ratio)
+            return TopK(ratio=cfg.ratio, values=cfg.values)
         case Uplink.RANDK:
-            return RandK(ratio=cfg.ratio)
+            return RandK(ratio=cfg.ratio, values=cfg.values)
         case Uplink.SIGN:
             return Sign(block=cfg.block)
         case Uplink.POWERSGD:

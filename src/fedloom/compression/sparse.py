@@ -17,6 +17,11 @@ Plain int32 indices are smallest only for a single index among more than ``2**27
 
 Random-k sends an 8-byte seed instead of indices (smaller than any index encoding).
 
+Both send their values as float32, or as float16 (``values=float16``: 2 bytes a value, clamped
+to +-65504). With error feedback the rounding error of a kept value joins the residual and is
+sent later, as in Qsparse-local-SGD (Basu et al. 2019): a sparsifier followed by a quantiser is
+still a contraction, which is what error feedback's convergence needs.
+
 Example:
     >>> TopK(ratio=0.01).index_coding(199_210), TopK(ratio=0.01).nbytes(199_210)
     (('elias_fano', 6), 10106)
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import torch
 
@@ -41,6 +47,23 @@ from fedloom.compression.payload import (
 from fedloom.core.errors import ConfigError
 
 INT32, BITMAP, ELIAS_FANO = "int32", "bitmap", "elias_fano"
+FP16_MAX = 65504.0
+
+
+class Values(StrEnum):
+    """The dtype a sparsifier's kept values travel in."""
+
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self is Values.FLOAT16 else torch.float32
+
+    def cast(self, x: torch.Tensor) -> torch.Tensor:
+        if self is Values.FLOAT16:
+            return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+        return x.to(torch.float32)
 
 
 def kept(ratio: float, numel: int) -> int:
@@ -90,15 +113,15 @@ def encode_indices(idx: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
     return {"ef_low": bits.pack(idx & ((1 << low) - 1), low), "ef_high": bits.pack_bools(high)}
 
 
-def _expect_indices(enc: Encoded, k: int) -> None:
+def _expect_indices(enc: Encoded, k: int, values: torch.dtype) -> None:
     n = enc.numel
     name, low = index_coding(k, n)
     if name == INT32:
-        expect(enc, {"indices": (torch.int32, k), "values": (torch.float32, k)})
+        expect(enc, {"indices": (torch.int32, k), "values": (values, k)})
         return
     if name == BITMAP:
         expect(enc, {"bitmap": (torch.uint8, bits.packed_size(n, 1)),
-                     "values": (torch.float32, k)})
+                     "values": (values, k)})
         refuse_if(not bits.padding_clear(enc.tensors["bitmap"], n), Invalid.INDEX_RANGE,
                   f"bitmap: a bit set past position {n - 1}")
         ones = int(bits.unpack_bools(enc.tensors["bitmap"]).sum())
@@ -106,7 +129,7 @@ def _expect_indices(enc: Encoded, k: int) -> None:
         return
     low_bytes, high_bytes = _ef_sizes(k, n, low)
     expect(enc, {"ef_low": (torch.uint8, low_bytes), "ef_high": (torch.uint8, high_bytes),
-                 "values": (torch.float32, k)})
+                 "values": (values, k)})
     refuse_if(not bits.padding_clear(enc.tensors["ef_low"], k * low), Invalid.BAD_VALUE,
               "ef_low: padding bits set")
     refuse_if(not bits.padding_clear(enc.tensors["ef_high"], k + ((n - 1) >> low) + 1),
@@ -126,10 +149,11 @@ def decode_indices(enc: Encoded, k: int) -> torch.Tensor:
     return ((ones - torch.arange(k)) << low) | bits.unpack(enc.tensors["ef_low"], low, k)
 
 
-def validate_indices(enc: Encoded, k: int) -> torch.Tensor:
-    """Check a top-k payload's indices (any encoding): the decoded indices, strictly
-    increasing and in ``[0, numel)``."""
-    _expect_indices(enc, k)
+def validate_indices(enc: Encoded, k: int, values: torch.dtype = torch.float32
+                     ) -> torch.Tensor:
+    """Check a top-k payload's tensors (k ``values`` beside the indices in any encoding);
+    returns the decoded indices, checked strictly increasing and in ``[0, numel)``."""
+    _expect_indices(enc, k, values)
     idx = decode_indices(enc, k)
     if idx.numel():
         refuse_if(int(idx.min()) < 0 or int(idx.max()) >= enc.numel, Invalid.INDEX_RANGE,
@@ -143,9 +167,11 @@ def validate_indices(enc: Encoded, k: int) -> torch.Tensor:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopK:
     """The ``ceil(ratio * n)`` values of largest magnitude (ties broken by ``torch.topk``),
-    as float32 values and their indices in the smallest encoding for the density."""
+    as ``values`` (float32 or float16) and their indices in the smallest encoding for the
+    density."""
 
     ratio: float = 0.01
+    values: Values = Values.FLOAT32
     name: str = "topk"
 
     def __post_init__(self) -> None:
@@ -157,20 +183,21 @@ class TopK:
     def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
         n = x.numel()
         idx = x.abs().topk(kept(self.ratio, n), sorted=False).indices.sort().values
-        return Encoded(tensors={**encode_indices(idx, n), "values": x[idx].float()}, numel=n)
+        return Encoded(tensors={**encode_indices(idx, n), "values": self.values.cast(x[idx])},
+                       numel=n)
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         out = torch.zeros(enc.numel, dtype=torch.float32)
-        out[decode_indices(enc, kept(self.ratio, enc.numel))] = enc.tensors["values"]
+        out[decode_indices(enc, kept(self.ratio, enc.numel))] = enc.tensors["values"].float()
         return out
 
     def nbytes(self, numel: int) -> int:
         k = kept(self.ratio, numel)
-        return 4 * k + index_bytes(k, numel)
+        return self.values.dtype.itemsize * k + index_bytes(k, numel)
 
     def validate(self, enc: Encoded) -> None:
         expect_length(enc, minimum=1)
-        validate_indices(enc, kept(self.ratio, enc.numel))
+        validate_indices(enc, kept(self.ratio, enc.numel), self.values.dtype)
         expect_finite(enc, "values")
 
 
@@ -180,6 +207,7 @@ class RandK:
     the seed travels instead of the indices. Not rescaled (a contraction, for error feedback)."""
 
     ratio: float = 0.01
+    values: Values = Values.FLOAT32
     name: str = "randk"
 
     def __post_init__(self) -> None:
@@ -192,25 +220,25 @@ class RandK:
     def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
         seed = int(torch.randint(0, 2**62, (), generator=gen))
         return Encoded(tensors={"seed": torch.tensor(seed, dtype=torch.int64),
-                                "values": x[self._indices(seed, x.numel())].float()},
+                                "values": self.values.cast(x[self._indices(seed, x.numel())])},
                        numel=x.numel())
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         out = torch.zeros(enc.numel, dtype=torch.float32)
-        out[self._indices(int(enc.tensors["seed"]), enc.numel)] = enc.tensors["values"]
+        out[self._indices(int(enc.tensors["seed"]), enc.numel)] = enc.tensors["values"].float()
         return out
 
     def nbytes(self, numel: int) -> int:
-        return 4 * kept(self.ratio, numel) + 8
+        return self.values.dtype.itemsize * kept(self.ratio, numel) + 8
 
     def validate(self, enc: Encoded) -> None:
         expect_length(enc, minimum=1)
-        expect(enc, {"seed": (torch.int64, 1), "values": (torch.float32,
+        expect(enc, {"seed": (torch.int64, 1), "values": (self.values.dtype,
                                                           kept(self.ratio, enc.numel))})
         seed = int(enc.tensors["seed"].reshape(()))
         refuse_if(not 0 <= seed < 2**62, Invalid.BAD_VALUE, f"seed {seed}: must be in [0, 2**62)")
         expect_finite(enc, "values")
 
 
-__all__ = ["BITMAP", "ELIAS_FANO", "INT32", "RandK", "TopK", "decode_indices", "encode_indices",
-           "index_bytes", "index_coding", "kept", "validate_indices"]
+__all__ = ["BITMAP", "ELIAS_FANO", "INT32", "RandK", "TopK", "Values", "decode_indices",
+           "encode_indices", "index_bytes", "index_coding", "kept", "validate_indices"]
