@@ -69,8 +69,8 @@ def test_the_client_step_pickles_for_worker_processes() -> None:
 
 
 def test_refusals_name_what_is_refused() -> None:
-    with pytest.raises(ConfigError, match="algorithm scaffold does not send a model update"):
-        load_config(None, [*TINY, "compression.uplink=topk", "algorithm.name=scaffold"])
+    with pytest.raises(ConfigError, match="algorithm ditto does not send a model update"):
+        load_config(None, [*TINY, "compression.uplink=topk", "algorithm.name=ditto"])
     with pytest.raises(ConfigError, match="a sparsifier's indices would travel unmasked"):
         load_config(None, [*TINY, "compression.uplink=topk", "secagg.enabled=true"])
     with pytest.raises(ConfigError, match=r"compression\.uplink = 'nope'"):

@@ -61,7 +61,8 @@ def trainer_client(cfg: RunConfig) -> TrainerClient:
                                       local=compressed_local(
                                           cfg.compression,
                                           private_local(cfg.privacy, algorithm.local, cfg.seed),
-                                          seed=cfg.seed, layout=layout)),
+                                          seed=cfg.seed, layout=layout,
+                                          algorithm=chosen.name)),
                          threads=cfg.fleet.threads)
 
 

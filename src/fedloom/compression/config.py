@@ -13,6 +13,7 @@ from enum import StrEnum
 from fedloom.compression.codecs import QSGD, BFloat16, Codec, Float16, RandK, Sign, TopK
 from fedloom.compression.powersgd import PowerSGD
 from fedloom.compression.sparse import Values
+from fedloom.compression.variates import STORED_EXTRAS
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.validate import Problems
@@ -124,9 +125,13 @@ def check_compression(c: CompressionConfig, p: Problems, *, algorithm: str, topo
     if not c.enabled:
         return
     key, value = "compression.uplink", c.uplink.value
-    p.check(algorithm in UPDATE_UPLINK, key, value,
+    supported = UPDATE_UPLINK | STORED_EXTRAS.keys()
+    p.check(algorithm in supported, key, value,
             f"algorithm {algorithm} does not send a model update the codec can compress "
-            f"(supported: {', '.join(sorted(UPDATE_UPLINK))})")
+            f"(supported: {', '.join(sorted(supported))})")
+    p.check(algorithm not in STORED_EXTRAS or c.uplink is not Uplink.POWERSGD, key, value,
+            f"powersgd factors the model's matrices; {algorithm} also sends a flat tensor "
+            "through the codec (its control variate), so use another codec")
     p.check(not topology, key, value,
             "a topology (hierarchy or gossip) sends aggregates and models between nodes, not "
             "one client update per task, so it is not combined with uplink compression")

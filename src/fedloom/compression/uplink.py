@@ -48,6 +48,17 @@ from fedloom.algorithms.wrapped import Wrapped
 from fedloom.compression.codecs import Codec, Encoded, WarmStarted, compress_update
 from fedloom.compression.config import UPDATE_UPLINK, CompressionConfig, make_codec
 from fedloom.compression.downlink import CODED
+from fedloom.compression.variates import (
+    C_FROM,
+    C_VERSION,
+    MIRROR_STATE,
+    STORED_EXTRAS,
+    check_variate,
+    decode_variate,
+    encode_variate,
+    prefix,
+    variate_version,
+)
 from fedloom.core.errors import AggregationError, ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
@@ -59,9 +70,12 @@ RESIDUAL = "compression_residual"
 WARM = "compression_warm"
 #: the prefix of the extras that carry an encoded update (``codec/<tensor name>``)
 ENCODED = "codec/"
+#: every extra the uplink codec adds to a package starts with this (any dtype on the wire)
+CODEC_EXTRAS = "codec"
 #: extras that are a client's own memory, never sent
-CLIENT_LOCAL = frozenset({RESIDUAL, WARM})
+CLIENT_LOCAL = frozenset({RESIDUAL, WARM, *MIRROR_STATE})
 PURPOSE = "compression"
+VARIATE = "compression_variate"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +88,7 @@ class _Encode:
     feedback: bool
     seed: int
     inner: Finish | None
+    variate: str | None = None  # an extra sent as a change too (SCAFFOLD's c_i)
 
     def __call__(self, result: ClientResult, downlink: Downlink) -> ClientResult:
         if self.inner is not None:
@@ -88,18 +103,24 @@ class _Encode:
             extras[RESIDUAL] = step.residual
         if step.warm is not None:
             extras[WARM] = step.warm
+        if self.variate is not None and self.variate in extras:
+            gen = torch_generator(self.seed, downlink.round, downlink.client_id, VARIATE)
+            extras = encode_variate(self.codec, self.variate, extras, downlink, gen)
         params = downlink.params + step.decoded.to(downlink.params.dtype)
         return dataclasses.replace(result, params=params, extras=extras)
 
 
 def compressed_local(cfg: CompressionConfig, local: LocalSpec, *, seed: int,
-                     layout: ParamLayout | None = None) -> LocalSpec:
+                     layout: ParamLayout | None = None, algorithm: str = "") -> LocalSpec:
     """``local`` whose uplink goes through ``cfg``'s codec (a deployed client calls this after
-    :func:`fedloom.privacy.private.private_local`, so the codec sees the noised update)."""
+    :func:`fedloom.privacy.private.private_local`, so the codec sees the noised update);
+    ``algorithm`` names one whose stored extra goes through it too (SCAFFOLD's c_i)."""
     if not cfg.enabled:
         return local
+    variate = STORED_EXTRAS.get(algorithm, ("", ""))[0] or None
     return dataclasses.replace(local, finish=_Encode(
-        codec=make_codec(cfg, layout), feedback=cfg.feedback, seed=seed, inner=local.finish))
+        codec=make_codec(cfg, layout), feedback=cfg.feedback, seed=seed, inner=local.finish,
+        variate=variate))
 
 
 def encoded_of(result: ClientResult, numel: int) -> Encoded | None:
@@ -114,15 +135,20 @@ def template(codec: Codec, numel: int) -> dict[str, torch.Tensor]:
     return codec.encode(torch.zeros(numel), torch.Generator().manual_seed(0)).tensors
 
 
-def decode_update(codec: Codec, received: torch.Tensor, result: ClientResult) -> ClientResult:
-    """``result`` with ``params = received + decode(update)`` when it carries an encoded
+def decode_update(codec: Codec, task: Downlink, result: ClientResult,
+                  variate: tuple[str, int] | None = None) -> ClientResult:
+    """``result`` with ``params = task.params + decode(update)`` when it carries an encoded
     update, checked first by the codec (:class:`~fedloom.compression.payload.InvalidPayload`
     with a named reason: wrong tensors, indices out of range or repeated, non-finite values);
-    unchanged otherwise."""
+    unchanged otherwise. ``variate`` (extra, length): an extra whose encoded change is checked
+    too (decoded against the server's store by :meth:`Compressed.aggregate`)."""
+    received = task.params
     enc = encoded_of(result, received.numel())
     if enc is None:
         return result
     codec.validate(enc)
+    if variate is not None:
+        check_variate(codec, variate[0], variate[1], task, result)
     update = codec.decode(enc)
     if not bool(torch.isfinite(update).all()):
         raise AggregationError(f"encoded update decodes to non-finite values ({codec.name})")
@@ -159,9 +185,18 @@ class Compressed(Wrapped):
     """
 
     def __init__(self, inner: Algorithm, codec: Codec, *, feedback: bool, seed: int,
-                 store: ClientStateStore, clients_keep_state: bool = False) -> None:
+                 store: ClientStateStore, clients_keep_state: bool = False,
+                 layout: ParamLayout | None = None) -> None:
+        stored = STORED_EXTRAS.get(inner.name)
+        if stored is not None and layout is None:
+            raise ConfigError(f"compression of {inner.name}'s {stored[0]} needs the model's "
+                              "layout (its length)")
+        #: the extra sent as a change against the store, its store key and length
+        self.variate = None if stored is None or layout is None else (
+            stored[0], stored[1], inner.result_needs(layout).extras[stored[0]])
         super().__init__(inner, dataclasses.replace(inner.local, finish=_Encode(
-            codec=codec, feedback=feedback, seed=seed, inner=inner.local.finish)))
+            codec=codec, feedback=feedback, seed=seed, inner=inner.local.finish,
+            variate=None if stored is None else stored[0])))
         self.codec, self.feedback, self.store = codec, feedback, store
         self.clients_keep_state = clients_keep_state
         # client state (a residual, warm factors) is per result; otherwise the mean will do
@@ -172,12 +207,23 @@ class Compressed(Wrapped):
     def result_needs(self, layout: ParamLayout) -> ResultNeeds:
         """The inner algorithm's extras and the codec's tensors (what a reply must carry)."""
         needs = self.inner.result_needs(layout)
-        encoded = {ENCODED + k: t.numel() for k, t in template(self.codec, layout.size).items()}
-        return dataclasses.replace(needs, extras={**needs.extras, **encoded})
+        extras = dict(needs.extras)
+        extras.update({ENCODED + k: t.numel()
+                       for k, t in template(self.codec, layout.size).items()})
+        if self.variate is not None:
+            name, _, size = self.variate
+            del extras[name]
+            extras.update({prefix(name) + k: t.numel()
+                           for k, t in template(self.codec, size).items()})
+            extras[C_FROM] = 1
+        return dataclasses.replace(needs, extras=extras)
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
         tasks = self.inner.configure(round, state, cohort, client)
+        if self.variate is not None:  # the round each client's c_i was stored
+            tasks = [dataclasses.replace(t, extras={
+                **t.extras, C_VERSION: variate_version(self.store, t.client_id)}) for t in tasks]
         if self.clients_keep_state:
             return tasks
         out = []
@@ -195,6 +241,9 @@ class Compressed(Wrapped):
             for key in CLIENT_LOCAL & set(r.extras):
                 if not self.clients_keep_state:
                     self.store.put(r.client_id, key, r.extras[key])
+            if self.variate is not None and C_FROM in r.extras:
+                name, key, size = self.variate
+                r = decode_variate(self.codec, name, key, size, self.store, r)
             plain.append(dataclasses.replace(r, extras=_plain(r.extras)))
         return self.inner.aggregate(round, state, plain)
 
@@ -204,14 +253,16 @@ def compress(algorithm: Algorithm, cfg: CompressionConfig, *, seed: int,
              layout: ParamLayout | None = None) -> Compressed:
     """``algorithm`` with ``cfg``'s uplink codec (PowerSGD's needs the model's ``layout``);
     ConfigError for an algorithm whose uplink is not an update."""
-    if algorithm.name not in UPDATE_UPLINK or algorithm.asynchronous:
+    if (algorithm.name not in UPDATE_UPLINK and algorithm.name not in STORED_EXTRAS) \
+            or algorithm.asynchronous:
         raise ConfigError(f"compression.uplink = {cfg.uplink.value!r}: {algorithm.name} does not "
                           f"send a model update the codec can compress (supported: "
                           f"{', '.join(sorted(UPDATE_UPLINK))})")
     return Compressed(algorithm, make_codec(cfg, layout), feedback=cfg.feedback, seed=seed,
-                      store=store, clients_keep_state=clients_keep_state)
+                      store=store, clients_keep_state=clients_keep_state, layout=layout)
 
 
-__all__ = ["CLIENT_LOCAL", "ENCODED", "RESIDUAL", "UPDATE_UPLINK", "Compressed",
+__all__ = ["CLIENT_LOCAL", "CODEC_EXTRAS", "ENCODED", "RESIDUAL", "UPDATE_UPLINK",
+           "Compressed",
            "CompressedSizes", "WARM", "compress", "compressed_local", "decode_update",
            "encoded_of", "template"]

@@ -25,19 +25,20 @@ from fedloom.fleets.base import Fleet, Metered, WrappedFleet
 class DecodingFleet(WrappedFleet):
     """``inner``'s results with their encoded updates decoded (see the module docstring)."""
 
-    def __init__(self, inner: Fleet, codec: Codec) -> None:
+    def __init__(self, inner: Fleet, codec: Codec,
+                 variate: tuple[str, int] | None = None) -> None:
         super().__init__(inner)
-        self.codec = codec
+        self.codec, self.variate = codec, variate
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
-        received = {t.client_id: t.params for t in tasks}
+        received = {t.client_id: t for t in tasks}
         out: list[Outcome] = []
         for o in self.inner.fit(round, tasks):
             if isinstance(o, ClientFailure) or o.client_id not in received:
                 out.append(o)
                 continue
             try:
-                out.append(decode_update(self.codec, received[o.client_id], o))
+                out.append(decode_update(self.codec, received[o.client_id], o, self.variate))
             except (FedloomError, ValueError) as err:
                 out.append(ClientFailure(round=o.round, client_id=o.client_id, stage="validate",
                                          message=f"encoded update rejected: {err}"))
@@ -52,11 +53,13 @@ class MeteredDecodingFleet(DecodingFleet):
         return self.inner.traffic()
 
 
-def decoding(inner: Fleet, codec: Codec) -> DecodingFleet:
-    """``inner`` with encoded updates decoded; it stays :class:`Metered` when ``inner`` is."""
+def decoding(inner: Fleet, codec: Codec,
+             variate: tuple[str, int] | None = None) -> DecodingFleet:
+    """``inner`` with encoded updates decoded (and ``variate``'s encoded change, (extra,
+    length), checked); it stays :class:`Metered` when ``inner`` is."""
     if isinstance(inner, Metered):
-        return MeteredDecodingFleet(inner, codec)
-    return DecodingFleet(inner, codec)
+        return MeteredDecodingFleet(inner, codec, variate)
+    return DecodingFleet(inner, codec, variate)
 
 
 __all__ = ["DecodingFleet", "MeteredDecodingFleet", "decoding"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from fedloom.compression.downlink import CODED, DOWN
-from fedloom.compression.uplink import ENCODED
+from fedloom.compression.uplink import CODEC_EXTRAS, ENCODED
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import LayoutEntry, ParamLayout
 from fedloom.core.metrics import Mean
@@ -203,7 +203,7 @@ def _extras(pkg: Package, layout: ParamLayout,
         if name == PARAMS:
             continue
         reject_if(not name.startswith(EXTRAS), Rejection.MALFORMED, f"unknown tensor {name!r}")
-        coded = name.startswith((EXTRAS + ENCODED, EXTRAS + DOWN))
+        coded = name.startswith((EXTRAS + CODEC_EXTRAS, EXTRAS + DOWN))
         reject_if(not t.is_floating_point() and not coded, Rejection.BAD_DTYPE,
                   f"{name!r} has dtype {DTYPE_NAMES.get(t.dtype, t.dtype)}: extras are floats")
         reject_if(t.dim() > 1 or t.numel() > layout.size, Rejection.WRONG_SHAPE,
