@@ -11,8 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fedloom.app.build import build_run
+from fedloom.app.config import load_config
 from fedloom.core.errors import ConfigError, DataError
 from fedloom.data import adult
+from fedloom.data.adult_csv import FeatureSet
 from fedloom.data.config import DataConfig, DatasetName, PartitionKind
 from fedloom.data.load import load_federated
 from tests.data.adult_rows import TEST, TRAIN, random_lines, use_files, write_adult
@@ -97,9 +100,17 @@ def test_bad_column_options_are_config_errors(kw: dict[str, object], message: st
         DataConfig(name=DatasetName.ADULT, **kw)  # type: ignore[arg-type]
 
 
-def test_column_options_belong_to_adult_only() -> None:
-    with pytest.raises(ConfigError, match=r"column = 'education': only for data.name = adult"):
-        DataConfig(name=DatasetName.MNIST, column="education")
+def test_adult_options_belong_to_adult_only() -> None:
+    with pytest.raises(ConfigError, match=r"(?s)3 problems.*features = 'categorical': only for "
+                       r"data.name = adult.*column = 'education': only for .*groups = "):
+        DataConfig(name=DatasetName.MNIST, column="education", groups=(("a",),),
+                   features=FeatureSet.CATEGORICAL)
+
+
+def test_categorical_features_only(small: str) -> None:
+    data = load_federated(adult_cfg(small, features=FeatureSet.CATEGORICAL), seed=0)
+    assert data.input_shape == (16,)
+    assert data.arrays().x[1].tolist() == [0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, 0, 0]
 
 
 @pytest.mark.parametrize(("bad", "message"), [
@@ -195,5 +206,26 @@ def test_the_real_files() -> None:
     assert [len(c) for c in data.client_train] == [413, 32_148]
     assert data.client_test is not None and [len(c) for c in data.client_test] == [181, 16_100]
     assert int(data.arrays().y.sum()) == 7_841  # >50K: 24.08% of the training rows
-    everyone = load_federated(DataConfig(name=DatasetName.ADULT, dir=str(root)), seed=0)
+    everyone = load_federated(DataConfig(name=DatasetName.ADULT, dir=str(root),
+                                         features=FeatureSet.CATEGORICAL), seed=0)
     assert everyone.num_clients == 16  # the 16 education levels
+    assert everyone.input_shape == (99,)
+
+
+def test_a_two_round_qffl_run_on_small_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configs/qffl_adult.yaml end to end on 80 generated rows (PhD vs the rest)."""
+    train, test = random_lines(80, 3), random_lines(40, 4, dot=True)
+    use_files(monkeypatch, write_adult(tmp_path, train, test))
+    cfg = load_config("configs/qffl_adult.yaml", [
+        "rounds=2", "eval.every=1", f"data.dir={tmp_path}", "fleet.threads=1"])
+    rows = build_run(cfg).run().rows
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(r["num_results"] == 2 for r in rows)
+    last = rows[-1]
+    for key in ("test_accuracy", "fed_accuracy_mean", "fed_accuracy_worst10"):
+        value = last[key]
+        assert isinstance(value, float) and 0.0 <= value <= 1.0
+    worst, mean = last["fed_accuracy_worst10"], last["fed_accuracy_mean"]
+    assert isinstance(worst, float) and isinstance(mean, float) and worst <= mean

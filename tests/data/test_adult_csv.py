@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedloom.core.errors import DataError
-from fedloom.data.adult_csv import NUMERIC, AdultEncoding, parse_adult
+from fedloom.data.adult_csv import NUMERIC, AdultEncoding, FeatureSet, parse_adult
 from tests.data.adult_rows import TEST, TEST_HEADER, TRAIN, random_lines
 
 R15, R2 = math.sqrt(1.5), math.sqrt(2.0)
@@ -76,6 +76,16 @@ def test_encoding_by_hand() -> None:
     ])
     assert x.dtype == np.float32
     np.testing.assert_allclose(x, expected, atol=1e-6)
+
+
+def test_categorical_features_are_the_one_hot_blocks_alone() -> None:
+    rows = parse_adult("\n".join(TRAIN), source="train")
+    every = AdultEncoding.fit(rows)
+    categorical = AdultEncoding.fit(rows, FeatureSet.CATEGORICAL)
+    keep = [i for i, name in enumerate(every.feature_names()) if "=" in name]
+    assert categorical.num_features == 16 == len(keep)
+    assert categorical.feature_names() == [every.feature_names()[i] for i in keep]
+    np.testing.assert_array_equal(categorical.transform(rows), every.transform(rows)[:, keep])
 
 
 def test_test_rows_use_the_training_statistics_and_unseen_categories_are_zero() -> None:

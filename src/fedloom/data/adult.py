@@ -5,7 +5,8 @@ both are SHA-256 verified (the digests of ``../shared/data/SHA256SUMS``) and fou
 :mod:`fedloom.data.locate` finds files (``data.dir``, ``$FEDLOOM_DATA``, ``../shared/data``; in
 an ``adult/`` folder or not, gzipped or not). Features are encoded as
 :mod:`fedloom.data.adult_csv` says (one-hot categories and standardised numbers, both learned on
-the training rows only; 105 features on the real files); the label is 1 for income ``>50K``.
+the training rows only; 105 features on the real files, 99 with ``data.features=categorical``,
+the q-FFL paper's); the label is 1 for income ``>50K``.
 
 Natural clients come from the categorical column ``data.column`` (default ``education``):
 
@@ -77,7 +78,7 @@ def load_adult(cfg: DataConfig, seed: int) -> FederatedData:
     test_rows = _parse(_key(paths[TEST_FILE], files.sha256[TEST_FILE]))
     if len(train_rows) == 0:
         raise DataError(f"{paths[TRAIN_FILE]}: no data rows")
-    encoding = AdultEncoding.fit(train_rows)
+    encoding = AdultEncoding.fit(train_rows, cfg.features)
     column = cfg.column or DEFAULT_COLUMN
     names, client_train, client_test = column_clients(
         train_rows.categorical[column], test_rows.categorical[column], column=column,

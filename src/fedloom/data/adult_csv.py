@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -41,6 +42,17 @@ NUMERIC: tuple[str, ...] = ("age", "fnlwgt", "education-num", "capital-gain", "c
 CATEGORICAL: tuple[str, ...] = tuple(c for c in COLUMNS if c not in NUMERIC)
 MISSING = "?"
 LABELS: dict[str, int] = {"<=50K": 0, ">50K": 1}
+
+
+class FeatureSet(StrEnum):
+    """Which columns become features (``data.features``)."""
+
+    ALL = "all"  # every column: 105 features on the real files
+    CATEGORICAL = "categorical"  # the 8 categorical columns only: 99 (the AFL and q-FFL papers')
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return COLUMNS if self == FeatureSet.ALL else CATEGORICAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -121,23 +133,25 @@ def _label(field: str, where: str) -> int:
 class AdultEncoding:
     """How rows become features, learned from the training rows (:meth:`fit`).
 
-    Features follow the file's column order: a numeric column is one feature,
-    ``(value - mean) / std``; a categorical column is a block of one-hot features, one per
-    training category in sorted order (``?`` is not a category).
+    Features follow the file's column order (of ``columns``, all by default): a numeric column
+    is one feature, ``(value - mean) / std``; a categorical column is a block of one-hot
+    features, one per training category in sorted order (``?`` is not a category).
 
     Attributes:
+        columns: the columns encoded, in file order.
         mean, std: per :data:`NUMERIC` column, over its non-missing training values (population
             std; a constant column gets std 1, a column with no values mean 0 and std 1).
         categories: per :data:`CATEGORICAL` column, its sorted training categories.
     """
 
+    columns: tuple[str, ...]
     mean: np.ndarray
     std: np.ndarray
     categories: dict[str, tuple[str, ...]]
 
     @classmethod
-    def fit(cls, rows: AdultRows) -> AdultEncoding:
-        """The encoding learned from ``rows`` (the training split)."""
+    def fit(cls, rows: AdultRows, features: FeatureSet = FeatureSet.ALL) -> AdultEncoding:
+        """The encoding of ``features`` learned from ``rows`` (the training split)."""
         mean = np.zeros(len(NUMERIC))
         std = np.ones(len(NUMERIC))
         for j in range(len(NUMERIC)):
@@ -148,16 +162,17 @@ class AdultEncoding:
                 std[j] = spread if spread > 0 else 1.0
         categories = {c: tuple(sorted(set(rows.categorical[c].tolist()) - {MISSING}))
                       for c in CATEGORICAL}
-        return cls(mean=mean, std=std, categories=categories)
+        return cls(columns=features.columns, mean=mean, std=std, categories=categories)
 
     @property
     def num_features(self) -> int:
-        return len(NUMERIC) + sum(len(v) for v in self.categories.values())
+        return sum(len(self.categories[c]) if c in self.categories else 1
+                   for c in self.columns)
 
     def feature_names(self) -> list[str]:
         """``age``, ``workclass=Federal-gov``, ...: one name per feature, in order."""
         names: list[str] = []
-        for column in COLUMNS:
+        for column in self.columns:
             if column in NUMERIC:
                 names.append(column)
             else:
@@ -167,7 +182,7 @@ class AdultEncoding:
     def transform(self, rows: AdultRows) -> np.ndarray:
         """The (N, :attr:`num_features`) float32 features of ``rows``."""
         blocks: list[np.ndarray] = []
-        for column in COLUMNS:
+        for column in self.columns:
             if column in NUMERIC:
                 j = NUMERIC.index(column)
                 z = (rows.numeric[:, j] - self.mean[j]) / self.std[j]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fedloom.core.validate import Problems
-from fedloom.data.adult_csv import CATEGORICAL
+from fedloom.data.adult_csv import CATEGORICAL, FeatureSet
 
 
 class DatasetName(StrEnum):
@@ -63,7 +63,8 @@ class DataConfig:
     ``leaf_text_features`` the hashed bag-of-words width of Sent140 (:mod:`fedloom.data.leaf`).
     ``column`` and ``groups`` make ``adult``'s natural clients (:mod:`fedloom.data.adult`): one
     per value of the categorical ``column`` (null: ``education``), or with ``groups`` one per
-    listed group of values plus one for every other value (``[[Doctorate]]``: PhD vs the rest).
+    listed group of values plus one for every other value (``[[Doctorate]]``: PhD vs the rest);
+    ``features`` is ``all`` its columns or only the ``categorical`` ones (as the q-FFL paper).
     """
 
     name: DatasetName = DatasetName.MNIST
@@ -89,6 +90,7 @@ class DataConfig:
     leaf_text_features: int = 512
     column: str | None = None
     groups: tuple[tuple[str, ...], ...] = ()
+    features: FeatureSet = FeatureSet.ALL
 
     def __post_init__(self) -> None:
         synthetic = self.name in SYNTHETIC_NAMES
@@ -137,13 +139,17 @@ class DataConfig:
 
 
 def _check_adult_clients(cfg: DataConfig, p: Problems) -> None:
-    """``column`` and ``groups``: adult's natural clients, so only there."""
+    """``column`` and ``groups`` (adult's natural clients) and ``features``: adult only."""
+    p.check(cfg.features == FeatureSet.ALL or cfg.name == DatasetName.ADULT, "features",
+            str(cfg.features), "only for data.name = adult")
     for key, value, unset in (("column", cfg.column, None), ("groups", cfg.groups, ())):
         if value == unset:
             continue
-        p.check(cfg.name == DatasetName.ADULT, key, value, "only for data.name = adult")
-        p.check(cfg.partition == PartitionKind.NATURAL, key, value,
-                "only with data.partition = natural (it chooses the natural clients)")
+        if cfg.name != DatasetName.ADULT:
+            p.add(key, value, "only for data.name = adult")
+        elif cfg.partition != PartitionKind.NATURAL:
+            p.add(key, value, "only with data.partition = natural (it chooses the natural "
+                  "clients)")
     p.check(cfg.column is None or cfg.column in CATEGORICAL, "column", cfg.column,
             f"must be one of adult's categorical columns: {', '.join(CATEGORICAL)}")
     seen: set[str] = set()
