@@ -7,6 +7,10 @@ The entry point is :func:`load_federated`, which turns a :class:`DataConfig` int
 
     data = load_federated(DataConfig(name="mnist", num_clients=100, partition="shards"), seed=0)
 
+Your own examples become one with :meth:`FederatedData.from_arrays`,
+:meth:`~FederatedData.from_torch` (a map-style torch Dataset) or :meth:`~FederatedData.from_hf`
+(a Hugging Face Dataset), split by the same partitioners (:mod:`fedloom.data.own`).
+
 The pieces are usable on their own: :func:`read_idx` (IDX files), :func:`locate_files`
 (search, verify, download), :func:`load_idx_dataset` (MNIST, Fashion-MNIST),
 :func:`fedprox_synthetic` and :func:`leaf_synthetic` (generated benchmarks), the partitioners
