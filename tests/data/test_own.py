@@ -213,6 +213,8 @@ def test_bad_options_are_reported_together() -> None:
     _error(ConfigError, r"from_arrays: alpha = 0.0: Dirichlet concentration must be > 0", X, Y,
            num_clients=2, partition="dirichlet", alpha=0)
     _error(ConfigError, r"from_arrays: num_clients = 0: must be >= 1", X, Y, num_clients=0)
+    _error(ConfigError, r"from_arrays: test_fraction = 0.5: test= gives the test set; pass one "
+           "or the other", X, Y, num_clients=2, test=(X[:1], Y[:1]), test_fraction=0.5)
 
 
 @settings(max_examples=40, deadline=None)

@@ -117,6 +117,9 @@ def federate(x: torch.Tensor, y: torch.Tensor, *, source: str, options: SplitOpt
     split = _resolve(opts, clients is not None, where)
     groups = None if clients is None else _client_groups(clients, len(y), where)
     seed = split.seed
+    if test is not None and split.test_fraction is not None:
+        raise ConfigError(f"{where}: test_fraction = {split.test_fraction}: test= gives the test "
+                          "set; pass one or the other")
     if test is None:
         fraction = DEFAULT_TEST_FRACTION if split.test_fraction is None else split.test_fraction
         train_idx, test_idx = held_out(len(y), groups, fraction,
