@@ -6,9 +6,9 @@ loss to the power q, so q > 0 should raise the worse client's test accuracy. For
 this runs ``configs/qffl_adult.yaml`` over several seeds and prints a Markdown table of the
 final global model's test accuracy on each client's local test split (PhD: 181 rows, non-PhD:
 16,100), the worse of the two, and the accuracy on all 16,281 test rows, as mean +- std over
-seeds. ``python benchmarks/qffl_adult.py [--seeds K] [--q 0 1 2 5] [key=value ...]`` (config
-overrides, e.g. ``data.features=all`` for every column, ``rounds=1000``); about 7 seconds per
-run on one core.
+seeds. ``python benchmarks/qffl_adult.py [key=value ...] [--seeds K] [--q 0 1 2 5]`` (config
+overrides first, e.g. ``data.features=all`` for every column, ``rounds=1000``); about 7 seconds
+per run on one core.
 """
 
 from __future__ import annotations

@@ -86,6 +86,8 @@ def test_categorical_features_are_the_one_hot_blocks_alone() -> None:
     assert categorical.num_features == 16 == len(keep)
     assert categorical.feature_names() == [every.feature_names()[i] for i in keep]
     np.testing.assert_array_equal(categorical.transform(rows), every.transform(rows)[:, keep])
+    as_text = AdultEncoding.fit(rows, "categorical")  # type: ignore[arg-type]  # from Python
+    assert as_text.columns == categorical.columns
 
 
 def test_test_rows_use_the_training_statistics_and_unseen_categories_are_zero() -> None:

@@ -152,6 +152,7 @@ class AdultEncoding:
     @classmethod
     def fit(cls, rows: AdultRows, features: FeatureSet = FeatureSet.ALL) -> AdultEncoding:
         """The encoding of ``features`` learned from ``rows`` (the training split)."""
+        columns = FeatureSet(features).columns  # also a plain "categorical" from Python
         mean = np.zeros(len(NUMERIC))
         std = np.ones(len(NUMERIC))
         for j in range(len(NUMERIC)):
@@ -162,7 +163,7 @@ class AdultEncoding:
                 std[j] = spread if spread > 0 else 1.0
         categories = {c: tuple(sorted(set(rows.categorical[c].tolist()) - {MISSING}))
                       for c in CATEGORICAL}
-        return cls(columns=features.columns, mean=mean, std=std, categories=categories)
+        return cls(columns=columns, mean=mean, std=std, categories=categories)
 
     @property
     def num_features(self) -> int:
