@@ -30,7 +30,7 @@ Example:
     >>> state = algo.init(torch.tensor([1.0, 1e-4]))
     >>> task, = algo.configure(1, state, [0], ClientConfig())
     >>> task.params.tolist(), sorted(task.extras)
-    ([1.0, 9.998679161071777e-05], ['downlink/codec/half'])
+    ([1.0, 0.00010001659393310547], ['downlink/codec/half'])
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """An averaging algorithm whose clients send their update through an uplink codec.
 
-:class:`Compressed` wraps an algorithm whose uplink is a model (FedAvg and its family). The
+:class:`Compressed` wraps an algorithm whose uplink is a model (FedAvg and its family, and
+SCAFFOLD, whose control variate goes through the codec too: :mod:`.variates`). The
 client's end step (:func:`compressed_local`, run by simulated and deployed clients alike)
 encodes its update ``params - received`` and puts the codec's tensors in the result's extras
 under ``codec/<name>``: that is all a deployed client sends for its update (no ``params``).
