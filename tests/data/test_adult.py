@@ -135,6 +135,14 @@ def test_a_malformed_test_line_counts_the_comment_line(
         load_federated(adult_cfg(str(tmp_path)), seed=0)
 
 
+def test_a_training_file_without_rows_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_files(monkeypatch, write_adult(tmp_path, ["| just a comment"], TEST))
+    with pytest.raises(DataError, match=r"adult.data: no data rows"):
+        load_federated(adult_cfg(str(tmp_path)), seed=0)
+
+
 def test_a_file_failing_its_checksum_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
