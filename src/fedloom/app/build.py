@@ -30,11 +30,11 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
 from fedloom.data import load_federated
-from fedloom.fleets.base import AsyncFleet
+from fedloom.fleets.base import AsyncFleet, FleetBase
 from fedloom.fleets.secagg_setup import check_secagg_algorithm, secure_fleet
 from fedloom.models import model_factory
 from fedloom.privacy.private import Private, privatize
-from fedloom.runtime.assemble import FleetChoice, assemble
+from fedloom.runtime.assemble import FleetChoice, Parts, assemble
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.clock import ClientClock
@@ -101,6 +101,10 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
         parts = dataclasses.replace(parts, fleet=attack.fleet(parts.fleet))
         evaluate = attack.evaluate(evaluate, model_fn=model_fn, data=data,
                                    batch_size=cfg.eval.batch_size)
+    background = _background_evaluate(cfg, parts, remote=remote)
+    if background is not None and attack is not None:
+        background = attack.evaluate(background, model_fn=model_fn, data=data,
+                                     batch_size=cfg.eval.batch_size)
     if cfg.secagg.enabled:  # the server learns only the sum of the cohort's updates
         parts = dataclasses.replace(parts, fleet=secure_fleet(parts.fleet, cfg.secagg,
                                                                seed=cfg.seed))
@@ -128,7 +132,27 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
                                                          seed=cfg.seed),
         losses=parts.losses, store=store, checkpointer=checkpointer,
         stop_before=algorithm.stop_reason if isinstance(algorithm, Private) else None,
-        sizes=algorithm.sizes if isinstance(algorithm, Compressed) else None)
+        sizes=algorithm.sizes if isinstance(algorithm, Compressed) else None,
+        background_evaluate=None if is_async(algorithm) else background)
+
+
+def _background_evaluate(cfg: RunConfig, parts: Parts, *, remote: bool) -> EvaluateFn | None:
+    """The server-side evaluation a round may run while the next trains (``eval.overlap``),
+    or None: it never uses the fleet, which is busy training then."""
+    clients_evaluate = isinstance(parts.fleet, FleetBase) and parts.fleet.evaluates_on_clients
+    overlap = cfg.eval.overlap
+    if overlap is None:
+        overlap = remote and not clients_evaluate and not parts.evaluate.reads_client_state
+    if not overlap:
+        return None
+    if parts.evaluate.reads_client_state:
+        raise ConfigError("eval.overlap = true: the federated evaluation of personal models "
+                          "reads client state the next round changes; set eval.overlap=false "
+                          "or eval.federated=false")
+    if clients_evaluate:
+        raise ConfigError("eval.overlap = true: this deployment's clients evaluate the model "
+                          "(--evaluate-on-clients), and they are busy training the next round")
+    return parts.evaluate.with_central(parts.central)
 
 
 def serve_worker(run: Run) -> None:

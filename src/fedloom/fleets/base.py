@@ -61,9 +61,11 @@ class Metered(Protocol):
 
 class FleetBase:
     """Defaults: no worker processes to serve, evaluation and client losses left to the
-    server, nothing to close."""
+    server, nothing to close. ``evaluates_on_clients``: :meth:`evaluate` asks the clients
+    (who are then busy while they train)."""
 
     is_worker: bool = False
+    evaluates_on_clients: bool = False
 
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
         return None
@@ -86,6 +88,7 @@ class WrappedFleet(FleetBase):
     def __init__(self, inner: Fleet) -> None:
         self.inner = inner
         self.is_worker = inner.is_worker
+        self.evaluates_on_clients = isinstance(inner, FleetBase) and inner.evaluates_on_clients
 
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
         return self.inner.evaluate(params)

@@ -106,6 +106,7 @@ class GrpcFleet(FleetBase):
     def __init__(self, server: FederationServer, policy: RoundPolicy | None = None) -> None:
         self.server = server
         self.policy = policy or RoundPolicy()
+        self.evaluates_on_clients = self.policy.evaluate_on_clients
         self._ids = itertools.count(1)
         self._busy: dict[int, int] = {}  # task id -> client id, tasks in flight (async mode)
         self._closed = False

@@ -224,16 +224,25 @@ class Checkpointer:
         return round % self.every == 0 or round >= last
 
 
+def save_if_due(checkpointer: Checkpointer | None, version: int, *, last: int,
+                snapshot: Callable[[], Checkpoint]) -> None:
+    """Write ``snapshot()`` when ``checkpointer`` is due at ``version``; a write that fails is
+    logged and the run goes on (the next due round tries again)."""
+    if checkpointer is None or not checkpointer.due(version, last):
+        return
+    try:
+        save_checkpoint(checkpointer.directory, snapshot())
+    except CheckpointError as err:
+        log.error("round %s: %s; the run goes on, the last checkpoint written stays",
+                  version, err)
+
+
 def record(row: Row, *, last: int, rows: list[Row], sinks: Sequence[Sink],
            checkpointer: Checkpointer | None, snapshot: Callable[[], Checkpoint]) -> None:
     """A loop's completed round: keep its row, checkpoint when due, then tell the sinks."""
     rows.append(row)
     version = row.get("round")
-    if checkpointer is not None and isinstance(version, int) and checkpointer.due(version, last):
-        try:
-            save_checkpoint(checkpointer.directory, snapshot())
-        except CheckpointError as err:  # the run goes on; the next due round tries again
-            log.error("round %s: %s; the run goes on, the last checkpoint written stays",
-                      version, err)
+    if isinstance(version, int):
+        save_if_due(checkpointer, version, last=last, snapshot=snapshot)
     for sink in sinks:
         sink.log(row)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from fedloom.runtime.checkpoint import (
     record,
     restore_store,
     rows_up_to,
+    save_if_due,
     store_contents,
 )
 from fedloom.runtime.clock import ClientClock
@@ -123,6 +125,12 @@ class ServerLoop:
             ``bytes_down`` and ``bytes_up`` (default: every tensor's bytes); a fleet that
             measures its traffic (:class:`~fedloom.fleets.base.Metered`) reports that instead.
             Only the attempt that completed a round is counted.
+        background_evaluate: evaluation off the critical path: round r's model (an immutable
+            copy) is evaluated by this function on a background thread while round r+1 trains,
+            so it must not use the fleet. Rows still come out in round order and complete (row
+            r once r+1 has trained, or at the end); a round whose checkpoint is due, and the
+            last one, are evaluated in line. Its ``eval_seconds`` is then the background
+            evaluation's time and ``round_seconds`` the critical path's.
     """
 
     def __init__(self, *, algorithm: Algorithm, fleet: Fleet, sampler: Sampler,
@@ -134,8 +142,11 @@ class ServerLoop:
                  checkpointer: Checkpointer | None = None, retries: int = 0,
                  on_retry: Callable[[int, int], None] | None = None,
                  stop_before: Callable[[int], str | None] | None = None,
-                 sizes: WireSizes | None = None) -> None:
+                 sizes: WireSizes | None = None,
+                 background_evaluate: EvaluateFn | None = None) -> None:
         self.algorithm, self.fleet, self.sampler = algorithm, fleet, sampler
+        self.background_evaluate = background_evaluate
+        self._pending: _Pending | None = None
         self.sizes = sizes or Float32Sizes()
         self.stop_before = stop_before
         self.stopped: str | None = None  # why the run ended before ``rounds``, if it did
@@ -152,20 +163,47 @@ class ServerLoop:
     def run(self) -> History:
         """Run the rounds after the current state's; returns the rows of this call."""
         start = len(self.rows)
+        pool = None if self.background_evaluate is None else ThreadPoolExecutor(
+            1, thread_name_prefix="fedloom-eval")
         with torch_threads(self.threads):
             try:
                 first = self.state.round + 1
                 for rnd in range(first, self.rounds + 1 if not self._stops(first) else first):
-                    self.state, row = self.run_round(rnd, self.state)
+                    self.state, row = (self.run_round(rnd, self.state) if pool is None
+                                       else self._round(rnd, self.state, pool))
+                    self._flush()  # the previous round's row, evaluated while this one trained
                     stop = rnd < self.rounds and self._stops(rnd + 1)
-                    record(row, last=rnd if stop else self.rounds, rows=self.rows,
-                           sinks=self.sinks, checkpointer=self.checkpointer,
-                           snapshot=self.snapshot)
+                    if isinstance(row, tuple):  # evaluating while the next round trains
+                        self._pending = row
+                        save_if_due(self.checkpointer, rnd, last=rnd if stop else self.rounds,
+                                    snapshot=self.snapshot)
+                    else:
+                        record(row, last=rnd if stop else self.rounds, rows=self.rows,
+                               sinks=self.sinks, checkpointer=self.checkpointer,
+                               snapshot=self.snapshot)
                     if stop:
                         break
             finally:
-                self.fleet.close()
+                try:
+                    self._flush()  # what was done is kept, even when a later round failed
+                finally:
+                    if pool is not None:
+                        pool.shutdown(wait=True)
+                    self.fleet.close()
         return History(rows=tuple(self.rows[start:]), final=self.state, layout=self.layout)
+
+    def _flush(self) -> None:
+        """Record the row whose evaluation ran in the background, once it is done (its round's
+        checkpoint, if due, was written when the round ended, with the row marked
+        :data:`EVAL_PENDING`: a resumed run evaluates that model again)."""
+        if self._pending is None:
+            return
+        (row, future), self._pending = self._pending, None
+        metrics, seconds = future.result()
+        row.update(metrics)
+        row["eval_seconds"] = seconds
+        record(row, last=self.rounds, rows=self.rows, sinks=self.sinks, checkpointer=None,
+               snapshot=self.snapshot)
 
     def _stops(self, rnd: int) -> bool:
         """Whether ``stop_before`` (a privacy budget) forbids round ``rnd``; logs why."""
@@ -178,6 +216,14 @@ class ServerLoop:
     def run_round(self, rnd: int, state: ServerState) -> tuple[ServerState, Row]:
         """One round: the same steps a user-owned loop would take (again with a fresh cohort
         while it fails and ``retries`` allow)."""
+        state, row = self._round(rnd, state, None)
+        assert not isinstance(row, tuple)
+        return state, row
+
+    def _round(self, rnd: int, state: ServerState, background: ThreadPoolExecutor | None,
+               ) -> tuple[ServerState, Row | _Pending]:
+        """:meth:`run_round`; with ``background`` (a one-thread pool) its evaluation may be
+        left running there: the row then comes with the future of its metrics and seconds."""
         start = time.perf_counter()
         attempt = 0
         while isinstance(outcome := self._attempt(rnd, state, attempt), _Failed):
@@ -203,7 +249,15 @@ class ServerLoop:
             self.sim_time += max((self.clock.duration(r.client_id, r.num_steps)
                                   for r in results), default=0.0)
             row["sim_time"] = self.sim_time
-        if rnd % self.eval_every == 0 or rnd == self.rounds:
+        evaluated = rnd % self.eval_every == 0 or rnd == self.rounds
+        if evaluated and background is not None and rnd < self.rounds:
+            assert self.background_evaluate is not None
+            future = background.submit(_timed, self.background_evaluate, state.params.clone())
+            row.update(fit_seconds=fit_done - start, aggregate_seconds=agg_done - fit_done,
+                       round_seconds=time.perf_counter() - start)
+            return state, (row, future)
+        if evaluated:
+            self._flush()  # the evaluators are not shared with a background evaluation
             row.update(self.evaluate(state.params))
         else:
             row["test_loss"] = row["test_accuracy"] = None
@@ -251,8 +305,11 @@ class ServerLoop:
 
     def snapshot(self) -> Checkpoint:
         """What a checkpoint holds of this loop now."""
+        rows = tuple(self.rows)
+        if self._pending is not None:  # this round's row, its evaluation still running
+            rows += ({**self._pending[0], EVAL_PENDING: 1},)
         return Checkpoint(state=self.state, store=store_contents(self.store),
-                          rows=tuple(self.rows), info={"sim_time": self.sim_time})
+                          rows=rows, info={"sim_time": self.sim_time})
 
     def restore(self, ckpt: Checkpoint, directory: Path) -> None:
         """Continue from ``ckpt``, read from ``directory`` (the next :meth:`run` starts after
@@ -261,9 +318,14 @@ class ServerLoop:
         self.state = ckpt.state
         restore_store(self.store, ckpt.store)
         self.rows = rows_up_to(ckpt.rows, ckpt.state.round)
+        if self.rows and self.rows[-1].pop(EVAL_PENDING, None) is not None:
+            self.rows[-1].update(self.evaluate(self.state.params))  # killed while evaluating
         self.sim_time = float(ckpt.info.get("sim_time", 0.0))
 
 
+#: marks a checkpointed row whose evaluation had not finished when the checkpoint was written
+EVAL_PENDING = "eval_pending"
+_Pending = tuple[Row, "Future[tuple[dict[str, float], float]]"]
 RETRY_STRIDE = 1 << 32  # a retried round's sampler key: beyond any round a run reaches
 
 
@@ -281,6 +343,11 @@ class _Done:
     hetero: heterogeneity.Heterogeneity
     fit_done: float
     traffic: Traffic
+
+
+def _timed(evaluate: EvaluateFn, params: torch.Tensor) -> tuple[dict[str, float], float]:
+    start = time.perf_counter()
+    return evaluate(params), time.perf_counter() - start
 
 
 def adoptable(params: torch.Tensor) -> bool:

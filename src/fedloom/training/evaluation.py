@@ -4,6 +4,7 @@ federated (every client's local test split), and what a round of a run evaluates
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,12 +190,19 @@ class FederatedEvaluator:
 class EvalConfig:
     """Evaluation every ``every`` rounds (and after the last): central, on the test set; with
     ``train`` also of the global model on all training data; with ``federated`` also on every
-    client's local test split (accuracy mean, worst 10%)."""
+    client's local test split (accuracy mean, worst 10%).
+
+    ``overlap``: evaluate round r on a background thread, on the server, while round r+1
+    trains (rows keep their order). Null (auto): on for a deployment, whose clients train
+    elsewhere while the server would wait, unless its clients evaluate; off for simulations,
+    whose fleets keep every core busy (turn it on where cores are left free, e.g. a process
+    fleet with fewer workers than cores)."""
 
     every: int = 1
     batch_size: int = 1000
     federated: bool = False
     train: bool = False
+    overlap: bool | None = None
 
     def __post_init__(self) -> None:
         p = Problems()
@@ -254,6 +262,18 @@ class RoundEvaluator:
         self.federated = FederatedEvaluator(model_fn=model_fn, data=data,
                                             batch_size=batch_size) if federated else None
         self.personal = personal
+
+    @property
+    def reads_client_state(self) -> bool:
+        """Whether evaluating reads per-client state (personal models), which the next round
+        changes: such an evaluation cannot run beside it."""
+        return self.federated is not None and self.personal is not None
+
+    def with_central(self, central: CentralFn) -> RoundEvaluator:
+        """This evaluator with the test-set metrics taken from ``central`` instead."""
+        twin = copy.copy(self)
+        twin.central = central
+        return twin
 
     def __call__(self, params: torch.Tensor) -> dict[str, float]:
         out = {key: m.value for key, m in self.central(params).items()}
