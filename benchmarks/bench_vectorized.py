@@ -17,6 +17,7 @@ amplified, not a mismatch). FLOPs are counted once per workload with
 Run:
     python benchmarks/bench_vectorized.py                       # W1 and W2, all cores
     python benchmarks/bench_vectorized.py --workloads W1 --compile off on --profile
+    python benchmarks/bench_vectorized.py --workloads W1 --parallel 1 2  # parts on threads
     python benchmarks/bench_vectorized.py --workloads W1 --reps 9 --threads 1 --clock cpu
     python benchmarks/bench_vectorized.py --workloads W2 --conv auto loop grouped --chunks 0 2
     python benchmarks/bench_vectorized.py --device cuda         # on a GPU machine
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import resource
 import statistics
@@ -96,8 +98,8 @@ def flops_per_example(model: torch.nn.Module, x: torch.Tensor,
 
 
 def bench(workload: str, *, reps: int, device: torch.device, threads: int, convs: list[str],
-          chunks: list[int], compile_modes: list[str], clock: Callable[[], float],
-          profile: bool) -> dict[str, dict[str, float]]:
+          chunks: list[int], compile_modes: list[str], parallels: list[int],
+          clock: Callable[[], float], profile: bool) -> dict[str, dict[str, float]]:
     data = load_federated(DataConfig(name=DatasetName.MNIST, num_clients=100), seed=0)
     model_fn = model_factory(ModelConfig(name=ModelName(WORKLOADS[workload])), data.input_shape,
                              data.num_classes)
@@ -127,12 +129,13 @@ def bench(workload: str, *, reps: int, device: torch.device, threads: int, convs
                        threads=threads)}
     for conv in convs if workload == "W2" else ["auto"]:
         for chunk in chunks:
-            for mode in compile_modes:
+            for mode, parallel in itertools.product(compile_modes, parallels or [threads]):
                 trainer = VectorizedTrainer(spec, device, chunk or None, conv=conv,
-                                            compile=mode)
+                                            compile=mode, parallel=parallel)
                 name = "vectorized" + (f" conv={conv}" if workload == "W2" else "") + \
                     (f" chunk={chunk}" if chunk else "") + \
-                    (f" compile={mode}" if len(compile_modes) > 1 else "")
+                    (f" compile={mode}" if len(compile_modes) > 1 else "") + \
+                    (f" parallel={trainer.parallel}" if len(parallels) > 1 else "")
                 sides[name] = Side(fit=trainer.fit_many, evaluate=evaluator, threads=threads,
                                    trainer=trainer)
     fits: dict[str, list[float]] = {k: [] for k in sides}
@@ -201,6 +204,9 @@ def main() -> None:
                         help="fleet.chunk values to measure (0: all clients at once)")
     parser.add_argument("--compile", nargs="+", default=["auto"], choices=["auto", "on", "off"],
                         help="fleet.compile values of the vectorized fleet to measure")
+    parser.add_argument("--parallel", nargs="+", type=int, default=[],
+                        help="parts of a chunk trained at once, one torch thread each (default: "
+                             "--threads, as the fleet does on CPU; 1: one part on --threads)")
     parser.add_argument("--profile", action="store_true",
                         help="print torch.profiler's top ops of one more round of the last side")
     parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
@@ -221,8 +227,8 @@ def main() -> None:
           f"{'compile s':>10}{'max|d|':>9}")
     for w in args.workloads:
         res = bench(w, reps=args.reps, device=device, threads=args.threads, convs=args.conv,
-                    chunks=args.chunks, compile_modes=args.compile, clock=CLOCKS[args.clock],
-                    profile=args.profile)
+                    chunks=args.chunks, compile_modes=args.compile, parallels=args.parallel,
+                    clock=CLOCKS[args.clock], profile=args.profile)
         plain, serial = res["plain (1 thread)"], res["serial"]
         for name, r in res.items():
             peak = peaks[int(r["threads"])]

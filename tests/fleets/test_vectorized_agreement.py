@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from fedloom import ClientConfig, FedAvg, Simulation
+from fedloom.algorithms.fedprox import FedProx, FedProxOptions
 from fedloom.core.packages import Outcome
 from fedloom.fleets import FleetConfig, FleetKind
 from fedloom.fleets.vectorized import VectorizedTrainer
@@ -80,3 +81,25 @@ def test_runs_agree_at_every_thread_count() -> None:
               for k in ("serial", "vectorized") for n in (1, 2)}
     for a, b in itertools.combinations(finals, 2):
         assert float((finals[a] - finals[b]).abs().max()) <= TOL, (a, b)
+
+
+@pytest.mark.parametrize("parallel", [2, 3])
+def test_parts_on_threads_give_the_same_models(parallel: int) -> None:
+    """A chunk trained as ``parallel`` parts at once (one torch thread each) gives the models of
+    one batched chunk, bit for bit (every client's matmuls are its own), and the serial's."""
+    torch.set_num_threads(1)
+    spec = make_spec(make_image_data(num_clients=len(SIZES), per_client=SIZES), MODEL)
+    tasks = make_tasks(spec, [ClientConfig(epochs=2, batch_size=10, lr=0.1)] * len(SIZES))
+    whole = VectorizedTrainer(spec, trace_after=1).fit_many(tasks)
+    trainer = VectorizedTrainer(spec, trace_after=1, parallel=parallel)
+    assert trainer.parallel == parallel
+    for _ in range(2):  # the first call records the step under the lock, the second replays
+        parts = trainer.fit_many(tasks)
+        assert max_diff(whole, parts) == 0.0
+    trainer.close()
+    assert max_diff(serial(spec, tasks), parts) <= TOL
+
+
+def test_parts_only_for_plain_local_sgd() -> None:
+    spec = make_spec(make_image_data(), MODEL, local=FedProx(FedProxOptions(mu=0.1)).local)
+    assert VectorizedTrainer(spec, parallel=2).parallel == 1

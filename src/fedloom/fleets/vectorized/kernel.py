@@ -15,7 +15,9 @@ the same computation (tests compare both), without the transforms' bookkeeping.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -86,6 +88,7 @@ class GradKernel:
         self.eager: GradFn = grads
         self.trace_after = trace_after
         self.compiler = compiler
+        self.lock = threading.Lock()  # parts of a chunk may step on threads (see .trainer)
         self.graphs: dict[tuple[object, ...], GradFn] = {}
         self.calls: dict[tuple[object, ...], int] = {}
 
@@ -94,7 +97,8 @@ class GradKernel:
                  w: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
         """Every client's gradient (stacked like ``params``) and loss."""
         args = (*params, *fixed, x, y, w)
-        out = self._fn(args, None)(*args)
+        with self._guarded(args, None) as fn:
+            out = fn(*args)
         return out[:-1], out[-1]
 
     def sgd_step(self, params: Sequence[torch.Tensor], fixed: Sequence[torch.Tensor],
@@ -106,12 +110,24 @@ class GradKernel:
         which is most of a small model's step on CPU.
         """
         args = (*params, *fixed, x, y, w)
-        fn = self._fn(args, lr)
-        if fn is self.eager:
-            out = fn(*args)
-            torch._foreach_add_(list(params), list(out[:-1]), alpha=-lr)
-            return out[-1]
-        return fn(*args)[0]
+        with self._guarded(args, lr) as fn:
+            if fn is self.eager:
+                out = fn(*args)
+                torch._foreach_add_(list(params), list(out[:-1]), alpha=-lr)
+                return out[-1]
+            return fn(*args)[0]
+
+    @contextmanager
+    def _guarded(self, args: Tensors, lr: float | None) -> Iterator[GradFn]:
+        """The step for ``args``, held under the lock unless it is a recorded graph: the
+        transforms, recording and compiling are not safe to run on two threads at once,
+        replaying a graph of aten ops is."""
+        with self.lock:
+            fn = self._fn(args, lr)
+            if not isinstance(fn, GraphModule):
+                yield fn
+                return
+        yield fn
 
     def _fn(self, args: Tensors, lr: float | None) -> GradFn:
         if not self.trace_after:
