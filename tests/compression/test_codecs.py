@@ -98,14 +98,15 @@ def test_randk_keeps_k_exact_values(x: torch.Tensor, ratio: float, seed: int) ->
     assert enc.nbytes == codec.nbytes(x.numel()) == 4 * k + 8
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(vectors, st.integers(1, 64))
 def test_sign_keeps_each_sign_and_the_blocks_mean_magnitude(x: torch.Tensor, block: int) -> None:
     codec = Sign(block=block)
     enc = codec.encode(x, None)
     y = codec.decode(enc)
     assert enc.nbytes == codec.nbytes(x.numel())
-    assert bool(((y < 0) == (x < 0)).all())  # the sign of every value (0 as +)
+    # the sign of every value (0 as +), kept as -0.0 where the scale underflows to 0
+    assert bool((torch.signbit(y) == (x < 0)).all())
     for b in range(0, x.numel(), block):
         part = x[b:b + block]
         torch.testing.assert_close(y[b:b + block].abs(),

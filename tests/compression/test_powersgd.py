@@ -74,7 +74,7 @@ def test_the_warm_start_converges_to_the_best_rank_r_approximation() -> None:
     best = float(s[2:].norm())
     codec = PowerSGD(shapes=((40, 30),), rank=2)
     warm = None
-    for _ in range(30):
+    for _ in range(12):  # the error shrinks by s_3 / s_2 = 1/6 an iteration
         enc, warm = codec.encode_warm(m.view(-1), warm, gen)
     warm_error = float((codec.decode(enc) - m.view(-1)).norm())
     cold_error = float((codec.decode(codec.encode(m.view(-1), gen)) - m.view(-1)).norm())
