@@ -25,15 +25,18 @@ from fedloom.algorithms.registry import AlgorithmContext, build_algorithm
 from fedloom.app.config import RunConfig
 from fedloom.app.topologies import build_topology
 from fedloom.attacks import plan_attack
-from fedloom.compression.uplink import Compressed, compress
+from fedloom.compression.config import DownlinkCoding
+from fedloom.compression.downlink import Downlinked
+from fedloom.compression.uplink import Compressed, CompressedSizes, compress
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
 from fedloom.data import load_federated
 from fedloom.fleets.base import AsyncFleet, FleetBase
+from fedloom.fleets.decoding import decoding
 from fedloom.fleets.secagg_setup import check_secagg_algorithm, secure_fleet
 from fedloom.models import model_factory
-from fedloom.privacy.private import Private, privatize
+from fedloom.privacy.private import privatize
 from fedloom.runtime.assemble import FleetChoice, Parts, assemble
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
@@ -82,17 +85,28 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
     rule = build_rule(cfg.aggregator)  # robust aggregation replaces the algorithm's mean
     if rule is not None:
         algorithm = Combined(algorithm, rule)
-    if cfg.compression.enabled:  # clients send their updates through the uplink codec
-        algorithm = compress(algorithm, cfg.compression, seed=cfg.seed, store=store)
+    private = None
     if cfg.privacy is not None:  # after the rule: config refuses central DP with a robust one
-        algorithm = privatize(algorithm, cfg.privacy, seed=cfg.seed,
-                              cohort_size=cfg.cohort.size, num_examples=num_examples,
-                              client=cfg.client)
+        algorithm = private = privatize(algorithm, cfg.privacy, seed=cfg.seed,
+                                        cohort_size=cfg.cohort.size, num_examples=num_examples,
+                                        client=cfg.client)
+    if cfg.compression.downlink is not DownlinkCoding.NONE:  # what clients receive
+        algorithm = Downlinked(algorithm, cfg.compression.downlink, seed=cfg.seed,
+                               history=cfg.compression.history, block=cfg.compression.block)
+    if cfg.compression.enabled:  # after DP's clip and noise: the codec post-processes
+        algorithm = compress(algorithm, cfg.compression, seed=cfg.seed, store=store,
+                             clients_keep_state=remote, layout=layout)
     if cfg.secagg.enabled:
         check_secagg_algorithm(algorithm)
     parts = assemble(data=data, model_fn=model_fn, algorithm=algorithm, seed=cfg.seed,
                      fleet=cfg.fleet if fleet is None else fleet, evaluation=cfg.eval,
                      reducible=None if attack is None else False)
+    if isinstance(algorithm, Compressed) and not cfg.secagg.enabled:
+        # the server side decodes what clients send (under SecAgg the ring carries it)
+        variate = None if algorithm.variate is None else (algorithm.variate[0],
+                                                          algorithm.variate[2])
+        parts = dataclasses.replace(parts, fleet=decoding(parts.fleet, algorithm.codec,
+                                                          variate))
     evaluate: EvaluateFn = parts.evaluate
     if attack is not None:  # update attacks rewrite the malicious clients' results
         if is_async(algorithm):
@@ -131,8 +145,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
         clock=None if timed is not None else ClientClock(cfg.clock, num_clients=data.num_clients,
                                                          seed=cfg.seed),
         losses=parts.losses, store=store, checkpointer=checkpointer,
-        stop_before=algorithm.stop_reason if isinstance(algorithm, Private) else None,
-        sizes=algorithm.sizes if isinstance(algorithm, Compressed) else None,
+        stop_before=private.stop_reason if private is not None else None,
+        sizes=CompressedSizes() if isinstance(algorithm, Compressed | Downlinked) else None,
         background_evaluate=None if is_async(algorithm) else background)
 
 

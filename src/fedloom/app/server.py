@@ -29,9 +29,11 @@ from fedloom.app.build import Run, build_run
 from fedloom.app.config import CohortConfig, RunConfig, config_to_yaml
 from fedloom.app.experiment import RunResult
 from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
+from fedloom.compression.uplink import ENCODED
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.rng import derive_seed
+from fedloom.fleets.base import WrappedFleet
 from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
 from fedloom.fleets.secagg_grpc import GrpcSecAggFleet
 from fedloom.runtime.assemble import FleetRequest
@@ -39,7 +41,7 @@ from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.loop import ServerLoop
 from fedloom.runtime.sampling import ConnectedSampler
-from fedloom.runtime.sinks import ConsoleSink, JsonlSink, Sink
+from fedloom.runtime.sinks import ConsoleSink, Sink, file_sinks
 from fedloom.transport.handlers import Handlers
 from fedloom.transport.messages import ReplySchema
 from fedloom.transport.security import TlsFiles, TokenBook
@@ -108,7 +110,8 @@ def reply_schema(algorithm: Algorithm, layout: ParamLayout) -> ReplySchema:
     """What the algorithm reads from a fit reply beyond the parameters (its declared
     :class:`~fedloom.algorithms.base.ResultNeeds`)."""
     needs = algorithm.result_needs(layout)
-    return ReplySchema(extras=dict(needs.extras), metrics=needs.metrics)
+    return ReplySchema(extras=dict(needs.extras), metrics=needs.metrics,
+                       encoded=any(k.startswith(ENCODED) for k in needs.extras))
 
 
 @dataclass(slots=True, kw_only=True)
@@ -163,10 +166,6 @@ def wait_to_retry(fleet: GrpcFleet, cohort: CohortConfig, timeout: float, round:
 def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
     """Everything a server run needs, listening already; nothing has run yet."""
     options.check()
-    if cfg.compression.enabled:
-        raise ConfigError(f"compression.uplink = {cfg.compression.uplink.value!r}: uplink "
-                          "compression is simulation-only for now (a deployment sends float32 "
-                          "updates); use compression.uplink=none with fedloom server")
     if cfg.cohort.dropout or cfg.client.straggler_fraction:
         log.warning("cohort.dropout and client.straggler_fraction simulate heterogeneity; a "
                     "deployment has real clients and ignores them")
@@ -192,15 +191,17 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
                     checkpointer=Checkpointer(out, every=max(1, cfg.checkpoint.every)),
                     task_timeout=options.policy.round_timeout,
                     idle_timeout=options.start_timeout)
-    fleet = run.fleet.fleet if isinstance(run.fleet, GrpcSecAggFleet) else run.fleet
-    assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built (under SecAgg's wrapper)
+    fleet = run.fleet
+    while isinstance(fleet, GrpcSecAggFleet | WrappedFleet):  # SecAgg's, the decoder
+        fleet = fleet.fleet if isinstance(fleet, GrpcSecAggFleet) else fleet.inner
+    assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built (under its wrappers)
     if isinstance(run, ServerLoop) and options.sample_connected:
         run.sampler = ConnectedSampler(run.sampler, available=fleet.server.connected,
                                        seed=cfg.seed, grace=options.substitute_after)
     if isinstance(run, ServerLoop):
         run.on_retry = partial(wait_to_retry, fleet, real.cohort, options.start_timeout)
     open_run_dir(run, cfg, out=out, resume=options.resume is not None)
-    sinks: list[Sink] = [JsonlSink(out / "metrics.jsonl")]
+    sinks: list[Sink] = file_sinks(out, cfg.sinks, resumed_after=run.state.round)
     if options.console:
         sinks.append(ConsoleSink(cfg.rounds, title=cfg.name, done=run.state.round))
     run.sinks.extend(sinks)
