@@ -113,3 +113,12 @@ def test_powersgd_checks() -> None:
     _refused(codec, _with(enc, q=torch.zeros(15)), Invalid.SHAPE)
     _refused(codec, Encoded(tensors={"p": enc.tensors["p"], "q": enc.tensors["q"]}, numel=54),
              Invalid.NAMES)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_half_precision_finite_check_agrees_with_isfinite_on_every_bit_pattern(
+        dtype: torch.dtype) -> None:
+    from fedloom.compression.payload import _non_finite
+    every = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    assert torch.equal(_non_finite(every), ~torch.isfinite(every))
+    assert int(_non_finite(every).sum()) == (2 * 1024 if dtype == torch.float16 else 2 * 128)
