@@ -20,6 +20,7 @@ from fedloom.algorithms.aggregate import example_weighted_params
 from fedloom.algorithms.base import Base, LocalSpec, ResultNeeds
 from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
 from fedloom.algorithms.registry import AlgorithmContext, register
+from fedloom.core.counts import ExampleShares
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.validate import Problems
@@ -56,8 +57,7 @@ class FedDyn(Base):
     def __init__(self, options: FedDynOptions | None = None, *, num_examples: Sequence[int],
                  num_trainable: int | None = None, store: ClientStateStore | None = None) -> None:
         self.options = options or FedDynOptions()
-        total = float(sum(num_examples))
-        self.share = [n / total for n in num_examples]
+        self.share = ExampleShares(num_examples)  # p_i on demand: nothing per client
         self.num_trainable = num_trainable
         self.store: ClientStateStore = store or MemoryStore()
         alpha = self.options.alpha

@@ -20,6 +20,7 @@ from fedloom.algorithms.aggregate import example_weighted_params
 from fedloom.algorithms.base import Base, LocalSpec, LocalView, ResultNeeds
 from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
 from fedloom.algorithms.registry import AlgorithmContext, register
+from fedloom.core.counts import ExampleShares
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
@@ -76,8 +77,7 @@ class Scaffold(Base):
     def __init__(self, options: ScaffoldOptions | None = None, *, num_examples: Sequence[int],
                  num_trainable: int | None = None, store: ClientStateStore | None = None) -> None:
         self.options = options or ScaffoldOptions()
-        total = float(sum(num_examples))
-        self.share = [n / total for n in num_examples]
+        self.share = ExampleShares(num_examples)  # p_i on demand: nothing per client
         self.num_trainable = num_trainable
         self.store: ClientStateStore = store or MemoryStore()
         self.local = LocalSpec(before=start_gradient if self.options.option == 1 else None,

@@ -26,6 +26,7 @@ from typing import overload
 
 import torch
 
+from fedloom.core.counts import Repeated  # noqa: F401  (re-exported: the population's counts)
 from fedloom.core.rng import SERVER, Purpose, choose, torch_generator
 from fedloom.data.dataset import ArrayData, FederatedData
 
@@ -150,32 +151,6 @@ class ClientRanges(Sequence[torch.Tensor]):
 
     def __reduce__(self) -> tuple[type, tuple[int, int]]:
         return ClientRanges, (self.num_clients, self.per_client)
-
-
-class Repeated(Sequence[int]):
-    """``value`` repeated ``length`` times, without a list (every client's example count)."""
-
-    def __init__(self, value: int, length: int) -> None:
-        self.value, self.length = value, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    @overload
-    def __getitem__(self, i: int) -> int: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[int]: ...
-
-    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
-        if isinstance(i, slice):
-            return [self.value] * len(range(*i.indices(self.length)))
-        if not -self.length <= i < self.length:
-            raise IndexError(i)
-        return self.value
-
-    def __iter__(self) -> Iterator[int]:
-        return (self.value for _ in range(self.length))
 
 
 def test_set(source: GeneratedClients, num_clients: int) -> ArrayData:

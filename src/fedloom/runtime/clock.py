@@ -13,8 +13,9 @@ from enum import StrEnum
 
 import numpy as np
 
-from fedloom.core.rng import Purpose, numpy_generator
+from fedloom.core.rng import SERVER, Purpose, numpy_generator
 from fedloom.core.validate import Problems
+from fedloom.runtime.sampling import LARGE_POPULATION
 
 
 class SpeedModel(StrEnum):
@@ -45,17 +46,34 @@ class ClockConfig:
 
 
 class ClientClock:
-    """Simulated seconds per local step for every client, fixed for the run (one float64 per
-    client for the random speed models; nothing per client for ``constant``)."""
+    """Simulated seconds per local step for every client, fixed for the run.
+
+    ``constant`` holds nothing per client. The random speed models draw every client's speed
+    from one seeded stream into an array (8 bytes per client) up to
+    :data:`~fedloom.runtime.sampling.LARGE_POPULATION` clients; above it ``step_time`` is None
+    and client ``k``'s speed is the first draw of its own stream ``(seed, k)``, made when asked
+    for, so a million registered clients cost nothing here (and each keeps its speed all run).
+    """
 
     def __init__(self, cfg: ClockConfig, *, num_clients: int, seed: int) -> None:
-        rng = numpy_generator(seed, 0, -1, Purpose.SPEED)
+        self.cfg, self.seed = cfg, seed
         self.step_time: np.ndarray | None = None
-        if cfg.speed == SpeedModel.LOGNORMAL:
-            self.step_time = rng.lognormal(0.0, cfg.sigma, num_clients)
-        elif cfg.speed == SpeedModel.PARETO:
-            self.step_time = 1.0 + rng.pareto(cfg.shape, num_clients)
+        if cfg.speed != SpeedModel.CONSTANT and num_clients <= LARGE_POPULATION:
+            self.step_time = self._draw(numpy_generator(seed, 0, SERVER, Purpose.SPEED),
+                                        num_clients)
+
+    def _draw(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        if self.cfg.speed == SpeedModel.LOGNORMAL:
+            return rng.lognormal(0.0, self.cfg.sigma, count)
+        return 1.0 + rng.pareto(self.cfg.shape, count)
+
+    def step_seconds(self, client_id: int) -> float:
+        """Client ``client_id``'s simulated seconds per local step."""
+        if self.cfg.speed == SpeedModel.CONSTANT:
+            return 1.0
+        if self.step_time is not None:
+            return float(self.step_time[client_id])
+        return float(self._draw(numpy_generator(self.seed, 0, client_id, Purpose.SPEED), 1)[0])
 
     def duration(self, client_id: int, num_steps: int) -> float:
-        step = 1.0 if self.step_time is None else float(self.step_time[client_id])
-        return step * num_steps
+        return self.step_seconds(client_id) * num_steps

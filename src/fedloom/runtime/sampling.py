@@ -15,8 +15,10 @@ from typing import Protocol
 
 import torch
 
+from fedloom.core.counts import Repeated
 from fedloom.core.errors import ConfigError
-from fedloom.core.rng import SERVER, Purpose, choose, torch_generator
+from fedloom.core.permutation import KeyedPermutation
+from fedloom.core.rng import SERVER, Purpose, choose, derive_seed, torch_generator
 
 
 class SamplerName(StrEnum):
@@ -77,31 +79,56 @@ class UniformSampler:
 
 
 class WeightedSampler:
-    """``size`` clients without replacement, each draw proportional to its example count."""
+    """``size`` clients without replacement, each draw proportional to its example count.
+
+    Above :data:`LARGE_POPULATION` clients with equal counts (:class:`Repeated`: a population
+    generated on demand) equal weights make the draw uniform without replacement, so it is
+    drawn as such, by Floyd's algorithm: nothing per client is held. Otherwise one float64
+    weight per client, as before.
+    """
 
     def __init__(self, *, num_examples: Sequence[int], size: int, seed: int) -> None:
         _check_size(size, len(num_examples))
-        self.weights = torch.tensor(num_examples, dtype=torch.float64)
-        if int((self.weights > 0).sum()) < size:
-            raise ConfigError(f"cohort.size = {size}: only {int((self.weights > 0).sum())} "
+        self.num_clients = len(num_examples)
+        self.weights: torch.Tensor | None = None
+        if isinstance(num_examples, Repeated) and self.num_clients > LARGE_POPULATION:
+            self.usable = self.num_clients if num_examples.value > 0 else 0
+        else:
+            self.weights = torch.tensor(num_examples, dtype=torch.float64)
+            self.usable = int((self.weights > 0).sum())
+        if self.usable < size:
+            raise ConfigError(f"cohort.size = {size}: only {self.usable} "
                               "clients have examples to weight by")
         self.size = size
         self.seed = seed
 
     def sample(self, round: int, size: int | None = None) -> list[int]:
-        k = min(self.size if size is None else size, int((self.weights > 0).sum()))
+        k = min(self.size if size is None else size, self.usable)
         gen = torch_generator(self.seed, round, SERVER, Purpose.COHORT)
+        if self.weights is None:  # equal weights: uniform, O(size) per round
+            return choose(self.num_clients, k, gen)
         return sorted(torch.multinomial(self.weights, k, replacement=False,
                                         generator=gen).tolist())
 
 
 class RoundRobinSampler:
-    """Every client in turn: a seeded permutation of all clients, ``size`` per round."""
+    """Every client in turn: a seeded permutation of all clients, ``size`` per round.
+
+    Up to :data:`LARGE_POPULATION` clients the order is a seeded ``torch.randperm``; above it,
+    a :class:`~fedloom.core.permutation.KeyedPermutation` read one position at a time, so the
+    order costs no memory per registered client (another order than randperm's, equally
+    visiting every client once per pass).
+    """
 
     def __init__(self, *, num_clients: int, size: int, seed: int) -> None:
         _check_size(size, num_clients)
-        gen = torch_generator(seed, 0, SERVER, Purpose.COHORT)
-        self.order = torch.randperm(num_clients, generator=gen).tolist()
+        self.order: KeyedPermutation | list[int]
+        if num_clients > LARGE_POPULATION:
+            self.order = KeyedPermutation(num_clients, derive_seed(seed, 0, SERVER,
+                                                                   Purpose.COHORT))
+        else:
+            gen = torch_generator(seed, 0, SERVER, Purpose.COHORT)
+            self.order = torch.randperm(num_clients, generator=gen).tolist()
         self.size = size
 
     def sample(self, round: int, size: int | None = None) -> list[int]:

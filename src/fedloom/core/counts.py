@@ -1,0 +1,84 @@
+"""Every registered client's example count, and shares of them, without a list per client.
+
+A population generated on demand (``data.name=generated``) gives every client the same number
+of examples; :class:`Repeated` is that count for all of them in O(1) memory, and knows its own
+``total``. :class:`ExampleShares` is ``p_i = n_i / sum_j n_j`` (SCAFFOLD's and FedDyn's weights
+of client ``i`` in their global sums), computed when asked for, so a million registered clients
+cost nothing here. Samplers and clocks recognise :class:`Repeated` to skip per-client arrays.
+
+Example:
+    >>> counts = Repeated(20, 1_000_000)
+    >>> len(counts), counts[999_999], counts.total
+    (1000000, 20, 20000000)
+    >>> ExampleShares(counts)[7] == 20 / 20_000_000
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import overload
+
+from fedloom.core.errors import ConfigError
+
+
+class Repeated(Sequence[int]):
+    """``value`` repeated ``length`` times, without a list (every client's example count)."""
+
+    def __init__(self, value: int, length: int) -> None:
+        self.value, self.length = value, length
+
+    @property
+    def total(self) -> int:
+        """The sum of the sequence, in O(1)."""
+        return self.value * self.length
+
+    def __len__(self) -> int:
+        return self.length
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        if isinstance(i, slice):
+            return [self.value] * len(range(*i.indices(self.length)))
+        if not -self.length <= i < self.length:
+            raise IndexError(i)
+        return self.value
+
+    def __iter__(self) -> Iterator[int]:
+        return (self.value for _ in range(self.length))
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return Repeated, (self.value, self.length)
+
+
+def total_examples(num_examples: Sequence[int]) -> int:
+    """``sum(num_examples)``; O(1) for :class:`Repeated`."""
+    if isinstance(num_examples, Repeated):
+        return num_examples.total
+    return int(sum(num_examples))
+
+
+class ExampleShares:
+    """Client ``i``'s share of all training examples, ``num_examples[i] / total``, on demand.
+
+    The value is the same float the list ``[n / total for n in num_examples]`` holds; nothing
+    is stored per client.
+    """
+
+    def __init__(self, num_examples: Sequence[int]) -> None:
+        self.num_examples = num_examples
+        self.total = float(total_examples(num_examples))
+        if len(num_examples) and not self.total > 0:
+            raise ConfigError(f"the {len(num_examples)} registered clients hold no training "
+                              "examples: their shares of all examples are undefined")
+
+    def __len__(self) -> int:
+        return len(self.num_examples)
+
+    def __getitem__(self, client_id: int) -> float:
+        return self.num_examples[client_id] / self.total
