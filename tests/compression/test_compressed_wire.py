@@ -5,6 +5,8 @@ the deployment keeps serving), and how compression composes with DP, SecAgg and 
 from __future__ import annotations
 
 import dataclasses
+import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +14,9 @@ import torch
 from fedloom.algorithms.client_store import MemoryStore
 from fedloom.algorithms.fedavg import FedAvg
 from fedloom.app.build import build_run
+from fedloom.app.client import ConfigClient
 from fedloom.app.config import load_config
-from fedloom.app.server import reply_schema
+from fedloom.app.server import ServerOptions, build_deployment, reply_schema
 from fedloom.compression import CompressionConfig, Uplink
 from fedloom.compression.codecs import Float16
 from fedloom.compression.payload import InvalidPayload
@@ -34,10 +37,13 @@ from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Dow
 from fedloom.fleets.decoding import decoding
 from fedloom.privacy.local import LocalNoise
 from fedloom.privacy.private import private_local
+from fedloom.runtime.client_loop import ClientLoop
 from fedloom.runtime.clients import Client
 from fedloom.runtime.local_state import StatefulClient
+from fedloom.runtime.secagg_client import SecAggClient
+from fedloom.transport.handlers import Handlers
 from fedloom.transport.messages import result_to_package
-from tests.loopback import downlinks, thread_clients, tiny_server
+from tests.loopback import FAST, SYNTH, downlinks, thread_clients, tiny_server
 
 TINY = ["data.name=synthetic", "data.num_clients=8", "model.name=logreg", "cohort.size=4",
         "client.lr=0.01", "rounds=2", "fleet.threads=1"]
@@ -135,6 +141,39 @@ def test_secagg_takes_quantisers_without_error_feedback_and_refuses_the_rest() -
     with pytest.raises(ConfigError, match=r"compression\.error_feedback = True.*residual"):
         load_config(None, [*TINY, "secagg.enabled=true", "compression.uplink=fp16",
                            "compression.error_feedback=true"])
+
+
+@pytest.mark.integration
+def test_secagg_with_qsgd_deployed_ends_with_the_simulations_model(tmp_path: Path) -> None:
+    """Each deployed client decodes its QSGD update before the masking ring, as a simulated
+    one does: the secure sums, and so the models, are the same."""
+    overrides = [*SYNTH, "secagg.enabled=true", "compression.uplink=qsgd",
+                 "compression.block=16"]
+    sim = build_run(load_config(None, overrides))
+    sim.run()
+    dep = build_deployment(load_config(None, [*overrides, f"out={tmp_path / 'run'}"]),
+                           ServerOptions(address="127.0.0.1:0", insecure=True, console=False))
+    inner = ConfigClient()
+    runners = []
+    for cid in range(6):
+        secure = SecAggClient(inner)
+        runners.append(ClientLoop(f"127.0.0.1:{dep.server.port}", client_id=cid, client=secure,
+                                  insecure=True, backoff=FAST,
+                                  handlers=secure.install(Handlers())))
+    threads = [threading.Thread(target=r.run, daemon=True) for r in runners]
+    for t in threads:
+        t.start()
+    try:
+        dep.fleet.wait_for_clients(6, 30)
+        history = dep.loop.run()
+    finally:
+        for r in runners:
+            r.stop()
+        dep.server.stop(grace=0.5)
+        for t in threads:
+            t.join(timeout=15)
+    assert [r["num_results"] for r in history.rows] == [3, 3, 3]
+    torch.testing.assert_close(history.final.params, sim.state.params, rtol=0, atol=0)
 
 
 def test_a_topology_a_personal_algorithm_and_scaffold_with_powersgd_are_refused() -> None:
