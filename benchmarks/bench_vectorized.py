@@ -174,14 +174,28 @@ def bench(workload: str, *, reps: int, device: torch.device, threads: int, convs
 
 
 def _profile(side: Side, tasks: list[Downlink], name: str) -> None:
-    """torch.profiler on one more round (fit and evaluation) of ``side``: the top ops."""
+    """torch.profiler on one more round (fit and evaluation) of ``side``: the top ops.
+
+    The profiler sees only this thread, so a trainer that runs parts of a chunk on threads is
+    profiled training the whole chunk here on one torch thread (the ops each part runs)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with torch_threads(side.threads), profile(activities=[ProfilerActivity.CPU]) as prof:
-        side.fit(tasks)
+    parts, threads = 1, side.threads
+    if side.trainer is not None and side.trainer.parallel > 1:
+        parts, side.trainer.parallel, threads = side.trainer.parallel, 1, 1
+    with torch_threads(threads):
+        side.fit(tasks)  # records a chunk of a new size outside the profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            side.fit(tasks)
+    with torch_threads(side.threads), profile(activities=[ProfilerActivity.CPU]) as evaluation:
         side.evaluate(tasks[0].params)
-    print(f"profile of one {name} round (fit + evaluation), by self CPU time:")
+    if side.trainer is not None:
+        side.trainer.parallel = parts
+    print(f"profile of one {name} fit ({'as one part, ' if parts > 1 else ''}{threads} "
+          f"thread{'s' if threads > 1 else ''}), by self CPU time:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print(f"profile of its evaluation ({side.threads} threads):")
+    print(evaluation.key_averages().table(sort_by="self_cpu_time_total", row_limit=6))
 
 
 def _params(out: Outcome | torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from fedloom.algorithms.fedprox import FedProx, FedProxOptions
 from fedloom.core.packages import Outcome
 from fedloom.fleets import FleetConfig, FleetKind
 from fedloom.fleets.vectorized import VectorizedTrainer
+from fedloom.fleets.vectorized import trainer as trainer_module
 from fedloom.models import mlp
 from tests.conftest import make_image_data
 from tests.fleets.test_vectorized import TOL, make_spec, make_tasks, max_diff, results, serial
@@ -103,3 +104,16 @@ def test_parts_on_threads_give_the_same_models(parallel: int) -> None:
 def test_parts_only_for_plain_local_sgd() -> None:
     spec = make_spec(make_image_data(), MODEL, local=FedProx(FedProxOptions(mu=0.1)).local)
     assert VectorizedTrainer(spec, parallel=2).parallel == 1
+
+
+def test_gathering_per_step_or_per_pass_gives_the_same_models(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass's batches gathered at once (the default) or step by step (past GATHER_BYTES)."""
+    torch.set_num_threads(1)
+    spec = make_spec(make_image_data(num_clients=len(SIZES), per_client=SIZES), MODEL)
+    tasks = make_tasks(spec, [ClientConfig(epochs=2, batch_size=10, lr=0.1)] * len(SIZES))
+    at_once = VectorizedTrainer(spec, trace_after=1).fit_many(tasks)
+    monkeypatch.setattr(trainer_module, "GATHER_BYTES", 0)
+    per_step = VectorizedTrainer(spec, trace_after=1).fit_many(tasks)
+    assert max_diff(at_once, per_step) == 0.0
+    assert max_diff(serial(spec, tasks), per_step) <= TOL

@@ -18,7 +18,7 @@ order): tests/fleets/test_vectorized.py states and checks the tolerance.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +42,11 @@ from fedloom.training.spec import ClientSpec
 from fedloom.training.trainer import LocalTrainer
 
 log = logging.getLogger(__name__)
+
+
+#: most bytes of a pass's gathered batches held at once (above it: one gather per step)
+GATHER_BYTES = 256 * 2 ** 20
+_Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,8 @@ class VectorizedTrainer:
         self.device = torch.device(device)
         self.chunk = chunk
         probe_x, probe_y = spec.train.batch(torch.arange(min(2, len(spec.train))))
+        self._example_bytes = probe_x[0].numel() * probe_x.element_size() + \
+            probe_y[0].numel() * probe_y.element_size()
         probe = check_model(spec.model_fn(), probe_x.cpu(), probe_y.cpu(), spec.loss_fn)
         model = spec.model_fn().to(self.device)
         looped = use_loop_convolutions(model, ConvMode(conv), self.device)
@@ -233,7 +240,7 @@ class VectorizedTrainer:
         real = len(tasks)  # compiled steps: the chunk is padded with clients that never step
         k = real if self.compiler is None else self.buckets(real)
         start, sched = _pad_rows(start, k), pad_clients(sched, k)
-        size, dev = sched.batch_size, self.device
+        dev = self.device
         params = _stack(start, self.params)
         by_name = {e.name: p for e, p in zip(self.params, params)}
         fixed = tuple(by_name.get(e.name, t)
@@ -250,13 +257,13 @@ class VectorizedTrainer:
                    if correct is not None or dp is not None or (d and (extra_loss is not None
                                                      or e.name not in self.unused))]
         idx, weights = sched.idx.to(dev), sched.weights.to(dev)
+        batches = self._batches(idx)
         active = sched.counts > 0
         configs = [t.config for t in tasks] + [tasks[0].config] * (k - real)
         sgd = StackedSGD([params[i] for i in stepped], configs, active)
         losses = torch.zeros((sched.num_steps, k), dtype=torch.float32, device=dev)
         for t in range(sched.num_steps):
-            x, y = self.train.batch(idx[t].view(-1))
-            x, y = x.view(k, size, *x.shape[1:]), y.view(k, size, *y.shape[1:])
+            x, y = batches(t)
             exact = self.weighted or sched.full[t]
             if self.private is not None:  # masks its padding itself: always exact
                 grads, loss = self.private(diff, fixed, x, y, weights[t])
@@ -290,6 +297,20 @@ class VectorizedTrainer:
         weights_seen = seen.sum(0).tolist()
         return _Pass(params=out, losses=[Mean(s, w) for s, w in zip(sums, weights_seen)],
                      steps=sched.steps)
+
+    def _batches(self, idx: torch.Tensor) -> _Batches:
+        """Step t's (K, B, ...) inputs and labels: all of the pass's gathered at once (one
+        gather, no allocation per step) when that takes at most ``GATHER_BYTES``."""
+        steps, k, size = idx.shape
+
+        def shaped(x: torch.Tensor, y: torch.Tensor, lead: tuple[int, ...]) -> tuple[
+                torch.Tensor, torch.Tensor]:
+            return x.view(*lead, *x.shape[1:]), y.view(*lead, *y.shape[1:])
+
+        if idx.numel() * self._example_bytes <= GATHER_BYTES:
+            xs, ys = shaped(*self.train.batch(idx.view(-1)), (steps, k, size))
+            return lambda t: (xs[t], ys[t])
+        return lambda t: shaped(*self.train.batch(idx[t].view(-1)), (k, size))
 
     def _exact_grads(self, params: Sequence[torch.Tensor], fixed: Sequence[torch.Tensor],
                      x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
