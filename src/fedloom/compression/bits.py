@@ -43,12 +43,14 @@ def pack(codes: torch.Tensor, width: int) -> torch.Tensor:
     count = codes.numel()
     if width == 0 or count == 0:
         return torch.zeros(0, dtype=torch.uint8)
-    if 8 % width == 0:
+    if 8 % width == 0:  # whole codes per byte: shift the j-th code of every byte at once
         per = 8 // width
-        padded = torch.zeros(math.ceil(count / per) * per, dtype=torch.int32)
+        padded = torch.zeros(math.ceil(count / per) * per, dtype=torch.uint8)
         padded[:count] = codes.reshape(-1)
-        shifts = torch.arange(8 - width, -1, -width, dtype=torch.int32)
-        return (padded.view(-1, per) << shifts).sum(dim=1).to(torch.uint8)
+        out = padded[0::per] << (8 - width)
+        for j in range(1, per):
+            out |= padded[j::per] << (8 - width * (j + 1))
+        return out
     shifts = torch.arange(width - 1, -1, -1, dtype=torch.int64)
     return pack_bools((codes.reshape(-1, 1).to(torch.int64) >> shifts) & 1)
 
@@ -58,9 +60,11 @@ def unpack(data: torch.Tensor, width: int, count: int) -> torch.Tensor:
     if width == 0 or count == 0:
         return torch.zeros(count, dtype=torch.int64)
     if 8 % width == 0:
-        shifts = torch.arange(8 - width, -1, -width, dtype=torch.int64)
-        codes = (data.to(torch.int64).unsqueeze(1) >> shifts) & ((1 << width) - 1)
-        return codes.view(-1)[:count]
+        per = 8 // width
+        codes = torch.empty(data.numel() * per, dtype=torch.uint8)
+        for j in range(per):
+            codes[j::per] = (data >> (8 - width * (j + 1))) & ((1 << width) - 1)
+        return codes[:count].to(torch.int64)
     bits = unpack_bools(data, count * width).view(count, width).to(torch.int64)
     return (bits << torch.arange(width - 1, -1, -1, dtype=torch.int64)).sum(dim=1)
 

@@ -133,13 +133,16 @@ class QSGD:
 
     def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
         blocks = self._blocks(x.to(torch.float32))
-        # in float64: the squares of values below ~1e-19 would underflow float32 to a 0 norm
-        norms = torch.linalg.vector_norm(blocks, dim=1, keepdim=True, dtype=torch.float64).float()
-        scaled = blocks.abs() / norms.clamp_min(torch.finfo(torch.float32).tiny) * self.levels
+        magnitude = blocks.abs()
+        # scaled by each block's largest magnitude: squares of values below ~1e-19 underflow
+        # float32 (a 0 norm), above ~1e19 overflow it (an infinite one)
+        top = magnitude.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        norms = (magnitude / top).norm(dim=1, keepdim=True) * top
+        scaled = magnitude / norms.clamp_min(torch.finfo(torch.float32).tiny) * self.levels
         low = scaled.floor()
         up = torch.rand(scaled.shape, generator=gen, dtype=torch.float32) < (scaled - low)
         level = ((low + up).clamp_max(self.levels) * blocks.sign()).view(-1)[: x.numel()]
-        codes = (bits.pack((level + self.levels).to(torch.int32), self.bits) if self.bits < 8
+        codes = (bits.pack((level + self.levels).to(torch.uint8), self.bits) if self.bits < 8
                  else level.to(self.dtype))
         return Encoded(tensors={"norms": norms.view(-1), "levels": codes}, numel=x.numel())
 
@@ -173,6 +176,10 @@ class QSGD:
                       f"levels: |level| {worst} beyond the configured {self.levels}")
 
 
+#: each byte of packed sign bits as its 8 signs (+1.0 for a 0 bit, -1.0 for a 1 bit)
+_SIGNS = 1 - 2 * bits.unpack_bools(torch.arange(256, dtype=torch.uint8)).view(256, 8).float()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Sign:
     """Scaled sign per block: the signs as bits, each block's mean magnitude as its scale."""
@@ -196,9 +203,9 @@ class Sign:
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         n = enc.numel
-        negative = bits.unpack_bools(enc.tensors["signs"], n)
-        magnitude = enc.tensors["scale"].repeat_interleave(self.block)[:n]
-        return torch.where(negative, -magnitude, magnitude)
+        blocks = enc.tensors["scale"].numel()
+        magnitude = enc.tensors["scale"].unsqueeze(1).expand(blocks, self.block).reshape(-1)[:n]
+        return _SIGNS[enc.tensors["signs"].long()].view(-1)[:n] * magnitude
 
     def nbytes(self, numel: int) -> int:
         return math.ceil(numel / 8) + 4 * math.ceil(numel / self.block)
