@@ -12,6 +12,8 @@ from pathlib import Path
 from fedloom.app.build import build_run, serve_worker
 from fedloom.app.config import RunConfig
 from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
+from fedloom.fleets.config import FleetKind
+from fedloom.fleets.process_pool import start_fork_server
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.loop import History
 from fedloom.runtime.sinks import ConsoleSink, Sink, file_sinks
@@ -41,6 +43,8 @@ def run_experiment(cfg: RunConfig, *, console: bool = True,
     out = Path(resume) if resume is not None else (Path(cfg.out) if cfg.out
                                                    else default_out(cfg.name))
     every = cfg.checkpoint.every
+    if cfg.fleet.kind is FleetKind.PROCESS:  # its workers' imports overlap loading the data
+        start_fork_server()
     run = build_run(cfg, checkpointer=Checkpointer(out, every=every) if every else None)
     if run.fleet.is_worker:
         serve_worker(run)

@@ -77,6 +77,10 @@ class FleetBase:
     def serve(self) -> None:
         raise RuntimeError(f"{type(self).__name__} has no worker processes to serve")
 
+    def start(self) -> None:
+        """Begin, in the background, the start-up ``fit`` would otherwise do (worker
+        processes); a run built from a config calls it once the fleet exists."""
+
     def close(self) -> None:
         pass
 

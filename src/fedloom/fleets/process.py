@@ -1,6 +1,7 @@
 """The process fleet: persistent worker processes fed through shared memory.
 
-Workers are spawned on first use and live until ``close``; each maps the dataset once (train and
+Workers start on :meth:`ProcessFleet.start` (a run built from a config calls it as soon as the
+fleet exists) or on first use, and live until ``close``; each maps the dataset once (train and
 test tensors, client indices) from shared files. Each round the parent writes the downlinks'
 distinct global parameter vectors (usually one) into one shared segment, sends the workers small
 control messages (round, client id, ClientConfig, row, slot; clients go to whichever worker is
@@ -127,6 +128,11 @@ class ProcessFleet(FleetBase):
             self._session = _Session(self.spec, self.cfg, self.workers, self.layout,
                                      self.vectorized)
         return self._session
+
+    def start(self) -> None:
+        """Start the workers now without waiting for them: they fork, map the data and build
+        their trainers while the caller goes on (the first ``fit`` waits for them)."""
+        self._open()
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
         """Train the cohort; results' params are views into the slab (see the module doc)."""

@@ -1,12 +1,16 @@
 """Persistent worker processes that answer small job messages, replacing any that die.
 
-Each worker is ``spawn``ed once (safe with CUDA and OpenMP), builds its handler with
-``factory(index, device)`` and then loops: receive a job over its own pipe, run it, send the
-reply. Jobs are handed out one at a time to whichever worker is free (dynamic assignment), so
-the parent always knows which job each worker holds: when a worker dies, its job's reply is a
-:class:`WorkerLost` naming the exit code or signal, a fresh worker takes its place and the other
-jobs go on. Workers ignore Ctrl-C; the parent stops them on ``close``, on garbage collection and
-at interpreter exit.
+Each worker is started once, from a fork server that has already imported torch and fedloom
+(:data:`PRELOAD`; ``spawn`` where there is no fork server: both are safe with CUDA and OpenMP,
+since the server never computes), builds its handler with ``factory(index, device)`` and then
+loops: receive a job over its own pipe, run it, send the reply. :func:`start_fork_server` starts
+the server ahead of time (``fedloom run`` does, before it loads the data), so that the imports
+overlap the parent's own start-up; the pool does not wait for its workers either: ``map`` sends
+jobs to each worker as soon as it is ready. Jobs are handed out one at a time to whichever
+worker is free (dynamic assignment), so the parent always knows which job each worker holds:
+when a worker dies, its job's reply is a :class:`WorkerLost` naming the exit code or signal, a
+fresh worker takes its place and the other jobs go on. Workers ignore Ctrl-C; the parent stops
+them on ``close``, on garbage collection and at interpreter exit.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
+from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 
 import torch
@@ -32,6 +38,28 @@ from fedloom.core.errors import ClientError
 from fedloom.fleets.pools import HandlerFactory, WorkerLost, run_job
 
 log = logging.getLogger(__name__)
+
+#: what the fork server imports once for all its workers (torch.optim imports torch._dynamo on
+#: first use, ~1.5 s per worker otherwise)
+PRELOAD = ("torch", "torch._dynamo", "fedloom", "fedloom.fleets.client_worker",
+           "fedloom.fleets.process_pool")
+
+
+def worker_context() -> ForkServerContext | SpawnContext:
+    """``forkserver`` preloaded with :data:`PRELOAD` where the platform has it, else ``spawn``."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))  # used when this process starts its server
+    return ctx
+
+
+def start_fork_server() -> None:
+    """Start the fork server now and return at once: it imports :data:`PRELOAD` in the
+    background, and the first worker is forked when it is done (no-op without a fork server,
+    or when it is already running)."""
+    if isinstance(worker_context(), ForkServerContext):
+        forkserver.ensure_running()
 
 
 def worker_main(index: int, device: str, threads: int, factory: HandlerFactory,
@@ -94,7 +122,7 @@ def _shutdown(workers: list[_Worker], owner: int) -> None:
 
 
 class ProcessPool:
-    """``workers`` spawned processes, each with its own handler; see the module docstring.
+    """``workers`` processes, each with its own handler; see the module docstring.
 
     ``busy`` holds, per worker, the (wall, CPU) seconds its handler spent on the last ``map``.
     """
@@ -102,19 +130,17 @@ class ProcessPool:
     def __init__(self, factory: HandlerFactory, *, workers: int, devices: Sequence[str],
                  threads: int) -> None:
         self.workers = workers
-        self._ctx = mp.get_context("spawn")
+        self._ctx = worker_context()
         self._start_args = (factory, list(devices), threads)
         self._tag = 0
         self._list: list[_Worker] = []
         self._close = weakref.finalize(self, _shutdown, self._list, os.getpid())
-        try:
+        self.busy = [(0.0, 0.0)] * workers
+        try:  # not waiting for them: they become ready while the caller goes on
             self._list.extend(self._start(i) for i in range(workers))
-            while not all(w.ready for w in self._list):
-                self._serve({})
         except BaseException:
             self.close()
             raise
-        self.busy = [(0.0, 0.0)] * workers
 
     def _start(self, index: int) -> _Worker:
         factory, devices, threads = self._start_args

@@ -115,7 +115,10 @@ def _fleet(choice: FleetChoice, request: FleetRequest) -> Fleet:
             raise ConfigError(f"fleet.kind = {choice!r}: must be one of {', '.join(kinds)}")
         choice = FleetConfig(kind=FleetKind(choice))
     if isinstance(choice, FleetConfig):
-        return make_fleet(choice, request.spec)
+        built = make_fleet(choice, request.spec)
+        if isinstance(built, FleetBase):
+            built.start()  # workers start while the evaluators are built and round 1 set up
+        return built
     if isinstance(choice, FleetBase) or not callable(choice):
         return choice
     return choice(request)

@@ -1,0 +1,108 @@
+"""The process fleet's start-up: workers forked from a preloaded fork server, started as soon as a
+run's fleet exists (before the first fit), and start-up failures still reported by name."""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import sys
+from multiprocessing import forkserver
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedloom import ClientConfig, FedAvg
+from fedloom.core.errors import ClientError
+from fedloom.core.packages import ClientResult, Downlink
+from fedloom.core.threads import torch_threads
+from fedloom.fleets import FleetConfig, FleetKind
+from fedloom.fleets.process import ProcessFleet
+from fedloom.fleets.process_pool import PRELOAD, ProcessPool, start_fork_server, worker_context
+from fedloom.fleets.serial import fit_one
+from fedloom.models import mlp
+from fedloom.runtime.assemble import assemble
+from tests.conftest import make_image_data
+
+DATA = make_image_data()
+MODEL_FN = functools.partial(mlp, (1, 6, 6), 4, 8)
+HAS_FORKSERVER = "forkserver" in mp.get_all_start_methods()
+
+
+def probe(index: int, device: str) -> object:
+    """A handler factory that reports, when it runs in the worker, what the worker had
+    imported before any of its own work and who its parent process is."""
+    preloaded = "torch._dynamo" in sys.modules
+    return lambda job: (preloaded, os.getppid())
+
+
+def broken(index: int, device: str) -> object:
+    raise RuntimeError(f"no handler for worker {index}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not HAS_FORKSERVER, reason="no fork server on this platform")
+def test_workers_fork_from_a_server_that_imported_torch_and_fedloom() -> None:
+    assert worker_context().get_start_method() == "forkserver"
+    assert {"torch", "torch._dynamo", "fedloom"} <= set(PRELOAD)
+    start_fork_server()
+    start_fork_server()  # running already: nothing new
+    server = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+    assert server is not None and alive(server)
+    pool = ProcessPool(probe, workers=2, devices=["cpu"], threads=1)
+    try:
+        replies = pool.map([None, None])
+    finally:
+        pool.close()
+    # torch.optim's import of torch._dynamo (seconds) was paid once, by the server
+    assert replies == [(True, server)] * 2
+    assert forkserver._forkserver._forkserver_pid == server  # type: ignore[attr-defined]
+
+
+def test_a_worker_that_cannot_start_is_a_client_error_at_first_use() -> None:
+    pool = ProcessPool(broken, workers=1, devices=["cpu"], threads=1)  # returns at once
+    pids = [w.proc.pid or 0 for w in pool._list]
+    try:
+        with pytest.raises(ClientError, match="worker 0 could not start") as err:
+            pool.map(["job"])
+        assert "RuntimeError: no handler for worker 0" in str(err.value)
+    finally:
+        pool.close()
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_a_run_starts_its_workers_before_the_first_fit_and_matches_serial(
+        tmp_path: Path) -> None:
+    cfg = FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1, share_dir=str(tmp_path))
+    parts = assemble(data=DATA, model_fn=MODEL_FN, algorithm=FedAvg(), seed=3, fleet=cfg)
+    fleet = parts.fleet
+    assert isinstance(fleet, ProcessFleet)
+    session = fleet._session
+    assert session is not None  # started by assemble, not by the first fit
+    pids = [w.proc.pid or 0 for w in session.pool._list]
+    assert len(pids) == 2 and all(pid > 0 for pid in pids)
+    tasks = [Downlink(round=1, client_id=c, params=parts.initial_params,
+                      config=ClientConfig(epochs=1, batch_size=4, lr=0.1)) for c in (3, 0, 4)]
+    try:
+        out = fleet.fit(1, tasks)
+        trainer = parts.spec.trainer()
+        with torch_threads(1):  # the workers' count: the same bits
+            expected = {t.client_id: fit_one(trainer, t) for t in tasks}
+        assert [o.client_id for o in out] == [0, 3, 4]
+        for o in out:
+            assert isinstance(o, ClientResult)
+            assert torch.equal(o.params, expected[o.client_id].params)
+        assert [w.proc.pid for w in session.pool._list] == pids  # the same workers
+    finally:
+        fleet.close()
+    assert not any(alive(pid) for pid in pids)
+    assert os.listdir(tmp_path) == []
+
