@@ -180,3 +180,28 @@ def test_float16_values_are_checked_as_float16() -> None:
     _refused(codec, _with(enc, values=torch.full((10,), float("inf"), dtype=torch.float16)),
              Invalid.NON_FINITE)
     assert codec.nbytes(199_210) == 2 * 1993 + 2134  # 6,120 bytes, 32.6x fewer than float32
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=300),
+       st.floats(0.001, 1.0))
+def test_topk_is_a_contraction(values: list[float], ratio: float) -> None:
+    """What error feedback needs (Stich et al. 2018): ||x - C(x)||^2 <= (1 - k/n) ||x||^2."""
+    x = torch.tensor(values, dtype=torch.float64).float()
+    codec = TopK(ratio=ratio)
+    rest = float((codec.decode(codec.encode(x, None)) - x).double().pow(2).sum())
+    k, n = kept(ratio, x.numel()), x.numel()
+    assert rest <= (1 - k / n) * float(x.double().pow(2).sum()) * (1 + 1e-6) + 1e-30
+
+
+def test_randk_is_a_contraction_in_expectation_not_unbiased() -> None:
+    """Random-k without rescaling (as documented): E||x - C(x)||^2 = (1 - k/n) ||x||^2, and
+    E C(x) = (k/n) x, not x (it claims no unbiasedness; error feedback makes up the rest)."""
+    x = torch.randn(200, generator=torch.Generator().manual_seed(4))
+    codec, gen, trials = RandK(ratio=0.1), torch.Generator().manual_seed(5), 2000
+    outs = torch.stack([codec.decode(codec.encode(x, gen)) for _ in range(trials)])
+    rest = (outs - x).pow(2).sum(dim=1).mean()
+    assert float(rest) == pytest.approx(0.9 * float(x.pow(2).sum()), rel=0.02)
+    stderr = x.abs() * math.sqrt(0.1 * 0.9 / trials)  # each value kept with probability 0.1
+    assert bool(((outs.mean(dim=0) - 0.1 * x).abs() <= 5 * stderr).all())
+    assert float((outs.mean(dim=0) - x).abs().max()) > float((5 * stderr).max())  # biased
