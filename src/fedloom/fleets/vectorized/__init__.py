@@ -27,6 +27,10 @@ What to expect:
   warning says so once), the rest of the model batched (:mod:`.conv`). On CPU the CNN is
   compute bound and gains little from batching (about 1.0x the serial fleet; 1.1x with
   ``fleet.chunk=2``); the 2NN is where this fleet pays (about 4.3x the plain loop, 2 cores).
+- On CPU a chunk is trained as ``fleet.threads`` parts at once, each on one torch thread (plain
+  local SGD; bit for bit the models of one part): a small model's batched matmuls scale badly
+  across threads, and a 2-thread OpenMP matmul stalls on a busy machine. A pass's batches are
+  gathered once, not per step.
 - The algorithm's hooks run as in the serial trainer: ``extra_loss``/``correct_grads`` per
   client and step (a Python loop over the chunk), ``before`` per client on the serial trainer,
   each extra pass (Ditto's personal model) as another batched pass, ``finish`` per result.
