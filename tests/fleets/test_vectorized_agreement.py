@@ -94,9 +94,11 @@ def test_parts_on_threads_give_the_same_models(parallel: int) -> None:
     whole = VectorizedTrainer(spec, trace_after=1).fit_many(tasks)
     trainer = VectorizedTrainer(spec, trace_after=1, parallel=parallel)
     assert trainer.parallel == parallel
+    torch.set_num_threads(2)
     for _ in range(2):  # the first call records the step under the lock, the second replays
         parts = trainer.fit_many(tasks)
         assert max_diff(whole, parts) == 0.0
+        assert torch.get_num_threads() == 2  # the caller's threads, whatever the parts set
     trainer.close()
     assert max_diff(serial(spec, tasks), parts) <= TOL
 

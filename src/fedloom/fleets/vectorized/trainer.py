@@ -167,9 +167,13 @@ class VectorizedTrainer:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="vectorized",
                                             initializer=torch.set_num_threads, initargs=(1,))
+        threads = torch.get_num_threads()
         futures = [self._pool.submit(self._fit_chunk, sorted(p, key=lambda t: t.client_id))
                    for p in parts]
-        return [o for f in futures for o in f.result()]
+        outcomes = [o for f in futures for o in f.result()]
+        if torch.get_num_threads() != threads:  # a new pool thread's setting reaches this one
+            torch.set_num_threads(threads)
+        return outcomes
 
     def _fit_chunk(self, tasks: Sequence[Downlink]) -> list[Outcome]:
         failures: list[Outcome] = []
