@@ -13,13 +13,12 @@ import hashlib
 import io
 import logging
 import tarfile
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fedloom.core.errors import DataError
-from fedloom.data.download import DOWNLOAD_TIMEOUT_S, write_atomic
+from fedloom.data.download import DOWNLOAD_TIMEOUT_S, fetch, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -85,21 +84,12 @@ def download_archive(files: ArchiveFiles, targets: Sequence[Path], *,
     failures: list[str] = []
     for url in files.urls if urls is None else urls:
         try:
-            members = _members(files, url, _fetch(url, timeout))
+            members = _members(files, url, fetch(url, timeout))
         except DataError as exc:
             failures.append(str(exc))
             continue
         return _keep(files, members, targets)
     raise DataError(f"{files.key}: download failed: " + "; ".join(failures or ["no URLs"]))
-
-
-def _fetch(url: str, timeout: float) -> bytes:
-    logger.info("downloading %s", url)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return bytes(response.read())
-    except (OSError, ValueError) as exc:  # URLError, HTTPError, timeouts, malformed URLs
-        raise DataError(f"{url}: {exc}") from exc
 
 
 def _members(files: ArchiveFiles, url: str, data: bytes) -> dict[str, bytes]:

@@ -53,7 +53,7 @@ def download_file(
     for base in mirrors:
         url = f"{base.rstrip('/')}/{name}.gz"
         try:
-            data = _fetch(url, timeout)
+            data = fetch(url, timeout)
             check_sha256(gunzip_if_needed(data, source=url), sha256, source=url)
         except DataError as exc:
             failures.append(str(exc))
@@ -63,7 +63,8 @@ def download_file(
     raise DataError(f"{name}: download failed: " + "; ".join(failures or ["no mirrors"]))
 
 
-def _fetch(url: str, timeout: float) -> bytes:
+def fetch(url: str, timeout: float) -> bytes:
+    """The body at ``url``; any failure is a :class:`DataError` naming the URL."""
     logger.info("downloading %s", url)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

@@ -145,6 +145,28 @@ class Client:
         return out, int(n)
 
 
+class WrappedClient(Client):
+    """A client that changes how ``inner`` fits and leaves the rest (welcome, properties,
+    parameters, evaluation) to it: subclasses implement ``run_fit``."""
+
+    def __init__(self, inner: Client) -> None:
+        self.inner = inner
+
+    def on_welcome(self, layout: ParamLayout, run_config: str) -> None:
+        self.inner.on_welcome(layout, run_config)
+
+    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
+        return self.inner.get_properties(config)
+
+    def run_get_parameters(self, layout: ParamLayout,
+                           config: dict[str, Scalar]) -> torch.Tensor:
+        return self.inner.run_get_parameters(layout, config)
+
+    def run_evaluate(self, params: torch.Tensor, config: ClientConfig, layout: ParamLayout,
+                     *, round: int, client_id: int) -> tuple[dict[str, Mean], int]:
+        return self.inner.run_evaluate(params, config, layout, round=round, client_id=client_id)
+
+
 class FunctionClient(Client):
     """A client from plain functions with the Flower-style signatures."""
 

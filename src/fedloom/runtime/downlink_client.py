@@ -31,13 +31,11 @@ import torch
 
 from fedloom.compression.downlink import DOWN, HALF, VERSION, receive
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink
-from fedloom.runtime.clients import Client
-from fedloom.transport.messages import Scalar
+from fedloom.core.packages import ClientResult, Downlink
+from fedloom.runtime.clients import Client, WrappedClient
 
 
-class ReceivingClient(Client):
+class ReceivingClient(WrappedClient):
     """``inner`` given the model each task's wire form decodes to (see the module docstring).
 
     Args:
@@ -45,20 +43,10 @@ class ReceivingClient(Client):
     """
 
     def __init__(self, inner: Client, *, block: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.block = block
         self.kept: dict[int, tuple[int, torch.Tensor]] = {}  # client id -> (version, model)
         self._lock = threading.Lock()
-
-    def on_welcome(self, layout: ParamLayout, run_config: str) -> None:
-        self.inner.on_welcome(layout, run_config)
-
-    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return self.inner.get_properties(config)
-
-    def run_get_parameters(self, layout: ParamLayout,
-                           config: dict[str, Scalar]) -> torch.Tensor:
-        return self.inner.run_get_parameters(layout, config)
 
     def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
         cid, extras = downlink.client_id, downlink.extras
@@ -71,10 +59,6 @@ class ReceivingClient(Client):
         plain = {k: v for k, v in extras.items() if not k.startswith(DOWN)}
         return self.inner.run_fit(dataclasses.replace(downlink, params=params, extras=plain),
                                   layout)
-
-    def run_evaluate(self, params: torch.Tensor, config: ClientConfig, layout: ParamLayout,
-                     *, round: int, client_id: int) -> tuple[dict[str, Mean], int]:
-        return self.inner.run_evaluate(params, config, layout, round=round, client_id=client_id)
 
 
 __all__ = ["ReceivingClient"]

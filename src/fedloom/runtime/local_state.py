@@ -30,35 +30,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-import torch
-
 from fedloom.algorithms.client_store import ClientStateStore, MemoryStore
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean
-from fedloom.core.packages import ClientConfig, ClientResult, Downlink
-from fedloom.runtime.clients import Client
-from fedloom.transport.messages import Scalar
+from fedloom.core.packages import ClientResult, Downlink
+from fedloom.runtime.clients import Client, WrappedClient
 
 
-class StatefulClient(Client):
+class StatefulClient(WrappedClient):
     """``inner`` with the extras named ``keys`` kept here per client id (see the module
     docstring); everything else is ``inner``'s."""
 
     def __init__(self, inner: Client, *, keys: Iterable[str],
                  store: ClientStateStore | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.keys = frozenset(keys)
         self.store: ClientStateStore = store or MemoryStore()
-
-    def on_welcome(self, layout: ParamLayout, run_config: str) -> None:
-        self.inner.on_welcome(layout, run_config)
-
-    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return self.inner.get_properties(config)
-
-    def run_get_parameters(self, layout: ParamLayout,
-                           config: dict[str, Scalar]) -> torch.Tensor:
-        return self.inner.run_get_parameters(layout, config)
 
     def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
         cid = downlink.client_id
@@ -70,10 +56,6 @@ class StatefulClient(Client):
             self.store.put(cid, k, result.extras[k])
         return dataclasses.replace(result, extras={k: v for k, v in result.extras.items()
                                                    if k not in self.keys})
-
-    def run_evaluate(self, params: torch.Tensor, config: ClientConfig, layout: ParamLayout,
-                     *, round: int, client_id: int) -> tuple[dict[str, Mean], int]:
-        return self.inner.run_evaluate(params, config, layout, round=round, client_id=client_id)
 
 
 __all__ = ["StatefulClient"]
