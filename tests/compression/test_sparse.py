@@ -85,6 +85,7 @@ def test_int32_indices_for_one_of_many() -> None:
     with pytest.raises(InvalidPayload) as e:
         validate_indices(bad, 1)
     assert e.value.reason is Invalid.INDEX_RANGE
+    assert index_coding(2, 2**29)[0] == ELIAS_FANO  # two indices: no longer int32's
 
 
 def _topk(n: int, ratio: float) -> tuple[TopK, Encoded]:
