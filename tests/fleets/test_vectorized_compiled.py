@@ -132,6 +132,9 @@ def test_fleet_compile_in_a_run_config() -> None:
     assert cfg.fleet.compile is CompileMode.ON
     assert load_config("configs/fedavg_mnist_2nn_iid.yaml",
                        ["fleet.compile=auto"]).fleet.compile is CompileMode.AUTO
+    for bare, mode in (("on", CompileMode.ON), ("off", CompileMode.OFF)):  # YAML: booleans
+        assert load_config("configs/fedavg_mnist_2nn_iid.yaml",
+                           [f"fleet.compile={bare}"]).fleet.compile is mode
     with pytest.raises(ConfigError, match="compile"):
         load_config("configs/fedavg_mnist_2nn_iid.yaml", ["fleet.compile=sometimes"])
 
