@@ -1,5 +1,6 @@
 """The process fleet's start-up: workers forked from a preloaded fork server, started as soon as a
-run's fleet exists (before the first fit), and start-up failures still reported by name."""
+run's fleet exists (before the first fit), and start-up failures still reported by name; and a
+large cohort sent in runs of clients per job, bitwise as one client per job."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from fedloom.fleets.process_pool import PRELOAD, ProcessPool, start_fork_server,
 from fedloom.fleets.serial import fit_one
 from fedloom.models import mlp
 from fedloom.runtime.assemble import assemble
+from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data
 
 DATA = make_image_data()
@@ -106,3 +108,29 @@ def test_a_run_starts_its_workers_before_the_first_fit_and_matches_serial(
     assert not any(alive(pid) for pid in pids)
     assert os.listdir(tmp_path) == []
 
+
+
+def test_a_large_cohort_goes_out_in_runs_of_clients_with_the_same_bits(tmp_path: Path) -> None:
+    sizes = tuple(5 + (c % 4) for c in range(18))
+    data = make_image_data(num_clients=18, per_client=sizes)
+    spec = ClientSpec(model_fn=MODEL_FN, train=data.train, client_indices=data.client_train,
+                      seed=2)
+    fleet = ProcessFleet(spec, FleetConfig(kind=FleetKind.PROCESS, workers=1,
+                                           share_dir=str(tmp_path)))
+    # 18 clients on one worker: jobs of 18 // 8 = 2 clients (one client each up to 15)
+    assert [len(job) for job in fleet._split(list(range(18)))] == [2] * 9  # type: ignore[arg-type]
+    assert [len(job) for job in fleet._split(list(range(15)))] == [1] * 15  # type: ignore[arg-type]
+    params = fleet.layout.flatten(MODEL_FN().state_dict())
+    tasks = [Downlink(round=4, client_id=c, params=params,
+                      config=ClientConfig(epochs=1, batch_size=3, lr=0.1)) for c in range(18)]
+    try:
+        out = fleet.fit(4, list(reversed(tasks)))
+    finally:
+        fleet.close()
+    trainer = spec.trainer()
+    with torch_threads(1):
+        for o, t in zip(out, tasks, strict=True):
+            assert isinstance(o, ClientResult) and o.client_id == t.client_id
+            expected = fit_one(trainer, t)
+            assert isinstance(expected, ClientResult)
+            assert torch.equal(o.params, expected.params) and o.num_examples == sizes[t.client_id]

@@ -20,6 +20,7 @@ import torch
 from fedloom.algorithms.base import Algorithm
 from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.core.errors import ClientError, RoundAborted
+from fedloom.core.finite import finite_squared_norm
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean, combine
 from fedloom.core.packages import (
@@ -353,8 +354,7 @@ def _timed(evaluate: EvaluateFn, params: torch.Tensor) -> tuple[dict[str, float]
 def adoptable(params: torch.Tensor) -> bool:
     """Whether a new global model may be adopted: it and its squared L2 norm are finite in its
     dtype (a model whose norm overflows makes every client's next step overflow)."""
-    flat = params.reshape(-1)
-    return bool(torch.isfinite(torch.dot(flat, flat)))  # NaN or inf anywhere makes it so too
+    return finite_squared_norm(params)
 
 
 def _largest(results: Sequence[ClientResult], count: int = 3) -> list[int]:
