@@ -52,6 +52,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/bench_vectorized.py --workloads W1 --reps 5
 	$(BIN)/python benchmarks/bench_process.py --workloads W2 W1 --reps 5
+	$(BIN)/python benchmarks/bench_startup.py --reps 3
+	$(BIN)/python benchmarks/bench_scaling.py --reps 3
 	$(BIN)/python benchmarks/bench_distributed.py --reps 5
 	$(BIN)/python benchmarks/bench_deploy.py
 	$(BIN)/python benchmarks/bench_population.py
