@@ -23,6 +23,7 @@ from fedloom.algorithms.fedprox import FedProx, FedProxOptions
 from fedloom.core.packages import Outcome
 from fedloom.fleets import FleetConfig, FleetKind
 from fedloom.fleets.vectorized import VectorizedTrainer
+from fedloom.fleets.vectorized import kernel as kernel_module
 from fedloom.fleets.vectorized import trainer as trainer_module
 from fedloom.models import mlp
 from tests.conftest import make_image_data
@@ -119,3 +120,20 @@ def test_gathering_per_step_or_per_pass_gives_the_same_models(
     per_step = VectorizedTrainer(spec, trace_after=1).fit_many(tasks)
     assert max_diff(at_once, per_step) == 0.0
     assert max_diff(serial(spec, tasks), per_step) <= TOL
+
+
+def test_torchscript_replay_is_the_recorded_graph_bit_for_bit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recorded step replayed by TorchScript's interpreter (the default) or from Python."""
+    torch.set_num_threads(1)
+    spec = make_spec(make_image_data(num_clients=len(SIZES), per_client=SIZES), MODEL)
+    for cfg in (ClientConfig(epochs=2, batch_size=10, lr=0.1),
+                ClientConfig(epochs=1, batch_size=8, lr=0.05, momentum=0.9)):
+        tasks = make_tasks(spec, [cfg] * len(SIZES))
+        traced = VectorizedTrainer(spec, trace_after=1)
+        got = traced.fit_many(tasks)
+        assert all(isinstance(f, torch.jit.ScriptModule) for f in traced.kernel.graphs.values())
+        with monkeypatch.context() as m:
+            m.setattr(kernel_module, "interpreted", lambda graph, args, mutated: graph)
+            python = VectorizedTrainer(spec, trace_after=1).fit_many(tasks)
+        assert max_diff(got, python) == 0.0
