@@ -3,6 +3,9 @@
 Batches are ``index_select``s into tensors the client's data already lives in: no per-sample
 Python and no ``DataLoader``. The shuffle of each local epoch comes from the generator of
 ``(seed, round, client_id, "batches")``, so a client computes the same thing whatever fleet runs it.
+Convolution weights train in the format ``client.memory_format`` picks (channels-last on CPU by
+default: :mod:`fedloom.training.memory_format`); what a client receives and returns is in layout
+order either way.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from torch.nn import functional as F
 from fedloom.algorithms.base import PLAIN, ExtraPass, GradHook, LocalSpec, PerExampleClip
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.metrics import Mean
-from fedloom.core.packages import ClientResult, Downlink
+from fedloom.core.packages import ClientResult, Downlink, MemoryFormat
 from fedloom.core.rng import Purpose, torch_generator
 from fedloom.data.dataset import Examples
 from fedloom.models import ModelFn
 from fedloom.privacy.ghost import choose, ghost_fn
 from fedloom.privacy.sample import ClientFn, add_noise, client_fn
+from fedloom.training.memory_format import WorkingModel, wants_channels_last
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -68,6 +72,9 @@ class LocalTrainer:
         self.model: nn.Module = model
         self.params = [p for p in model.parameters()]
         self.names = [n for n, _ in model.named_parameters()]
+        self.working = WorkingModel(self.bound, self.params)  # the format it trains in
+        self._channels_last_ok: bool | None = None  # whether the forward takes it (None: untried)
+        self._wants: dict[MemoryFormat, bool] = {}  # channels-last for each setting
         # the data lives where the model does: one copy per device, batches never cross
         self.train = train.to(device)
         on_cpu = torch.device(device).type == "cpu"
@@ -89,13 +96,14 @@ class LocalTrainer:
             downlink = dataclasses.replace(downlink, params=downlink.params.to(self.device),
                                            extras={k: v.to(self.device)
                                                    for k, v in downlink.extras.items()})
-        self.bound.load(downlink.params)
         indices = self.client_indices[downlink.client_id]
+        self._choose_format(downlink.config.memory_format, indices)
+        self.working.load(downlink.params)
         metrics, extras = self.before(downlink, indices)
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, Purpose.BATCHES)
         metrics["train_loss"], steps = self._sgd(downlink, indices, gen, local.correct_grads,
                                                  noise=self._noise(downlink, ""))
-        params = self._host(self.bound.read())
+        params = self._host(self.working.read())
         for extra in local.passes:
             extras[extra.name], metrics[f"{extra.name}_train_loss"] = self._pass(
                 extra, downlink, indices)
@@ -104,6 +112,22 @@ class LocalTrainer:
             num_examples=int(indices.shape[0]), num_steps=steps, metrics=metrics, extras=extras,
         )
         return local.finish(result, received) if local.finish is not None else result
+
+    def _choose_format(self, setting: MemoryFormat, indices: torch.Tensor) -> None:
+        """Bind the convolution weights in the format ``setting`` asks for; the first time
+        channels-last is chosen, check that the model's forward takes it."""
+        w = self.working
+        explicit = setting == MemoryFormat.CHANNELS_LAST
+        if setting not in self._wants:  # (a refused setting raises each time it is asked)
+            self._wants[setting] = wants_channels_last(setting, module=self.model,
+                                                       device=self.device, local=self.local)
+        wanted = self._wants[setting]
+        if wanted and self._channels_last_ok is False and not explicit:
+            wanted = False
+        w.use(wanted)
+        if wanted and not self._channels_last_ok and int(indices.shape[0]) > 0:
+            w.check_forward(self.model, self.train.batch(indices[:1])[0], explicit=explicit)
+            self._channels_last_ok = w.channels_last
 
     def before(self, downlink: Downlink, indices: torch.Tensor) -> tuple[dict[str, Mean],
                                                                          dict[str, torch.Tensor]]:
@@ -137,13 +161,14 @@ class LocalTrainer:
         for batch in batch_order(indices, cfg.batch_size, epochs=cfg.epochs, steps=cfg.steps,
                                  generator=gen):
             x, y = self.train.batch(batch)
+            x = self.working.input(x)
             sizes.append(int(y.shape[0]))
             if dp is not None and noise is not None:
                 losses.append(self._private_grads(dp, x, y, noise))
                 if extra_loss is not None:
                     torch.autograd.backward(extra_loss(self.params, downlink))
                 if correct is not None:
-                    correct(self.grads, trainable, downlink)
+                    self._correct(correct, trainable, downlink)
                 opt.step()
                 continue
             loss = loss_fn(model(x), y)
@@ -153,11 +178,21 @@ class LocalTrainer:
             opt.zero_grad(set_to_none=correct is None)
             torch.autograd.backward(loss)  # = loss.backward(), but typed
             if correct is not None:
-                correct(self.grads, trainable, downlink)
+                self._correct(correct, trainable, downlink)
             opt.step()
         loss_sum = float(torch.stack(losses).double() @ torch.tensor(sizes, dtype=torch.float64)) \
             if losses else 0.0
         return Mean(loss_sum, float(sum(sizes))), len(sizes)
+
+    def _correct(self, correct: GradHook, trainable: torch.Tensor, downlink: Downlink) -> None:
+        """The algorithm's gradient correction, on the flat gradient and parameters in layout
+        order (the 4-d slices permuted there and back when training in channels-last)."""
+        w = self.working
+        w.to_layout_order(self.grads)
+        w.to_layout_order(trainable)
+        correct(self.grads, trainable, downlink)
+        w.to_working_order(trainable)
+        w.to_working_order(self.grads)
 
     def _private_grads(self, dp: PerExampleClip, x: torch.Tensor, y: torch.Tensor,
                        noise: torch.Generator) -> torch.Tensor:
@@ -180,21 +215,20 @@ class LocalTrainer:
     def _pass(self, extra: ExtraPass, downlink: Downlink,
               indices: torch.Tensor) -> tuple[torch.Tensor, Mean]:
         """One more SGD pass (Ditto's personal model) from ``extra.start``."""
-        self.bound.load(extra.start(downlink))
+        self.working.load(extra.start(downlink))
         gen = torch_generator(self.seed, downlink.round, downlink.client_id, extra.purpose)
         loss, _ = self._sgd(downlink, indices, gen, extra.correct_grads,
                             noise=self._noise(downlink, "/" + extra.name))
-        return self._host(self.bound.read()), loss
+        return self._host(self.working.read()), loss
 
     def _host(self, t: torch.Tensor) -> torch.Tensor:
         """A copy on the CPU, where the server aggregates."""
         return t.clone() if self.device.type == "cpu" else t.to("cpu", copy=True)
 
     def _bind_grads(self) -> None:
-        offset = 0
-        for p in self.params:
-            p.grad = self.grads[offset:offset + p.numel()].view_as(p)
-            offset += p.numel()
+        trainable = [e for e in self.layout.entries if e.trainable]
+        for e, p in zip(trainable, self.params, strict=True):
+            p.grad = self.working.grad_view(self.grads, e)
 
     def local_gradient(self, indices: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
         """The gradient of the mean task loss over the given examples at the current model."""
@@ -203,8 +237,10 @@ class LocalTrainer:
         n = int(indices.shape[0])
         for start in range(0, n, batch_size):
             x, y = self.train.batch(indices[start:start + batch_size])
-            torch.autograd.backward(self.loss_fn(self.model(x), y) * (y.shape[0] / n))
+            torch.autograd.backward(self.loss_fn(self.model(self.working.input(x)), y)
+                                    * (y.shape[0] / n))
         grad = self._host(self.grads)
+        self.working.to_layout_order(grad)
         self.grads.zero_()
         return grad
 
@@ -214,7 +250,7 @@ class LocalTrainer:
         with torch.no_grad():
             for start in range(0, int(indices.shape[0]), batch_size):
                 x, y = self.train.batch(indices[start:start + batch_size])
-                total += self.loss_fn(self.model(x), y).double() * y.shape[0]
+                total += self.loss_fn(self.model(self.working.input(x)), y).double() * y.shape[0]
         return Mean(float(total), float(indices.shape[0]))
 
 

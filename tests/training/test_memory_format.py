@@ -1,0 +1,206 @@
+"""Channels-last training: the trainer's working order at its boundary, and what it computes."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from fedloom import ClientConfig, FedAvg, Simulation
+from fedloom.algorithms.base import LocalSpec
+from fedloom.algorithms.fedprox import FedProx, FedProxOptions
+from fedloom.algorithms.scaffold import Scaffold, ScaffoldOptions
+from fedloom.core.errors import ConfigError
+from fedloom.core.layout import BoundModule, ParamLayout
+from fedloom.core.packages import Downlink, MemoryFormat
+from fedloom.models import mlp
+from fedloom.privacy.local import sample_dp
+from fedloom.training.memory_format import WorkingModel
+from fedloom.training.spec import ClientSpec
+from tests.conftest import make_image_data
+
+DATA = make_image_data()
+
+
+def small_cnn() -> nn.Module:
+    """Two convolutions (the second with 4 input channels, so the orders really differ)."""
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 4 * 4, 4))
+
+
+class ViewCNN(nn.Module):
+    """A forward that cannot take channels-last activations (``.view`` on one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(1, 3, 3)
+        self.fc = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+MLP = functools.partial(mlp, (1, 6, 6), 4, 8)
+
+
+def run(fmt: str, *, model_fn: object = small_cnn, algorithm: object = None,
+        fleet: str = "serial", local: LocalSpec | None = None, rounds: int = 2,
+        **client: object) -> torch.Tensor:
+    settings: dict[str, object] = {"epochs": 1, "batch_size": 4, "lr": 0.05} | client
+    cfg = ClientConfig(memory_format=fmt, **settings)  # type: ignore[arg-type]
+    algo = algorithm if algorithm is not None else FedAvg()
+    if local is not None:
+        algo.local = local  # type: ignore[attr-defined]
+    sim = Simulation(data=DATA, model_fn=model_fn, algorithm=algo, client=cfg,  # type: ignore[arg-type]
+                     rounds=rounds, cohort_size=3, seed=5, threads=1, fleet=fleet,
+                     eval_batch_size=20)
+    return sim.run().final.params
+
+
+def test_working_order_of_a_hand_written_weight() -> None:
+    conv = nn.Conv2d(2, 1, (1, 2), bias=False)
+    layout = ParamLayout.from_module(conv)
+    working = WorkingModel(BoundModule(conv, layout), list(conv.parameters()))
+    working.use(True)
+    # logical (o, i, h, w): i=0 -> [a, b], i=1 -> [c, d]; channels-last memory (o, h, w, i)
+    working.load(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert working.bound.flat.tolist() == [1.0, 3.0, 2.0, 4.0]
+    assert conv.weight.tolist() == [[[[1.0, 2.0]], [[3.0, 4.0]]]]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert working.read().tolist() == [1.0, 2.0, 3.0, 4.0]
+    buf = torch.tensor([1.0, 3.0, 2.0, 4.0])
+    working.to_layout_order(buf)
+    assert buf.tolist() == [1.0, 2.0, 3.0, 4.0]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.tuples(*[st.integers(1, 4)] * 4), st.booleans(), st.integers(0, 2**31 - 1))
+def test_orders_round_trip_exactly(shape: tuple[int, int, int, int], bias: bool,
+                                   seed: int) -> None:
+    out_c, in_c, kh, kw = shape
+    conv = nn.Conv2d(in_c, out_c, (kh, kw), bias=bias)
+    layout = ParamLayout.from_module(conv)
+    working = WorkingModel(BoundModule(conv, layout), list(conv.parameters()))
+    flat = torch.randn(layout.size, generator=torch.Generator().manual_seed(seed))
+    working.load(flat)
+    working.use(True)  # rebinding keeps the values
+    assert torch.equal(working.read(), flat)
+    assert torch.equal(conv.weight.detach().reshape(-1), flat[:conv.weight.numel()])
+    buf = working.bound.flat.clone()
+    working.to_layout_order(buf)
+    assert torch.equal(buf, flat)
+    working.to_working_order(buf)
+    assert torch.equal(buf, working.bound.flat)
+    working.use(False)
+    assert torch.equal(working.bound.flat, flat) and conv.weight.is_contiguous()
+
+
+@pytest.mark.parametrize("client", [{}, {"momentum": 0.9, "weight_decay": 1e-3, "epochs": 2}])
+def test_channels_last_agrees_with_contiguous(client: dict[str, float]) -> None:
+    last, plain = run("channels_last", **client), run("contiguous", **client)
+    assert not torch.equal(plain, run("contiguous", rounds=1, **client))  # it trains
+    torch.testing.assert_close(last, plain, rtol=0, atol=1e-5)
+
+
+COUNTS = [23, 17, 30, 9, 12]
+ALGORITHMS = {
+    "fedprox": lambda: FedProx(FedProxOptions(mu=0.5)),
+    "scaffold1": lambda: Scaffold(ScaffoldOptions(option=1), num_examples=COUNTS),
+    "scaffold2": lambda: Scaffold(num_examples=COUNTS),
+}
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_gradient_hooks_see_layout_order(name: str) -> None:
+    """FedProx's pull and SCAFFOLD's correction (and option I's full gradient) read the flat
+    gradient and parameters against the downlink's: in layout order, or they would mix up
+    coordinates and end far from the contiguous run."""
+    make = ALGORITHMS[name]
+    last = run("channels_last", algorithm=make(), rounds=3)
+    plain = run("contiguous", algorithm=make(), rounds=3)
+    torch.testing.assert_close(last, plain, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fleet", ["thread", "process"])
+def test_fleets_agree_bitwise_in_channels_last(fleet: str) -> None:
+    assert torch.equal(run("channels_last", fleet=fleet), run("channels_last"))
+
+
+def test_auto_trains_convolutions_channels_last_on_cpu() -> None:
+    spec = ClientSpec(model_fn=small_cnn, train=DATA.train, client_indices=DATA.client_train,
+                      seed=0)
+    trainer = spec.trainer()
+    params = trainer.layout.module_to_flat(trainer.model)
+    down = Downlink(round=1, client_id=0, params=params, config=ClientConfig(batch_size=4))
+    auto = trainer.fit(down)
+    assert trainer.working.channels_last
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in trainer.params
+               if p.dim() == 4)
+    last = trainer.fit(Downlink(round=1, client_id=0, params=params,
+                                config=ClientConfig(batch_size=4, memory_format=MemoryFormat.CHANNELS_LAST)))
+    assert torch.equal(auto.params, last.params)
+    plain = trainer.fit(Downlink(round=1, client_id=0, params=params,
+                                 config=ClientConfig(batch_size=4, memory_format=MemoryFormat.CONTIGUOUS)))
+    assert not trainer.working.channels_last and trainer.params[0].is_contiguous()
+    torch.testing.assert_close(auto.params, plain.params, rtol=0, atol=1e-5)
+
+
+def test_a_model_without_convolutions_is_unaffected() -> None:
+    assert torch.equal(run("channels_last", model_fn=MLP), run("contiguous", model_fn=MLP))
+
+
+def test_a_forward_that_refuses_channels_last() -> None:
+    """auto trains it in the default layout (bitwise the contiguous run); asking for
+    channels-last fails the clients with the key named."""
+    assert torch.equal(run("auto", model_fn=ViewCNN), run("contiguous", model_fn=ViewCNN))
+    spec = ClientSpec(model_fn=ViewCNN, train=DATA.train, client_indices=DATA.client_train,
+                      seed=0)
+    trainer = spec.trainer()
+    down = Downlink(round=1, client_id=0, params=trainer.layout.module_to_flat(trainer.model),
+                    config=ClientConfig(memory_format=MemoryFormat.CHANNELS_LAST))
+    with pytest.raises(ConfigError, match=r"client\.memory_format"):
+        trainer.fit(down)
+
+
+def gn_cnn() -> nn.Module:
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
+
+
+def test_layers_auto_does_not_trust_stay_contiguous() -> None:
+    """GroupNorm's CPU backward is wrong in channels-last (torch 2.13): auto keeps such a model
+    contiguous (bitwise the contiguous run) and asking for channels-last is refused by name."""
+    assert torch.equal(run("auto", model_fn=gn_cnn), run("contiguous", model_fn=gn_cnn))
+    spec = ClientSpec(model_fn=gn_cnn, train=DATA.train, client_indices=DATA.client_train,
+                      seed=0)
+    trainer = spec.trainer()
+    down = Downlink(round=1, client_id=0, params=trainer.layout.module_to_flat(trainer.model),
+                    config=ClientConfig(memory_format=MemoryFormat.CHANNELS_LAST))
+    with pytest.raises(ConfigError, match="GroupNorm computes wrong gradients"):
+        trainer.fit(down)
+
+
+def test_dp_sgd_trains_contiguous_and_refuses_channels_last() -> None:
+    dp = sample_dp(LocalSpec(), clip=1.0, noise_multiplier=0.5, seed=9)
+    assert torch.equal(run("auto", local=dp), run("contiguous", local=dp))
+    spec = ClientSpec(model_fn=small_cnn, train=DATA.train, client_indices=DATA.client_train,
+                      seed=0, local=dp)
+    trainer = spec.trainer()
+    down = Downlink(round=1, client_id=0, params=trainer.layout.module_to_flat(trainer.model),
+                    config=ClientConfig(memory_format=MemoryFormat.CHANNELS_LAST))
+    with pytest.raises(ConfigError, match="DP-SGD"):
+        trainer.fit(down)
+
+
+def test_an_unknown_memory_format_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="memory_format = 'nhwc'"):
+        ClientConfig(memory_format="nhwc")  # type: ignore[arg-type]
+    cfg = ClientConfig(memory_format="channels_last")  # type: ignore[arg-type]
+    assert cfg.memory_format is MemoryFormat.CHANNELS_LAST
