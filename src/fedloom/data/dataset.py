@@ -102,7 +102,8 @@ class FederatedData:
 
     def example_counts(self) -> Sequence[int]:
         """Every client's example count (without a list where they are all equal and many)."""
-        from fedloom.data.population import ClientRanges, Repeated
+        from fedloom.core.counts import Repeated
+        from fedloom.data.population import ClientRanges
 
         if isinstance(self.client_train, ClientRanges):
             return Repeated(self.client_train.per_client, len(self.client_train))
