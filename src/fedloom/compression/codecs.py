@@ -138,10 +138,11 @@ class QSGD:
         # float32 (a 0 norm), above ~1e19 overflow it (an infinite one)
         top = magnitude.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         norms = (magnitude / top).norm(dim=1, keepdim=True) * top
-        scaled = magnitude / norms.clamp_min(torch.finfo(torch.float32).tiny) * self.levels
-        low = scaled.floor()
-        up = torch.rand(scaled.shape, generator=gen, dtype=torch.float32) < (scaled - low)
-        level = ((low + up).clamp_max(self.levels) * blocks.sign()).view(-1)[: x.numel()]
+        scaled = magnitude * (self.levels / norms.clamp_min(torch.finfo(torch.float32).tiny))
+        # floor(s + u), u uniform in [0, 1): s rounded up with probability s - floor(s)
+        scaled += torch.rand(scaled.shape, generator=gen, dtype=torch.float32)
+        level = torch.copysign(scaled.floor_().clamp_max_(self.levels), blocks)
+        level = level.view(-1)[: x.numel()]
         codes = (bits.pack((level + self.levels).to(torch.uint8), self.bits) if self.bits < 8
                  else level.to(self.dtype))
         return Encoded(tensors={"norms": norms.view(-1), "levels": codes}, numel=x.numel())
