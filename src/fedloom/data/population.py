@@ -26,7 +26,7 @@ from typing import overload
 
 import torch
 
-from fedloom.core.counts import Repeated  # noqa: F401  (re-exported: the population's counts)
+from fedloom.core.counts import Repeated as Repeated  # re-exported: the population's counts
 from fedloom.core.rng import SERVER, Purpose, choose, torch_generator
 from fedloom.data.dataset import ArrayData, FederatedData
 
