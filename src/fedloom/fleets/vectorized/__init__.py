@@ -16,7 +16,8 @@ What to expect:
   (lr, momentum, weight decay, epochs or steps; batch sizes are grouped) and step count. Short
   batches and finished clients are masked, never padded with fake examples.
 - The step is ``vmap(grad_and_value(loss))`` over ``functional_call``; after a shape's first few
-  calls it is recorded (``make_fx``) and replayed, with plain SGD updates fused into the weight
+  calls it is recorded (``make_fx``) and replayed (by TorchScript's interpreter: no Python
+  between ops), with plain SGD updates fused into the weight
   gradients' matmuls (:mod:`.kernel`), also on steps where some clients have no batch left.
   ``fleet.compile`` puts the recorded step through ``torch.compile`` (:mod:`.compiled`: once
   per client-count bucket, cached across rounds; ``auto`` compiles on CUDA only, where it was

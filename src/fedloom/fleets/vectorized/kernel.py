@@ -8,8 +8,9 @@ other loss is called as it is, on exactly the client's real examples (see :mod:`
 
 torch.func pays a fixed Python cost per call (about 1 ms for a small model here, as much as the
 2NN's whole batched step), so once a shape has been seen a few times the batched gradient is
-recorded as a graph of plain aten ops with ``make_fx`` and that graph is replayed. The graph is
-the same computation (tests compare both), without the transforms' bookkeeping.
+recorded as a graph of plain aten ops with ``make_fx``, traced into TorchScript and replayed by
+its interpreter (no Python between ops). The graph is the same computation (tests compare
+both), without the transforms' bookkeeping.
 """
 
 from __future__ import annotations
