@@ -16,12 +16,12 @@ What to expect:
   (lr, momentum, weight decay, epochs or steps; batch sizes are grouped) and step count. Short
   batches and finished clients are masked, never padded with fake examples.
 - The step is ``vmap(grad_and_value(loss))`` over ``functional_call``; after a shape's first few
-  calls it is recorded (``make_fx``) and replayed (by TorchScript's interpreter: no Python
-  between ops), with plain SGD updates fused into the weight
-  gradients' matmuls (:mod:`.kernel`), also on steps where some clients have no batch left.
-  ``fleet.compile`` puts the recorded step through ``torch.compile`` (:mod:`.compiled`: once
-  per client-count bucket, cached across rounds; ``auto`` compiles on CUDA only, where it was
-  measured to pay).
+  calls it is recorded (``make_fx``) and replayed by TorchScript's interpreter (no Python
+  between ops), with plain SGD updates fused into the weight gradients' matmuls
+  (:mod:`.kernel`), also on steps where some clients have no batch left. ``fleet.compile``
+  puts the recorded step through ``torch.compile`` (:mod:`.compiled`: once per client-count
+  bucket, cached across rounds); ``auto`` compiles on CUDA only: on CPU it was measured
+  slower, on CUDA it is expected to pay (not yet measured).
 - Layers that would be silently wrong are refused when the fleet is built, naming the layer
   (batch norm, dropout, modules that update buffers or draw random numbers: :mod:`.check`).
 - Convolutions with few input channels per group run one client after another on CPU (a
