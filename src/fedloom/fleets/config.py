@@ -22,7 +22,7 @@ class AggregationMode(StrEnum):
 
 
 class CompileMode(StrEnum):
-    AUTO = "auto"  # where it was measured to pay: CUDA (on CPU the recorded graph is faster)
+    AUTO = "auto"  # CUDA only: measured slower on CPU; expected (not measured) to pay on CUDA
     ON = "on"  # torch.compile every recorded step (eager, with a warning, where it fails)
     OFF = "off"  # replay the recorded steps eagerly
 
