@@ -8,12 +8,16 @@ the server (all cores) and spread over the process fleet's workers. Also reporte
 fleet's per-round overhead outside client compute, and aggregation of K flat updates against one
 copy of the same bytes. On a shared machine, other load distorts wall-clock ratios (a busy core
 makes both workers wait): the CPU seconds of the serial fleet and of the busiest worker are
-printed too. Run: ``python benchmarks/bench_process.py --workloads W2 W1 --reps 5``.
+printed too. The fleets train as ``client.memory_format = auto`` picks (channels-last for the
+W2 CNN on CPU); the serial 1-thread fleet and the process fleet also train each round in the
+contiguous format, for the per-client ratio of the two. Run:
+``python benchmarks/bench_process.py --workloads W2 W1 --reps 5``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -24,7 +28,7 @@ from overhead import plain_evaluate, plain_round  # benchmarks/overhead.py (this
 
 from fedloom import ClientConfig, DataConfig, FedAvg, ModelConfig, Simulation, load_federated
 from fedloom.algorithms.aggregate import weighted_mean
-from fedloom.core.packages import ClientResult, Downlink, Outcome
+from fedloom.core.packages import ClientResult, Downlink, MemoryFormat, Outcome
 from fedloom.fleets import FleetConfig, FleetKind
 from fedloom.fleets.process import ProcessFleet
 from fedloom.models import model_factory
@@ -58,11 +62,17 @@ def measure_round(sim: Simulation, fleet: ProcessFleet, rnd: int, plain: Callabl
     """Seconds of each side on one round's cohort (rotating order) and whether process and
     serial 1-thread results are bitwise equal."""
     tasks = sim.algorithm.configure(rnd, sim.state, sim.sampler.sample(rnd), sim.client)
+    contiguous = dataclasses.replace(sim.client, memory_format=MemoryFormat.CONTIGUOUS)
+    plain_tasks = [dataclasses.replace(t, config=contiguous) for t in tasks]
     sides: dict[str, Callable[[], tuple[float, object]]] = {
-        "plain1": lambda: timed(lambda: plain(tasks), 1),
+        "plain1": lambda: timed(lambda: plain(tasks), 1, "plain1"),
         "serial1": lambda: timed(lambda: sim.fleet.fit(rnd, tasks), 1, "serial1"),
+        "serial1_contiguous": lambda: timed(lambda: sim.fleet.fit(rnd, plain_tasks), 1,
+                                            "serial1_contiguous"),
         "serial": lambda: timed(lambda: sim.fleet.fit(rnd, tasks), cores),
         "process": lambda: timed(lambda: (fleet.fit(rnd, tasks), fleet.last_fit)),
+        "process_contiguous": lambda: timed(lambda: (fleet.fit(rnd, plain_tasks),
+                                                     fleet.last_fit)),
         "eval_server": lambda: timed(lambda: sim.evaluator(sim.state.params), cores),
         "eval_spread": lambda: timed(lambda: fleet.evaluate(sim.state.params)),
         "eval_plain1": lambda: timed(lambda: plain_eval(sim.state.params), 1),
@@ -74,6 +84,7 @@ def measure_round(sim: Simulation, fleet: ProcessFleet, rnd: int, plain: Callabl
     process, stats = runs["process"][1]  # type: ignore[misc]
     times["overhead"] = stats.overhead
     times["cpu_serial1"], times["cpu_process"] = CPU["serial1"], max(stats.cpu)
+    times["cpu_plain1"], times["cpu_serial1_contiguous"] = CPU["plain1"], CPU["serial1_contiguous"]
     ok = [o for o in process if isinstance(o, ClientResult)]
     views = [o.params for o in ok]  # rows of the shared slab, read in place
     weights = [float(o.num_examples) for o in ok]
@@ -129,7 +140,12 @@ def main() -> None:
         r = bench(w, args.reps, args.workers)
         print(f"\n{w}: seconds per round, fit only")
         print(f"  plain loop 1 thread {r['plain1']:8.3f}")
-        print(f"  serial 1 thread     {r['serial1']:8.3f}")
+        print(f"  serial 1 thread     {r['serial1']:8.3f}   contiguous "
+              f"{r['serial1_contiguous']:.3f}: trained as auto picks, "
+              f"{r['serial1_contiguous'] / r['serial1']:.2f}x faster per client (CPU seconds "
+              f"{r['cpu_serial1']:.3f} vs {r['cpu_serial1_contiguous']:.3f}: "
+              f"{r['cpu_serial1_contiguous'] / r['cpu_serial1']:.2f}x; plain loop "
+              f"{r['cpu_plain1']:.3f})")
         print(f"  serial all cores    {r['serial']:8.3f}")
         print(f"  process             {r['process']:8.3f}   {r['serial'] / r['process']:.2f}x "
               f"serial, {r['serial1'] / r['process']:.2f}x serial 1-thread, "
@@ -149,6 +165,11 @@ def main() -> None:
               f"{r['eval_plain1']:.3f}); process + spread evaluation = "
               f"{(r['process'] + r['eval_spread']) / half:.2f}x half of it (target <= 1.2x)")
         print(f"  process + server evaluation  {r['process'] + r['eval_server']:8.3f}")
+        plain_round_s = r["plain1"] + r["eval_plain1"]
+        print(f"  plain 1-thread round with evaluation / process round with spread evaluation: "
+              f"{plain_round_s / (r['process'] + r['eval_spread']):.2f}x as auto picks, "
+              f"{plain_round_s / (r['process_contiguous'] + r['eval_spread']):.2f}x contiguous "
+              f"(target >= 2.4x on W2)")
         print(f"{w}: process overhead outside client compute {r['overhead'] * 1e3:.1f} ms/round;"
               f" aggregation of 10 updates {r['aggregate'] * 1e3:.1f} ms vs copying the same "
               f"bytes {r['copy'] * 1e3:.1f} ms ({r['aggregate'] / r['copy']:.2f}x, target <= 2x); "

@@ -9,14 +9,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
+from torch.nn import functional as F
 
 from fedloom import ClientConfig, FedAvg, Simulation
 from fedloom.algorithms.base import LocalSpec
 from fedloom.algorithms.fedprox import FedProx, FedProxOptions
 from fedloom.algorithms.scaffold import Scaffold, ScaffoldOptions
+from fedloom.app.config import load_config
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import BoundModule, ParamLayout
 from fedloom.core.packages import Downlink, MemoryFormat
+from fedloom.core.rng import Purpose, torch_generator
+from fedloom.core.threads import torch_threads
 from fedloom.models import mlp
 from fedloom.privacy.local import sample_dp
 from fedloom.training.memory_format import WorkingModel
@@ -142,13 +146,14 @@ def test_auto_trains_convolutions_channels_last_on_cpu() -> None:
     assert trainer.working.channels_last
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in trainer.params
                if p.dim() == 4)
-    last = trainer.fit(Downlink(round=1, client_id=0, params=params,
-                                config=ClientConfig(batch_size=4, memory_format=MemoryFormat.CHANNELS_LAST)))
-    assert torch.equal(auto.params, last.params)
-    plain = trainer.fit(Downlink(round=1, client_id=0, params=params,
-                                 config=ClientConfig(batch_size=4, memory_format=MemoryFormat.CONTIGUOUS)))
+    def fit(fmt: MemoryFormat) -> torch.Tensor:
+        cfg = ClientConfig(batch_size=4, memory_format=fmt)
+        return trainer.fit(Downlink(round=1, client_id=0, params=params, config=cfg)).params
+
+    assert torch.equal(auto.params, fit(MemoryFormat.CHANNELS_LAST))
+    plain = fit(MemoryFormat.CONTIGUOUS)
     assert not trainer.working.channels_last and trainer.params[0].is_contiguous()
-    torch.testing.assert_close(auto.params, plain.params, rtol=0, atol=1e-5)
+    torch.testing.assert_close(auto.params, plain, rtol=0, atol=1e-5)
 
 
 def test_a_model_without_convolutions_is_unaffected() -> None:
@@ -204,3 +209,44 @@ def test_an_unknown_memory_format_is_a_config_error() -> None:
         ClientConfig(memory_format="nhwc")  # type: ignore[arg-type]
     cfg = ClientConfig(memory_format="channels_last")  # type: ignore[arg-type]
     assert cfg.memory_format is MemoryFormat.CHANNELS_LAST
+
+
+def test_the_run_config_takes_the_key() -> None:
+    cfg = load_config(None, ["client.memory_format=channels_last"])
+    assert cfg.client.memory_format is MemoryFormat.CHANNELS_LAST
+    assert load_config(None, []).client.memory_format is MemoryFormat.AUTO
+    with pytest.raises(ConfigError, match=r"client\.memory_format = 'nhwc'"):
+        load_config(None, ["client.memory_format=nhwc"])
+
+
+def plain_channels_last_round(sim: Simulation, rnd: int) -> list[torch.Tensor]:
+    """One round's clients written out by hand, the usual PyTorch way to train channels-last:
+    ``model.to(memory_format=torch.channels_last)`` and channels-last batches."""
+    model = small_cnn().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    initial = sim.layout.unflatten(sim.state.params)
+    out = []
+    for task in sim.algorithm.configure(rnd, sim.state, sim.sampler.sample(rnd), sim.client):
+        model.load_state_dict(initial)
+        opt = torch.optim.SGD(model.parameters(), lr=task.config.lr)
+        gen = torch_generator(sim.spec.seed, rnd, task.client_id, Purpose.BATCHES)
+        idx = DATA.client_train[task.client_id]
+        order = idx[torch.randperm(len(idx), generator=gen)]
+        for start in range(0, len(idx), task.config.batch_size):
+            x, y = DATA.train.batch(order[start:start + task.config.batch_size])
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    return out
+
+
+def test_the_serial_fleet_is_bitwise_a_plain_channels_last_loop() -> None:
+    cfg = ClientConfig(epochs=1, batch_size=4, lr=0.05)
+    sim = Simulation(data=DATA, model_fn=small_cnn, algorithm=FedAvg(), client=cfg, rounds=1,
+                     cohort_size=3, seed=5, threads=1)
+    tasks = sim.algorithm.configure(1, sim.state, sim.sampler.sample(1), cfg)
+    with torch_threads(1):
+        got = [o.params for o in sim.fleet.fit(1, tasks)]  # type: ignore[union-attr]
+        want = plain_channels_last_round(sim, 1)
+    assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
