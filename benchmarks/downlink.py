@@ -14,11 +14,8 @@ round it first reaches the target.
 from __future__ import annotations
 
 import argparse
-import time
 
-from fedloom.app.build import build_run
-from fedloom.app.config import load_config
-from fedloom.runtime.loop import ServerLoop
+from compression import run  # benchmarks/compression.py (this script's directory)
 
 CONFIG = "configs/fedavg_mnist_2nn_iid.yaml"
 RUNS = {"none": ("float32", []),
@@ -27,19 +24,6 @@ RUNS = {"none": ("float32", []),
         "topk": ("float32 + top-k 1% up", ["compression.uplink=topk"]),
         "delta+topk": ("delta + top-k 1% up", ["compression.downlink=delta",
                                                "compression.uplink=topk"])}
-
-
-def run(overrides: list[str], *, target: float,
-        until_target: bool) -> tuple[list[dict[str, object]], float]:
-    loop = build_run(load_config(CONFIG, ["eval.every=1", *overrides]))
-    assert isinstance(loop, ServerLoop)
-    if until_target:
-        loop.stop_before = lambda rnd: (
-            "target reached" if loop.rows and float(loop.rows[-1]["test_accuracy"])  # type: ignore[arg-type]
-            >= target else None)
-    start = time.perf_counter()
-    rows = [dict(r) for r in loop.run().rows]
-    return rows, time.perf_counter() - start
 
 
 def main() -> None:
@@ -59,7 +43,7 @@ def main() -> None:
     base = None
     for key in args.runs:
         name, extra = RUNS[key]
-        rows, seconds = run([*common, *args.overrides, *extra], target=args.target,
+        rows, seconds = run(CONFIG, [*common, *args.overrides, *extra], target=args.target,
                             until_target=args.until_target)
         hit = next((i for i, r in enumerate(rows)
                     if float(r["test_accuracy"]) >= args.target), None)  # type: ignore[arg-type]
