@@ -75,7 +75,9 @@ def measure_round(sim: Simulation, fleet: ProcessFleet, rnd: int, plain: Callabl
                                                      fleet.last_fit)),
         "eval_server": lambda: timed(lambda: sim.evaluator(sim.state.params), cores),
         "eval_spread": lambda: timed(lambda: fleet.evaluate(sim.state.params)),
-        "eval_plain1": lambda: timed(lambda: plain_eval(sim.state.params), 1),
+        "eval_plain1": lambda: timed(lambda: plain_eval(sim.state.params), 1, "eval_plain1"),
+        "eval_server1": lambda: timed(lambda: sim.evaluator(sim.state.params), 1,
+                                      "eval_server1"),
     }
     names = list(sides)
     names = names[rnd % len(names):] + names[:rnd % len(names)]
@@ -85,6 +87,8 @@ def measure_round(sim: Simulation, fleet: ProcessFleet, rnd: int, plain: Callabl
     times["overhead"] = stats.overhead
     times["cpu_serial1"], times["cpu_process"] = CPU["serial1"], max(stats.cpu)
     times["cpu_plain1"], times["cpu_serial1_contiguous"] = CPU["plain1"], CPU["serial1_contiguous"]
+    times["cpu_eval_plain1"], times["cpu_eval_server1"] = CPU["eval_plain1"], CPU["eval_server1"]
+    times["cpu_process_contiguous"] = max(runs["process_contiguous"][1][1].cpu)  # type: ignore[index]
     ok = [o for o in process if isinstance(o, ClientResult)]
     views = [o.params for o in ok]  # rows of the shared slab, read in place
     weights = [float(o.num_examples) for o in ok]
@@ -170,6 +174,13 @@ def main() -> None:
               f"{plain_round_s / (r['process'] + r['eval_spread']):.2f}x as auto picks, "
               f"{plain_round_s / (r['process_contiguous'] + r['eval_spread']):.2f}x contiguous "
               f"(target >= 2.4x on W2)")
+        plain_cpu = r["cpu_plain1"] + r["cpu_eval_plain1"]
+        half_eval = r["cpu_eval_server1"] / 2  # the spread evaluation's share per worker
+        print(f"  the same in CPU seconds (two free cores, overheads aside: robust to other load): "
+              f"plain {plain_cpu:.3f} / (busiest worker {r['cpu_process']:.3f} + half a "
+              f"1-thread evaluation {half_eval:.3f}) = "
+              f"{plain_cpu / (r['cpu_process'] + half_eval):.2f}x as auto picks, "
+              f"{plain_cpu / (r['cpu_process_contiguous'] + half_eval):.2f}x contiguous")
         print(f"{w}: process overhead outside client compute {r['overhead'] * 1e3:.1f} ms/round;"
               f" aggregation of 10 updates {r['aggregate'] * 1e3:.1f} ms vs copying the same "
               f"bytes {r['copy'] * 1e3:.1f} ms ({r['aggregate'] / r['copy']:.2f}x, target <= 2x); "

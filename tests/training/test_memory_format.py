@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from fedloom import ClientConfig, FedAvg, Simulation
 from fedloom.algorithms.base import LocalSpec
+from fedloom.algorithms.ditto import Ditto, DittoOptions
 from fedloom.algorithms.fedprox import FedProx, FedProxOptions
 from fedloom.algorithms.scaffold import Scaffold, ScaffoldOptions
 from fedloom.app.config import load_config
@@ -250,3 +251,23 @@ def test_the_serial_fleet_is_bitwise_a_plain_channels_last_loop() -> None:
         got = [o.params for o in sim.fleet.fit(1, tasks)]  # type: ignore[union-attr]
         want = plain_channels_last_round(sim, 1)
     assert len(got) == 3 and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_ditto_personal_pass_in_channels_last() -> None:
+    """Ditto's personal pass starts from a flat model in layout order (its own, from the
+    downlink's extras) and pulls towards the global one: both converted at the boundary."""
+    spec = ClientSpec(model_fn=small_cnn, train=DATA.train, client_indices=DATA.client_train,
+                      seed=0, local=Ditto(DittoOptions(lam=0.5)).local)
+    trainer = spec.trainer()
+    params = trainer.layout.module_to_flat(trainer.model)
+    personal = params + 0.1 * torch.randn(params.shape, generator=torch.Generator().manual_seed(1))
+
+    def fit(fmt: MemoryFormat) -> torch.Tensor:
+        cfg = ClientConfig(batch_size=4, lr=0.05, memory_format=fmt)
+        down = Downlink(round=2, client_id=2, params=params, config=cfg,
+                        extras={"personal": personal})
+        return trainer.fit(down).extras["personal"]
+
+    last, plain = fit(MemoryFormat.CHANNELS_LAST), fit(MemoryFormat.CONTIGUOUS)
+    assert not torch.equal(plain, personal)
+    torch.testing.assert_close(last, plain, rtol=0, atol=1e-5)
