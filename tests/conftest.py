@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -34,3 +35,14 @@ def make_image_data(num_clients: int = 5, per_client: tuple[int, ...] = (23, 17,
 @pytest.fixture
 def image_data() -> FederatedData:
     return make_image_data()
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test (tiny models: fastest, and immune to other jobs on the
+    machine); the count before is restored. Use with ``pytestmark = pytest.mark.usefixtures(
+    "one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

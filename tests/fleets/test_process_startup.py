@@ -26,6 +26,7 @@ from fedloom.models import mlp
 from fedloom.runtime.assemble import assemble
 from fedloom.training.spec import ClientSpec
 from tests.conftest import make_image_data
+from tests.fleets.test_process import alive
 
 DATA = make_image_data()
 MODEL_FN = functools.partial(mlp, (1, 6, 6), 4, 8)
@@ -41,14 +42,6 @@ def probe(index: int, device: str) -> object:
 
 def broken(index: int, device: str) -> object:
     raise RuntimeError(f"no handler for worker {index}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
 
 
 @pytest.mark.skipif(not HAS_FORKSERVER, reason="no fork server on this platform")

@@ -8,11 +8,9 @@ exercised); a masking mistake moves parameters by 1e-3 or more.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
-import torch
 
 from fedloom import ClientConfig
 from fedloom.fleets.vectorized import VectorizedTrainer
@@ -27,12 +25,7 @@ MODELS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("model", list(MODELS))

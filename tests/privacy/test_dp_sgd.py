@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import partial
 
 import pytest
@@ -19,13 +18,7 @@ from fedloom.privacy.sample import clipped_sum
 from tests.conftest import make_image_data
 from tests.fleets.test_vectorized import make_spec, make_tasks, max_diff, results, serial
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 MLP = partial(mlp, (1, 6, 6), 4, 16)
