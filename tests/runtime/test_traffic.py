@@ -37,19 +37,23 @@ def test_simulated_bytes_equal_the_payload_a_deployment_sends(tmp_path: Path,
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("uplink", "downlink", "algorithm"), [
-    ("fp16", "none", "fedavg"), ("qsgd", "none", "fedavg"), ("topk", "none", "fedavg"),
-    ("powersgd", "none", "fedavg"), ("none", "fp16", "fedavg"), ("topk", "delta", "fedavg"),
-    ("qsgd", "none", "scaffold")])
+@pytest.mark.parametrize(("uplink", "downlink", "algorithm", "extra"), [
+    ("fp16", "none", "fedavg", ()), ("bf16", "none", "fedavg", ()),
+    ("qsgd", "none", "fedavg", ()), ("qsgd", "none", "fedavg", ("compression.levels=7",)),
+    ("topk", "none", "fedavg", ()), ("topk", "none", "fedavg", ("compression.values=float16",)),
+    ("randk", "none", "fedavg", ()), ("sign", "none", "fedavg", ()),
+    ("powersgd", "none", "fedavg", ()), ("none", "fp16", "fedavg", ()),
+    ("topk", "delta", "fedavg", ()), ("qsgd", "none", "scaffold", ())])
 def test_a_compressed_deployment_sends_the_bytes_the_simulation_counts(
-        tmp_path: Path, uplink: str, downlink: str, algorithm: str) -> None:
+        tmp_path: Path, uplink: str, downlink: str, algorithm: str,
+        extra: tuple[str, ...]) -> None:
     """Replies carry the codec's tensors (no params), tasks the encoded model: the bytes are
     the simulation's in both directions, and the deployment ends with the simulation's model
     (top-k's residuals, delta's last model, SCAFFOLD's control-variate mirror kept by the
     deployed clients themselves)."""
     overrides = [*SYNTH, "rounds=4", f"algorithm.name={algorithm}", f"compression.uplink={uplink}",
                  f"compression.downlink={downlink}", "compression.ratio=0.2",
-                 "compression.block=16"]
+                 "compression.block=16", *extra]
     sim_loop = build_run(load_config(None, overrides))
     sim = sim_loop.run().rows
     cfg = load_config(None, [*overrides, f"out={tmp_path / 'run'}"])
