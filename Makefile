@@ -50,13 +50,15 @@ demo-deploy: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
-	$(BIN)/python benchmarks/bench_vectorized.py --workloads W1 --reps 5
+	$(BIN)/python benchmarks/bench_vectorized.py --workloads W1 --reps 5 --parallel 1 2
+	$(BIN)/python benchmarks/bench_eval_overlap.py --rounds 10
 	$(BIN)/python benchmarks/bench_process.py --workloads W2 W1 --reps 5
 	$(BIN)/python benchmarks/bench_startup.py --reps 3
 	$(BIN)/python benchmarks/bench_scaling.py --reps 3
 	$(BIN)/python benchmarks/bench_distributed.py --reps 5
 	$(BIN)/python benchmarks/bench_deploy.py
 	$(BIN)/python benchmarks/bench_population.py
+	$(BIN)/python benchmarks/codec_throughput.py --reps 7
 
 accuracy: $(STAMP)
 	$(BIN)/python benchmarks/accuracy.py
