@@ -18,7 +18,7 @@ from fedloom.app.client import ConfigClient
 from fedloom.app.config import load_config
 from fedloom.app.server import ServerOptions, build_deployment, reply_schema
 from fedloom.compression import CompressionConfig, Uplink
-from fedloom.compression.codecs import Float16
+from fedloom.compression.codecs import QSGD, Float16
 from fedloom.compression.payload import InvalidPayload
 from fedloom.compression.sparse import encode_indices
 from fedloom.compression.uplink import ENCODED, RESIDUAL, compress, compressed_local
@@ -30,6 +30,7 @@ from fedloom.compression.variates import (
     check_variate,
     decode_variate,
     encode_variate,
+    prefix,
 )
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
@@ -249,3 +250,17 @@ def test_a_simulated_rejection_is_a_failure_too() -> None:
     assert isinstance(first, ClientFailure) and "wrong_shape" in first.message
     assert isinstance(second, ClientResult) and torch.equal(
         second.params, torch.full((LAYOUT.size,), 3.0))
+
+
+def test_a_variate_change_that_decodes_to_infinity_is_refused_before_the_store() -> None:
+    """Finite parts can still overflow: a norm near float32's top times level 127. Such a
+    change is refused as non_finite where results arrive, never stored as SCAFFOLD's c_i."""
+    qsgd = QSGD(levels=127, block=16)
+    task = Downlink(round=2, client_id=1, params=torch.zeros(3), config=ClientConfig(),
+                    extras={C_VERSION: torch.tensor(0)})
+    hostile = {f"{prefix('c_i')}norms": torch.tensor([3e38]),
+               f"{prefix('c_i')}levels": torch.tensor([127, -127], dtype=torch.int8)}
+    result = ClientResult(round=2, client_id=1, params=torch.zeros(3), num_examples=1,
+                          num_steps=1, extras={**hostile, C_FROM: torch.tensor(-1)})
+    with pytest.raises(InvalidPayload, match=r"non_finite.*c_i change"):
+        check_variate(qsgd, "c_i", 2, task, result)

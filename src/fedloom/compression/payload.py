@@ -137,5 +137,16 @@ def expect_non_negative(enc: Encoded, name: str) -> None:
               f"{name}: negative value {float(t.min())} (norms and scales are >= 0)")
 
 
-__all__ = ["Codec", "Encoded", "Invalid", "InvalidPayload", "expect", "expect_finite",
+def checked_decode(codec: Codec, enc: Encoded, what: str) -> torch.Tensor:
+    """``enc`` decoded once ``codec`` has validated it, refused as :data:`Invalid.NON_FINITE`
+    when finite parts still decode to NaN or infinity (a norm times a level that overflows)."""
+    codec.validate(enc)
+    decoded = codec.decode(enc)
+    refuse_if(not bool(torch.isfinite(decoded).all()), Invalid.NON_FINITE,
+              f"{what} decodes to non-finite values ({codec.name})")
+    return decoded
+
+
+__all__ = ["Codec", "Encoded", "Invalid", "InvalidPayload", "checked_decode", "expect",
+           "expect_finite",
            "expect_length", "expect_non_negative", "refuse_if"]

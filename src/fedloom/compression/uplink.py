@@ -49,6 +49,7 @@ from fedloom.algorithms.wrapped import Wrapped
 from fedloom.compression.codecs import Codec, Encoded, WarmStarted, compress_update
 from fedloom.compression.config import UPDATE_UPLINK, CompressionConfig, make_codec
 from fedloom.compression.downlink import CODED
+from fedloom.compression.payload import checked_decode
 from fedloom.compression.variates import (
     C_FROM,
     C_VERSION,
@@ -60,7 +61,7 @@ from fedloom.compression.variates import (
     prefix,
     variate_version,
 )
-from fedloom.core.errors import AggregationError, ConfigError
+from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.rng import torch_generator
@@ -147,12 +148,9 @@ def decode_update(codec: Codec, task: Downlink, result: ClientResult,
     enc = encoded_of(result, received.numel())
     if enc is None:
         return result
-    codec.validate(enc)
+    update = checked_decode(codec, enc, "the update")
     if variate is not None:
         check_variate(codec, variate[0], variate[1], task, result)
-    update = codec.decode(enc)
-    if not bool(torch.isfinite(update).all()):
-        raise AggregationError(f"encoded update decodes to non-finite values ({codec.name})")
     return dataclasses.replace(result, params=received + update.to(received.dtype))
 
 

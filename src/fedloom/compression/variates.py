@@ -33,7 +33,7 @@ from collections.abc import Mapping
 import torch
 
 from fedloom.algorithms.client_store import ClientStateStore
-from fedloom.compression.payload import Codec, Encoded, Invalid, InvalidPayload
+from fedloom.compression.payload import Codec, Encoded, Invalid, InvalidPayload, checked_decode
 from fedloom.core.packages import ClientResult, Downlink
 
 C_MIRROR = "compression_c_mirror"
@@ -105,7 +105,7 @@ def check_variate(codec: Codec, extra: str, numel: int, task: Downlink,
     if int(start) not in (-1, sent):
         raise InvalidPayload(Invalid.BAD_VALUE, f"{extra} change from round {int(start)}; "
                              f"the server holds round {sent}'s (or -1: from zero)")
-    codec.validate(_encoded(extra, result, numel))
+    checked_decode(codec, _encoded(extra, result, numel), f"the {extra} change")
 
 
 def decode_variate(codec: Codec, extra: str, key: str, numel: int, store: ClientStateStore,
