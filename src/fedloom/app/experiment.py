@@ -52,13 +52,9 @@ def run_experiment(cfg: RunConfig, *, console: bool = True,
                          served=True)
     try:
         open_run_dir(run, cfg, out=out, resume=resume is not None)
-    except BaseException:
-        run.fleet.close()  # a distributed fleet's workers are waiting: tell them to stop
-        raise
-    try:
         sinks: list[Sink] = file_sinks(out, cfg.sinks, resumed_after=run.state.round)
     except BaseException:
-        run.fleet.close()
+        run.fleet.close()  # a distributed fleet's workers are waiting: tell them to stop
         raise
     if console:
         sinks.append(ConsoleSink(cfg.rounds, title=cfg.name, done=run.state.round))

@@ -129,9 +129,11 @@ class ServerLoop:
         background_evaluate: evaluation off the critical path: round r's model (an immutable
             copy) is evaluated by this function on a background thread while round r+1 trains,
             so it must not use the fleet. Rows still come out in round order and complete (row
-            r once r+1 has trained, or at the end); a round whose checkpoint is due, and the
-            last one, are evaluated in line. Its ``eval_seconds`` is then the background
-            evaluation's time and ``round_seconds`` the critical path's.
+            r once r+1 has trained, or at the end); the last round is evaluated in line. A
+            round whose checkpoint is due is checkpointed as it ends, its row marked
+            :data:`EVAL_PENDING` (:meth:`restore` evaluates that model again). Its
+            ``eval_seconds`` is then the background evaluation's time and ``round_seconds``
+            the critical path's.
     """
 
     def __init__(self, *, algorithm: Algorithm, fleet: Fleet, sampler: Sampler,
@@ -257,14 +259,15 @@ class ServerLoop:
             row.update(fit_seconds=fit_done - start, aggregate_seconds=agg_done - fit_done,
                        round_seconds=time.perf_counter() - start)
             return state, (row, future)
+        self._flush()  # the evaluators are not shared with a background evaluation
+        eval_start = time.perf_counter()
         if evaluated:
-            self._flush()  # the evaluators are not shared with a background evaluation
             row.update(self.evaluate(state.params))
         else:
             row["test_loss"] = row["test_accuracy"] = None
         end = time.perf_counter()
         row.update(fit_seconds=fit_done - start, aggregate_seconds=agg_done - fit_done,
-                   eval_seconds=end - agg_done, round_seconds=end - start)
+                   eval_seconds=end - eval_start, round_seconds=end - start)
         return state, row
 
     def _attempt(self, rnd: int, state: ServerState, attempt: int) -> _Done | _Failed:
