@@ -24,6 +24,7 @@ import torch
 from numpy.typing import NDArray
 
 from fedloom.core.errors import TransportError
+from fedloom.core.finite import all_finite
 from fedloom.transport.frames import (
     DEFAULT_CHUNK_BYTES,
     DTYPE_NAMES,
@@ -309,8 +310,3 @@ def unpack(specs: Sequence[pb.TensorSpec], buffer: NDArray[np.uint8]
     return tensors
 
 
-def all_finite(tensor: torch.Tensor) -> bool:
-    """No NaN and no infinity: the smallest and largest values are finite (one pass, no
-    temporary; NaN propagates through both)."""
-    low, high = torch.aminmax(tensor.reshape(-1))
-    return math.isfinite(float(low)) and math.isfinite(float(high))
