@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from fedloom.data.own import SplitOptions
+
+
+def contiguous_ranges(sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    """Consecutive int64 index ranges of the given sizes (clients stored one after another)."""
+    ends = [0, *itertools.accumulate(int(k) for k in sizes)]
+    return tuple(torch.arange(lo, hi, dtype=torch.int64) for lo, hi in itertools.pairwise(ends))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

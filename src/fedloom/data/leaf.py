@@ -45,7 +45,7 @@ import torch
 
 from fedloom.core.errors import DataError
 from fedloom.data.config import DataConfig, LeafDataset
-from fedloom.data.dataset import ArrayData, FederatedData
+from fedloom.data.dataset import ArrayData, FederatedData, contiguous_ranges
 from fedloom.data.leaf_features import (
     FEATURIZERS,
     FEMNIST_CLASSES,
@@ -101,8 +101,8 @@ def load_leaf(cfg: DataConfig, seed: int) -> FederatedData:
         x_train, x_test = _as_float(x_train), _as_float(x_test)
     num_classes = _FIXED_CLASSES.get(kind, int(torch.cat([y_train, y_test]).max()) + 1)
     mean, std = uint8_mean_std(x_train) if x_train.dtype == torch.uint8 else (0.0, 1.0)
-    client_train = _ranges([len(y) for y in train.y])
-    test_ranges = dict(zip(test.names, _ranges([len(y) for y in test.y])))
+    client_train = contiguous_ranges([len(y) for y in train.y])
+    test_ranges = dict(zip(test.names, contiguous_ranges([len(y) for y in test.y])))
     empty = torch.zeros(0, dtype=torch.int64)
     client_test = tuple(test_ranges.get(name, empty) for name in train.names)
     missing = sum(name not in test_ranges for name in train.names)
@@ -255,6 +255,3 @@ def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
 
 
-def _ranges(sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-    return tuple(torch.arange(int(bounds[i]), int(bounds[i + 1])) for i in range(len(sizes)))

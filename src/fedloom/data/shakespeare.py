@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -51,7 +50,7 @@ import torch
 from fedloom.core.errors import DataError
 from fedloom.data.checksum import read_verified
 from fedloom.data.config import DataConfig
-from fedloom.data.dataset import ArrayData, FederatedData
+from fedloom.data.dataset import ArrayData, FederatedData, contiguous_ranges
 from fedloom.data.locate import DatasetFiles, locate_files
 
 logger = logging.getLogger(__name__)
@@ -187,15 +186,11 @@ def load_shakespeare(cfg: DataConfig, seed: int) -> FederatedData:
     test = ArrayData(x=torch.cat([x[k:] for x, _, k in parts]),
                      y=torch.cat([y[k:] for _, y, k in parts]))
     return FederatedData(name="shakespeare", train=train, test=test,
-                         client_train=_ranges([k for _, _, k in parts]),
-                         client_test=_ranges([len(y) - k for _, y, k in parts]),
+                         client_train=contiguous_ranges([k for _, _, k in parts]),
+                         client_test=contiguous_ranges([len(y) - k for _, y, k in parts]),
                          num_classes=len(vocab), input_shape=(cfg.seq_len,))
 
 
-def _ranges(sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """Consecutive index ranges of the given sizes."""
-    ends = np.cumsum([0, *sizes])
-    return tuple(torch.arange(int(lo), int(hi)) for lo, hi in itertools.pairwise(ends))
 
 
 def clear_cache() -> None:

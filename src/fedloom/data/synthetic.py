@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from fedloom.core.rng import SERVER, Purpose, numpy_generator
 from fedloom.core.validate import Problems
 from fedloom.data.config import DatasetName
-from fedloom.data.dataset import ArrayData, FederatedData
+from fedloom.data.dataset import ArrayData, FederatedData, contiguous_ranges
 
 Array = np.ndarray
 
@@ -175,8 +174,8 @@ def _split_users(
         name=name,
         train=_array_data(parts["x_tr"], parts["y_tr"]),
         test=_array_data(parts["x_te"], parts["y_te"]),
-        client_train=_ranges([len(y) for y in parts["y_tr"]]),
-        client_test=_ranges([len(y) for y in parts["y_te"]]),
+        client_train=contiguous_ranges([len(y) for y in parts["y_tr"]]),
+        client_test=contiguous_ranges([len(y) for y in parts["y_te"]]),
         num_classes=num_classes,
         input_shape=(xs[0].shape[1],),
     )
@@ -188,10 +187,3 @@ def _array_data(xs: Sequence[Array], ys: Sequence[Array]) -> ArrayData:
     return ArrayData(x=x, y=y)
 
 
-def _ranges(sizes: Sequence[int]) -> tuple[torch.Tensor, ...]:
-    """Contiguous index ranges of the given sizes, one per user."""
-    bounds = np.concatenate([[0], np.cumsum(sizes)])
-    return tuple(
-        torch.arange(int(a), int(b), dtype=torch.int64)
-        for a, b in itertools.pairwise(bounds)
-    )
