@@ -253,5 +253,3 @@ def _stack(split: _Split, other: _Split, folder: str) -> tuple[torch.Tensor, tor
 
 def _as_float(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x
-
-

@@ -185,5 +185,3 @@ def _array_data(xs: Sequence[Array], ys: Sequence[Array]) -> ArrayData:
     x = torch.from_numpy(np.concatenate(xs).astype(np.float32))
     y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
     return ArrayData(x=x, y=y)
-
-
