@@ -35,7 +35,8 @@ from fedloom.compression.variates import (
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Downlink
-from fedloom.fleets.decoding import decoding
+from fedloom.fleets.base import meter_of
+from fedloom.fleets.decoding import DecodingFleet
 from fedloom.privacy.local import LocalNoise
 from fedloom.privacy.private import private_local
 from fedloom.runtime.client_loop import ClientLoop
@@ -73,7 +74,7 @@ def test_hostile_topk_payloads_fail_with_a_named_reason_and_the_server_keeps_ser
                                                            "codec/values"}
     with tiny_server(layout=LAYOUT, schema=schema) as (server, grpc_fleet), \
             thread_clients(server.port, [0, 1, 2], client=Hostile()):
-        fleet = decoding(grpc_fleet, algo.codec)
+        fleet = DecodingFleet(grpc_fleet, algo.codec)
         grpc_fleet.wait_for_clients(3, 20)
         bad_range, bad_dup, fair = fleet.fit(1, downlinks(1, [0, 1, 2], LAYOUT, value=0.5))
         assert isinstance(bad_range, ClientFailure) and bad_range.stage == "validate"
@@ -85,7 +86,8 @@ def test_hostile_topk_payloads_fail_with_a_named_reason_and_the_server_keeps_ser
         torch.testing.assert_close(fair.params, expected, rtol=0, atol=0)
         again = fleet.fit(2, downlinks(2, [2], LAYOUT))  # the server still serves
         assert [type(o) for o in again] == [ClientResult]
-        assert fleet.traffic().bytes_up > 0  # it is still the metered fleet
+        meter = meter_of(fleet)  # the decoder's inner gRPC fleet measured the round
+        assert meter is grpc_fleet and meter.traffic().bytes_up > 0
 
 
 def test_an_encoded_reply_carries_no_params_and_no_client_state() -> None:
@@ -245,7 +247,7 @@ def test_a_simulated_rejection_is_a_failure_too() -> None:
 
     fp16 = compress(FedAvg(), CompressionConfig(uplink=Uplink.FP16), seed=0,
                     store=MemoryStore()).codec
-    fleet = decoding(Breaks(), fp16)  # type: ignore[arg-type]
+    fleet = DecodingFleet(Breaks(), fp16)  # type: ignore[arg-type]
     first, second = fleet.fit(1, downlinks(1, [0, 1], LAYOUT, value=1.0))
     assert isinstance(first, ClientFailure) and "wrong_shape" in first.message
     assert isinstance(second, ClientResult) and torch.equal(

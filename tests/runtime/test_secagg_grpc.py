@@ -12,6 +12,7 @@ import torch
 
 from fedloom.core.errors import ClientError, RoundAborted
 from fedloom.core.packages import ClientResult
+from fedloom.fleets.base import meter_of
 from fedloom.fleets.grpc import RoundPolicy
 from fedloom.fleets.secagg_grpc import GrpcSecAggFleet
 from fedloom.runtime.clients import FunctionClient
@@ -114,6 +115,13 @@ def test_the_server_learns_only_the_sum(lost: dict[int, tuple[Stage, str]]) -> N
                 assert not any(value.shape == s.shape and torch.equal(value.to(s.dtype), s)
                                for s in secrets)
     assert [c.stage for c in secure.costs[1]] == list(Stage)
+    # it measures its own rounds (user messages, which the gRPC fleet's fit meter never sees)
+    moved = secure.traffic()
+    assert meter_of(secure) is secure and meter_of(fleet) is fleet
+    assert moved.bytes_down > len(IDS) * 8 * 4  # at least the model to everyone
+    assert (moved.bytes_down, moved.bytes_up) == (sum(c.bytes_down for c in secure.costs[1]),
+                                                 sum(c.bytes_up for c in secure.costs[1]))
+    assert fleet.traffic().bytes_down == 0
 
 
 @pytest.mark.integration

@@ -33,7 +33,7 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.threads import torch_threads
 from fedloom.data import load_federated
 from fedloom.fleets.base import AsyncFleet, FleetBase
-from fedloom.fleets.decoding import decoding
+from fedloom.fleets.decoding import DecodingFleet
 from fedloom.fleets.secagg_setup import check_secagg_algorithm, secure_fleet
 from fedloom.models import model_factory
 from fedloom.privacy.private import privatize
@@ -105,8 +105,8 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
         # the server side decodes what clients send (under SecAgg the ring carries it)
         variate = None if algorithm.variate is None else (algorithm.variate[0],
                                                           algorithm.variate[2])
-        parts = dataclasses.replace(parts, fleet=decoding(parts.fleet, algorithm.codec,
-                                                          variate))
+        parts = dataclasses.replace(parts, fleet=DecodingFleet(parts.fleet, algorithm.codec,
+                                                               variate))
     evaluate: EvaluateFn = parts.evaluate
     if attack is not None:  # update attacks rewrite the malicious clients' results
         if is_async(algorithm):

@@ -35,7 +35,6 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.rng import derive_seed
 from fedloom.fleets.base import WrappedFleet
 from fedloom.fleets.grpc import GrpcFleet, RoundPolicy
-from fedloom.fleets.secagg_grpc import GrpcSecAggFleet
 from fedloom.runtime.assemble import FleetRequest
 from fedloom.runtime.async_loop import AsyncLoop
 from fedloom.runtime.checkpoint import Checkpointer
@@ -192,8 +191,8 @@ def build_deployment(cfg: RunConfig, options: ServerOptions) -> Deployment:
                     task_timeout=options.policy.round_timeout,
                     idle_timeout=options.start_timeout)
     fleet = run.fleet
-    while isinstance(fleet, GrpcSecAggFleet | WrappedFleet):  # SecAgg's, the decoder
-        fleet = fleet.fleet if isinstance(fleet, GrpcSecAggFleet) else fleet.inner
+    while isinstance(fleet, WrappedFleet):  # SecAgg's, the decoder, an attack
+        fleet = fleet.inner
     assert isinstance(fleet, GrpcFleet)  # the one grpc_fleet built (under its wrappers)
     if isinstance(run, ServerLoop) and options.sample_connected:
         run.sampler = ConnectedSampler(run.sampler, available=fleet.server.connected,

@@ -108,6 +108,17 @@ class WrappedFleet(FleetBase):
         self.inner.close()
 
 
+def meter_of(fleet: object) -> Metered | None:
+    """Who measures ``fleet``'s traffic: ``fleet`` itself or, through its
+    :class:`WrappedFleet` layers (decoding, attacks, secure aggregation), the first inner
+    fleet that is :class:`Metered`; None when none is (a simulation counts its bytes)."""
+    while not isinstance(fleet, Metered):
+        if not isinstance(fleet, WrappedFleet):
+            return None
+        fleet = fleet.inner
+    return fleet
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Arrival:
     """A submitted task's outcome, as an async fleet delivers it.

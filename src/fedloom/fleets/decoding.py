@@ -1,13 +1,14 @@
 """The server side of uplink compression: encoded updates decoded where results arrive.
 
-:func:`decoding` wraps any fleet (simulated or remote) of a compressed run: every result that
-carries an encoded update (:data:`~fedloom.compression.uplink.ENCODED` extras) is checked and
-decoded against the model its task sent (:func:`~fedloom.compression.uplink.decode_update`),
-so the algorithm sees decoded parameters and never the wire, and a simulation aggregates
-exactly what a deployment decodes. An encoding that fails its check (another tensor than the
-codec makes, an index out of range or repeated, a non-finite value) makes that client's
-result a :class:`~fedloom.core.packages.ClientFailure` at stage ``validate`` naming why; the
-round goes on with the others.
+:class:`DecodingFleet` wraps any fleet (simulated or remote) of a compressed run: every
+result that carries an encoded update (:data:`~fedloom.compression.uplink.ENCODED` extras) is
+checked and decoded against the model its task sent
+(:func:`~fedloom.compression.uplink.decode_update`), so the algorithm sees decoded parameters
+and never the wire, and a simulation aggregates exactly what a deployment decodes. An encoding
+that fails its check (another tensor than the codec makes, an index out of range or repeated, a
+non-finite value) makes that client's result a :class:`~fedloom.core.packages.ClientFailure` at
+stage ``validate`` naming why; the round goes on with the others. The bytes a round moved
+are measured (or counted) below it: :func:`~fedloom.fleets.base.meter_of` looks through it.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from fedloom.compression.codecs import Codec
 from fedloom.compression.uplink import decode_update
 from fedloom.core.errors import FedloomError
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
-from fedloom.core.traffic import Traffic
-from fedloom.fleets.base import Fleet, Metered, WrappedFleet
+from fedloom.fleets.base import Fleet, WrappedFleet
 
 
 class DecodingFleet(WrappedFleet):
-    """``inner``'s results with their encoded updates decoded (see the module docstring)."""
+    """``inner``'s results with their encoded updates decoded (see the module docstring);
+    ``variate`` (extra, length) names a control variate whose encoded change is checked too."""
 
     def __init__(self, inner: Fleet, codec: Codec,
                  variate: tuple[str, int] | None = None) -> None:
@@ -45,21 +46,4 @@ class DecodingFleet(WrappedFleet):
         return out
 
 
-class MeteredDecodingFleet(DecodingFleet):
-    """A :class:`DecodingFleet` over a fleet that measures its traffic (remote clients)."""
-
-    def traffic(self) -> Traffic:
-        assert isinstance(self.inner, Metered)
-        return self.inner.traffic()
-
-
-def decoding(inner: Fleet, codec: Codec,
-             variate: tuple[str, int] | None = None) -> DecodingFleet:
-    """``inner`` with encoded updates decoded (and ``variate``'s encoded change, (extra,
-    length), checked); it stays :class:`Metered` when ``inner`` is."""
-    if isinstance(inner, Metered):
-        return MeteredDecodingFleet(inner, codec, variate)
-    return DecodingFleet(inner, codec, variate)
-
-
-__all__ = ["DecodingFleet", "MeteredDecodingFleet", "decoding"]
+__all__ = ["DecodingFleet"]

@@ -18,9 +18,9 @@ from dataclasses import asdict
 
 import torch
 
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientFailure, Downlink, Outcome
-from fedloom.fleets.base import FleetBase
+from fedloom.core.traffic import Traffic
+from fedloom.fleets.base import WrappedFleet
 from fedloom.fleets.grpc import GrpcFleet
 from fedloom.fleets.secagg import common_params, log_costs, secure_outcomes, setup_round
 from fedloom.secagg import PROTOCOL_STAGES, SecAggConfig, ServerSession, Stage, StageCost
@@ -30,13 +30,22 @@ PREFIX = "secagg."
 PARAMS = "params"
 
 
-class GrpcSecAggFleet(FleetBase):
-    """The clients connected to ``fleet`` aggregate securely (see the module docstring)."""
+class GrpcSecAggFleet(WrappedFleet):
+    """The clients connected to ``fleet`` aggregate securely (see the module docstring).
+
+    Its rounds are user messages, which ``fleet``'s meter (fit packages) does not see, so it
+    measures its own traffic: the payload of every exchange's messages (:meth:`traffic`)."""
 
     def __init__(self, fleet: GrpcFleet, cfg: SecAggConfig, *, seed: int = 0) -> None:
-        self.fleet, self.cfg, self.seed = fleet, cfg, seed
+        super().__init__(fleet)
+        self.fleet, self.cfg, self.seed = fleet, cfg, seed  # fleet: ``inner``, as a GrpcFleet
         self.server = fleet.server
         self.costs: dict[int, list[StageCost]] = {}
+        self._moved = Traffic()
+
+    def traffic(self) -> Traffic:
+        """The payload bytes of the protocol's messages, both ways, since the fleet started."""
+        return self._moved
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
         if not tasks:
@@ -81,17 +90,9 @@ class GrpcSecAggFleet(FleetBase):
         cost.client_seconds = cost.slowest_client_seconds = time.perf_counter() - start
         cost.bytes_up, cost.clients = sum(map(content_bytes, got.values())), len(got)
         self.costs.setdefault(round, []).append(cost)
+        self._moved = Traffic(bytes_down=self._moved.bytes_down + cost.bytes_down,
+                              bytes_up=self._moved.bytes_up + cost.bytes_up)
         return got
-
-    def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
-        return self.fleet.evaluate(params)
-
-    def client_losses(self, params: torch.Tensor,
-                      client_ids: Sequence[int]) -> dict[int, Mean] | None:
-        return self.fleet.client_losses(params, client_ids)
-
-    def close(self) -> None:
-        self.fleet.close()
 
 
 __all__ = ["GrpcSecAggFleet"]

@@ -35,7 +35,7 @@ from fedloom.core.packages import ClientConfig, ClientResult, checked
 from fedloom.core.rng import SERVER, Purpose, torch_generator
 from fedloom.core.threads import torch_threads
 from fedloom.core.traffic import Float32Sizes, Traffic
-from fedloom.fleets.base import AsyncFleet, Metered
+from fedloom.fleets.base import AsyncFleet, meter_of
 from fedloom.runtime.async_selection import SelectorChoice, make_selector
 from fedloom.runtime.checkpoint import (
     Checkpoint,
@@ -153,8 +153,9 @@ class AsyncLoop:
 
     def _traffic(self) -> Traffic:
         """Running totals: measured by a fleet that can (remote clients), else counted."""
-        if isinstance(self.fleet, Metered):
-            return self.fleet.traffic()
+        metered = meter_of(self.fleet)
+        if metered is not None:
+            return metered.traffic()
         return Traffic(bytes_down=self._down, bytes_up=self._up)
 
     def _hand_out(self) -> None:

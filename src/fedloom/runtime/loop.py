@@ -32,7 +32,7 @@ from fedloom.core.packages import (
 )
 from fedloom.core.threads import torch_threads
 from fedloom.core.traffic import Float32Sizes, Traffic, WireSizes, simulated_traffic
-from fedloom.fleets.base import Fleet, Metered
+from fedloom.fleets.base import Fleet, meter_of
 from fedloom.runtime import heterogeneity
 from fedloom.runtime.checkpoint import (
     Checkpoint,
@@ -124,7 +124,8 @@ class ServerLoop:
             round would exceed).
         sizes: the payload bytes each package would have on the wire, for the rows'
             ``bytes_down`` and ``bytes_up`` (default: every tensor's bytes); a fleet that
-            measures its traffic (:class:`~fedloom.fleets.base.Metered`) reports that instead.
+            measures its traffic, or wraps one that does (:func:`~fedloom.fleets.base.meter_of`),
+            reports that instead.
             Only the attempt that completed a round is counted.
         background_evaluate: evaluation off the critical path: round r's model (an immutable
             copy) is evaluated by this function on a background thread while round r+1 trains,
@@ -280,7 +281,7 @@ class ServerLoop:
             self.algorithm.configure(rnd, state, cohort, self.client), round=rnd, seed=self.seed,
             dropout=self.dropout, straggler_fraction=self.client.straggler_fraction,
             keeps_partial_work=self.algorithm.keeps_partial_work)
-        metered = self.fleet if isinstance(self.fleet, Metered) else None
+        metered = meter_of(self.fleet)
         before = None if metered is None else metered.traffic()
         try:
             outcomes = self.fleet.fit(rnd, hetero.tasks)
