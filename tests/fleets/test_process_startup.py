@@ -127,3 +127,34 @@ def test_a_large_cohort_goes_out_in_runs_of_clients_with_the_same_bits(tmp_path:
             expected = fit_one(trainer, t)
             assert isinstance(expected, ClientResult)
             assert torch.equal(o.params, expected.params) and o.num_examples == sizes[t.client_id]
+
+
+EARLY = """
+import argparse, sys
+import fedloom
+from multiprocessing import forkserver
+from fedloom.cli.common import start_workers_early
+start_workers_early(argparse.Namespace(config=sys.argv[1], resume=None, overrides=sys.argv[2:]))
+print("torch" in sys.modules, forkserver._forkserver._forkserver_pid is not None)
+"""
+
+
+@pytest.mark.skipif(not HAS_FORKSERVER, reason="no fork server on this platform")
+@pytest.mark.parametrize(("yaml", "overrides", "started"), [
+    ("fleet: {kind: process}\n", [], True),
+    ("fleet: {kind: serial}\n", ["fleet.kind=process"], True),
+    ("fleet: {kind: process}\n", ["fleet.kind=serial", "rounds=2"], False),
+    ("rounds: 2\n", [], False),  # the default fleet is serial
+    ("fleet: [unclosed\n", [], False),  # broken YAML: load_config reports it later
+])
+def test_fedloom_run_starts_the_fork_server_before_it_imports_torch(
+        tmp_path: Path, yaml: str, overrides: list[str], started: bool) -> None:
+    import subprocess
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml)
+    out = subprocess.run([sys.executable, "-c", EARLY, str(config), *overrides],
+                         capture_output=True, text=True, check=True, timeout=120)
+    # `import fedloom` and the command line's config look load no torch; the server (which
+    # imports torch itself) is up exactly when the config asks for the process fleet
+    assert out.stdout.split() == ["False", str(started)]

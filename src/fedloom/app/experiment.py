@@ -12,8 +12,8 @@ from pathlib import Path
 from fedloom.app.build import build_run, serve_worker
 from fedloom.app.config import RunConfig
 from fedloom.app.rundir import close_run_dir, default_out, open_run_dir
+from fedloom.core.forking import start_fork_server
 from fedloom.fleets.config import FleetKind
-from fedloom.fleets.process_pool import start_fork_server
 from fedloom.runtime.checkpoint import Checkpointer
 from fedloom.runtime.loop import History
 from fedloom.runtime.sinks import ConsoleSink, Sink, file_sinks

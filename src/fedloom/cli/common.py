@@ -19,8 +19,36 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
     if args.config is None and args.resume is None:
         raise ConfigError("give a CONFIG.yaml (or --resume RUN_DIR)")
-    path = args.config if args.config is not None else Path(args.resume) / "config.yaml"
-    return load_config(path, args.overrides)
+    return load_config(_config_path(args), args.overrides)
+
+
+def start_workers_early(args: argparse.Namespace) -> None:
+    """Start the process fleet's fork server now, before this process imports torch, when the
+    config asks for the process fleet: the server's imports then run beside this process's own
+    instead of after them (about a second of a short run's start-up on 2 cores).
+
+    Only the YAML and the ``fleet.kind`` override are read here (no torch); anything this look
+    cannot read is left for :func:`run_config` to report, and the server is then started where
+    it always is (:func:`fedloom.app.experiment.run_experiment`) or not at all.
+    """
+    from omegaconf import OmegaConf
+
+    if args.config is None and args.resume is None:
+        return
+    try:
+        merged = OmegaConf.merge(OmegaConf.load(_config_path(args)), OmegaConf.from_dotlist(
+            [o for o in args.overrides if o.split("=", 1)[0].strip() == "fleet.kind"]))
+        kind = OmegaConf.select(merged, "fleet.kind")
+    except Exception:  # a broken config is run_config's to report, with its own message
+        return
+    if kind == "process":
+        from fedloom.core.forking import start_fork_server
+
+        start_fork_server()
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config) if args.config is not None else Path(args.resume) / "config.yaml"
 
 
 def report(result: RunResult) -> int:

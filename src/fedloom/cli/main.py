@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedloom.cli.common import report, run_config
+from fedloom.cli.common import report, run_config, start_workers_early
 from fedloom.core.errors import ConfigError, DataError, FedloomError
 
 EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    start_workers_early(args)  # before the imports below: they take torch's import time
     from fedloom.app.experiment import run_experiment
 
     result = run_experiment(run_config(args), console=not args.quiet, resume=args.resume)

@@ -1,11 +1,11 @@
 """Persistent worker processes that answer small job messages, replacing any that die.
 
 Each worker is started once, from a fork server that has already imported torch and fedloom
-(:data:`PRELOAD`; ``spawn`` where there is no fork server: both are safe with CUDA and OpenMP,
-since the server never computes), builds its handler with ``factory(index, device)`` and then
-loops: receive a job over its own pipe, run it, send the reply. :func:`start_fork_server` starts
-the server ahead of time (``fedloom run`` does, before it loads the data), so that the imports
-overlap the parent's own start-up; the pool does not wait for its workers either: ``map`` sends
+(:mod:`fedloom.core.forking`; ``spawn`` where there is no fork server: both are safe with CUDA
+and OpenMP, since the server never computes), builds its handler with ``factory(index,
+device)`` and then loops: receive a job over its own pipe, run it, send the reply. ``fedloom
+run`` starts the server before it imports torch, so that the two import side by side; the pool
+does not wait for its workers either: ``map`` sends
 jobs to each worker as soon as it is ready. Jobs are handed out one at a time to whichever
 worker is free (dynamic assignment), so the parent always knows which job each worker holds:
 when a worker dies, its job's reply is a :class:`WorkerLost` naming the exit code or signal, a
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
 import os
 import signal
 import sys
@@ -27,39 +26,18 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing import forkserver
 from multiprocessing.connection import Connection, wait
-from multiprocessing.context import ForkServerContext, SpawnContext
 from multiprocessing.process import BaseProcess
 
 import torch
 
 from fedloom.core.errors import ClientError
+from fedloom.core.forking import PRELOAD, start_fork_server, worker_context
 from fedloom.fleets.pools import HandlerFactory, WorkerLost, run_job
 
 log = logging.getLogger(__name__)
 
-#: what the fork server imports once for all its workers (torch.optim imports torch._dynamo on
-#: first use, ~1.5 s per worker otherwise)
-PRELOAD = ("torch", "torch._dynamo", "fedloom", "fedloom.fleets.client_worker",
-           "fedloom.fleets.process_pool")
-
-
-def worker_context() -> ForkServerContext | SpawnContext:
-    """``forkserver`` preloaded with :data:`PRELOAD` where the platform has it, else ``spawn``."""
-    if "forkserver" not in mp.get_all_start_methods():
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))  # used when this process starts its server
-    return ctx
-
-
-def start_fork_server() -> None:
-    """Start the fork server now and return at once: it imports :data:`PRELOAD` in the
-    background, and the first worker is forked when it is done (no-op without a fork server,
-    or when it is already running)."""
-    if isinstance(worker_context(), ForkServerContext):
-        forkserver.ensure_running()
+__all__ = ["PRELOAD", "ProcessPool", "start_fork_server", "worker_context", "worker_main"]
 
 
 def worker_main(index: int, device: str, threads: int, factory: HandlerFactory,
