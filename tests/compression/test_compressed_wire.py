@@ -31,8 +31,9 @@ from fedloom.compression.variates import (
     decode_variate,
     encode_variate,
     prefix,
+    store_variate_version,
 )
-from fedloom.core.errors import ConfigError
+from fedloom.core.errors import AggregationError, ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Downlink
 from fedloom.fleets.base import meter_of
@@ -42,6 +43,7 @@ from fedloom.privacy.private import private_local
 from fedloom.runtime.client_loop import ClientLoop
 from fedloom.runtime.clients import Client
 from fedloom.runtime.local_state import StatefulClient
+from fedloom.runtime.loop import ServerLoop
 from fedloom.runtime.secagg_client import SecAggClient
 from fedloom.transport.handlers import Handlers
 from fedloom.transport.messages import result_to_package
@@ -224,7 +226,46 @@ def test_a_variate_change_from_another_round_is_refused_and_a_stale_mirror_resta
     check_variate(fp16, "c_i", 2, task, fresh)
     rebuilt = decode_variate(fp16, "c_i", "c", 2, store, fresh)  # stored c + the change
     assert rebuilt.extras["c_i"].tolist() == [1.25, 3.0]
+    assert store.get(2, C_VERSION) is None  # its version only once the algorithm stored it
+    store_variate_version(store, rebuilt)
     assert float(store.get(2, C_VERSION)[0]) == 6.0  # type: ignore[index]
+
+
+def test_a_variate_version_is_stored_after_its_variate_and_never_without_it() -> None:
+    """Each client's C_VERSION is written after SCAFFOLD stored its c_i that round; a round
+    whose aggregation fails leaves the versions of the last stored variates."""
+    loop = build_run(load_config(None, [*TINY, "rounds=3", "algorithm.name=scaffold",
+                                        "compression.uplink=fp16"]))
+    store = loop.store
+    assert store is not None and isinstance(loop, ServerLoop)
+    written: list[tuple[str, int]] = []
+    put = store.put
+
+    def recording(client_id: int, key: str, value: torch.Tensor) -> None:
+        written.append((key, client_id))
+        put(client_id, key, value)
+
+    store.put = recording  # type: ignore[method-assign]
+    loop.run()
+    versions = [i for i, (key, _) in enumerate(written) if key == C_VERSION]
+    assert versions
+    for i in versions:  # this round's c_i of the same client came first
+        cid = written[i][1]
+        last = max(j for j, w in enumerate(written[:i]) if w in {("c", cid), (C_VERSION, cid)})
+        assert written[last] == ("c", cid)
+    held = {cid: float(store.get(cid, C_VERSION)[0])  # type: ignore[index]
+            for _, cid in written if store.get(cid, C_VERSION) is not None}
+
+    def fails(*args: object) -> None:
+        raise AggregationError("refused")
+
+    scaffold = loop.algorithm.inner  # type: ignore[attr-defined]
+    scaffold.aggregate = fails
+    loop.rounds = 4
+    with pytest.raises(AggregationError, match="refused"):
+        loop.run()
+    assert {cid: float(store.get(cid, C_VERSION)[0])  # type: ignore[index]
+            for cid in held} == held
 
 
 def test_a_simulated_rejection_is_a_failure_too() -> None:

@@ -8,8 +8,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.compression import QSGD, BFloat16, Float16, RandK, Sign, TopK
-from fedloom.compression.payload import Codec, Encoded, Invalid, InvalidPayload
+from fedloom.compression import QSGD, BFloat16, Float16, RandK, Sign, TopK, sparse
+from fedloom.compression.payload import (
+    Codec,
+    DecodesValidated,
+    Encoded,
+    Invalid,
+    InvalidPayload,
+    decode_validated,
+)
 from fedloom.compression.powersgd import PowerSGD
 from fedloom.core.errors import ClientError
 
@@ -27,6 +34,7 @@ def test_every_encoding_validates_and_has_its_stated_size(codec: Codec, values: 
     enc = codec.encode(x, torch.Generator().manual_seed(seed))
     codec.validate(enc)
     assert enc.nbytes == codec.nbytes(x.numel())
+    assert torch.equal(decode_validated(codec, enc), codec.decode(enc))  # one unpacking or two
 
 
 @settings(max_examples=50, deadline=None)
@@ -41,10 +49,45 @@ def test_powersgd_encodings_validate(shape: tuple[int, ...], rank: int, seed: in
 
 
 def _refused(codec: Codec, enc: Encoded, reason: Invalid, match: str | None = None) -> None:
-    with pytest.raises(InvalidPayload, match=match) as e:
+    """Refused by the check alone and by the check that decodes (unpacking once)."""
+    for check in (codec.validate, lambda e: decode_validated(codec, e)):
+        with pytest.raises(InvalidPayload, match=match) as e:
+            check(enc)
+        assert e.value.reason is reason, e.value
+        assert isinstance(e.value, ClientError) and e.value.stage == "decode"
+
+
+@pytest.mark.parametrize(("codec", "unpack"), [
+    (TopK(ratio=0.02), "decode_indices"), (TopK(ratio=0.6), "decode_indices"),
+    (QSGD(levels=7, block=16), "_levels"), (QSGD(levels=300, block=16), "_levels")])
+def test_checking_and_decoding_unpack_the_payload_once(codec: TopK | QSGD, unpack: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    enc = codec.encode(torch.randn(300, generator=torch.Generator().manual_seed(1)),
+                       torch.Generator().manual_seed(2))
+    owner = sparse if isinstance(codec, TopK) else QSGD
+    real, calls = getattr(owner, unpack), []
+
+    def counted(*args: object) -> torch.Tensor:
+        calls.append(1)
+        return real(*args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(owner, unpack, counted)
+    assert isinstance(codec, DecodesValidated)
+    expected = codec.decode(enc)
+    calls.clear()
+    assert torch.equal(decode_validated(codec, enc), expected)
+    assert len(calls) == 1
+
+
+def test_top_k_picks_its_index_encoding_once_per_length() -> None:
+    codec, x = TopK(ratio=0.05), torch.randn(997, generator=torch.Generator().manual_seed(0))
+    sparse.index_coding.cache_clear()
+    for _ in range(3):
+        enc = codec.encode(x, None)
         codec.validate(enc)
-    assert e.value.reason is reason, e.value
-    assert isinstance(e.value, ClientError) and e.value.stage == "decode"
+        codec.decode(enc)
+    info = sparse.index_coding.cache_info()
+    assert (info.misses, info.currsize) == (1, 1) and info.hits >= 8
 
 
 def _with(enc: Encoded, **tensors: torch.Tensor) -> Encoded:

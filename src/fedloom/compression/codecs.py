@@ -52,11 +52,10 @@ from fedloom.compression.payload import (
     expect_finite,
     expect_non_negative,
     refuse_if,
+    to_float16,
 )
 from fedloom.compression.sparse import RandK, TopK, kept
 from fedloom.core.errors import ConfigError
-
-FP16_MAX = 65504.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +65,7 @@ class Float16:
     name: str = "fp16"
 
     def encode(self, x: torch.Tensor, gen: torch.Generator | None) -> Encoded:
-        return Encoded(tensors={"values": x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)},
-                       numel=x.numel())
+        return Encoded(tensors={"values": to_float16(x)}, numel=x.numel())
 
     def decode(self, enc: Encoded) -> torch.Tensor:
         return enc.tensors["values"].to(torch.float32)
@@ -153,15 +151,24 @@ class QSGD:
             return bits.unpack(codes, self.bits, enc.numel) - self.levels
         return codes.to(torch.int64)
 
+    def _scaled(self, enc: Encoded, levels: torch.Tensor) -> torch.Tensor:
+        out = self._blocks(levels.to(torch.float32)) * enc.tensors["norms"].view(-1, 1)
+        return (out / self.levels).view(-1)[: enc.numel]
+
     def decode(self, enc: Encoded) -> torch.Tensor:
-        levels = self._blocks(self._levels(enc).to(torch.float32))
-        out = levels * enc.tensors["norms"].view(-1, 1) / self.levels
-        return out.view(-1)[: enc.numel]
+        return self._scaled(enc, self._levels(enc))
 
     def nbytes(self, numel: int) -> int:
         return bits.packed_size(numel, self.bits) + 4 * math.ceil(numel / self.block)
 
     def validate(self, enc: Encoded) -> None:
+        self._checked_levels(enc)
+
+    def validate_decode(self, enc: Encoded) -> torch.Tensor:
+        return self._scaled(enc, self._checked_levels(enc))
+
+    def _checked_levels(self, enc: Encoded) -> torch.Tensor:
+        """The payload's signed levels, once its tensors and levels are checked."""
         expect(enc, {"norms": (torch.float32, math.ceil(enc.numel / self.block)),
                      "levels": (self.dtype, bits.packed_size(enc.numel, self.bits)
                                 if self.bits < 8 else enc.numel)})
@@ -175,6 +182,7 @@ class QSGD:
             worst = int(levels.abs().max())
             refuse_if(worst > self.levels, Invalid.LEVEL_RANGE,
                       f"levels: |level| {worst} beyond the configured {self.levels}")
+        return levels
 
 
 #: each byte of packed sign bits as its 8 signs (+1.0 for a 0 bit, -1.0 for a 1 bit)
@@ -257,10 +265,10 @@ def compress_update(codec: Codec, update: torch.Tensor, *, residual: torch.Tenso
 def with_feedback(codec: Codec, update: torch.Tensor, residual: torch.Tensor | None,
                   gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Error feedback: ``update + residual`` is compressed; returns what the server decodes
-    and the new residual (what was not sent)."""
-    corrected = update if residual is None else update + residual
-    decoded = codec.decode(codec.encode(corrected, gen))
-    return decoded, corrected - decoded
+    and the new residual (what was not sent): :func:`compress_update`'s, from a cold start."""
+    step = compress_update(codec, update, residual=residual, warm=None, gen=gen, feedback=True)
+    assert step.residual is not None  # feedback=True always keeps one
+    return step.decoded, step.residual
 
 
 __all__ = ["QSGD", "BFloat16", "Codec", "Encoded", "Float16", "Invalid", "InvalidPayload",

@@ -43,9 +43,9 @@ import torch
 
 from fedloom.algorithms.base import Algorithm
 from fedloom.algorithms.wrapped import Wrapped
-from fedloom.compression.codecs import FP16_MAX, QSGD
+from fedloom.compression.codecs import QSGD
 from fedloom.compression.config import DownlinkCoding
-from fedloom.compression.payload import Encoded
+from fedloom.compression.payload import Encoded, decode_validated, int64_scalar, to_float16
 from fedloom.core.errors import ClientError
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 from fedloom.core.rng import torch_generator
@@ -63,10 +63,6 @@ PURPOSE = "downlink"
 def delta_codec(block: int) -> QSGD:
     """The codec of one round's change of the broadcast model."""
     return QSGD(levels=127, block=block)
-
-
-def _scalar(value: int) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.int64)
 
 
 def _delta_tensors(deltas: Sequence[Encoded]) -> dict[str, torch.Tensor]:
@@ -93,7 +89,7 @@ class Downlinked(Wrapped):
         if self._round == round and self._model is not None:
             return self._model
         if self.coding is DownlinkCoding.FP16:
-            self._half = params.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+            self._half = to_float16(params)
             self._model = self._half.to(params.dtype)
         elif self._model is None or self._model.shape != params.shape:
             self._model = params.clone()
@@ -111,14 +107,14 @@ class Downlinked(Wrapped):
         if self.coding is DownlinkCoding.FP16:
             assert self._half is not None
             return {HALF: self._half}
-        version = {VERSION: _scalar(round)}
+        version = {VERSION: int64_scalar(round)}
         base = self._versions.pop(client_id, None)  # unknown until this task succeeds
         deltas = [enc for v, enc in self._chain if base is not None and v > base]
         oldest = self._chain[0][0] if self._chain else round + 1
         if base is None or not deltas or base + 1 < oldest or \
                 sum(e.nbytes for e in deltas) + 8 >= 4 * size:
             return version
-        return {**version, BASE: _scalar(base), **_delta_tensors(deltas)}
+        return {**version, BASE: int64_scalar(base), **_delta_tensors(deltas)}
 
     def configure(self, round: int, state: ServerState, cohort: Sequence[int],
                   client: ClientConfig) -> list[Downlink]:
@@ -160,8 +156,7 @@ def receive(extras: Mapping[str, torch.Tensor], params: torch.Tensor,
         prefix = f"{CODED}{i}/"
         enc = Encoded(tensors={k.removeprefix(prefix): v for k, v in extras.items()
                                if k.startswith(prefix)}, numel=model.numel())
-        codec.validate(enc)
-        model = model + codec.decode(enc).to(model.dtype)
+        model = model + decode_validated(codec, enc).to(model.dtype)
         i += 1
     return model
 

@@ -20,11 +20,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from fedloom.core.errors import ClientError
+
+#: float16's largest finite value: float16 values on the wire are clamped to it
+FP16_MAX = 65504.0
+
+
+def to_float16(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as float16, clamped to +-:data:`FP16_MAX` (never infinite)."""
+    return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
+
+
+def int64_scalar(value: int) -> torch.Tensor:
+    """A version or a round as a package carries it: one int64 (8 bytes)."""
+    return torch.tensor(value, dtype=torch.int64)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,6 +69,16 @@ class Codec(Protocol):
     def validate(self, enc: Encoded) -> None:
         """Raise :class:`InvalidPayload` unless ``enc`` is a payload :meth:`encode` could
         have produced for ``enc.numel`` values (checked before :meth:`decode` touches it)."""
+        ...
+
+
+@runtime_checkable
+class DecodesValidated(Protocol):
+    """A codec whose check and decoding unpack the same thing (top-k's indices, QSGD's
+    levels): :meth:`validate_decode` does both and unpacks it once."""
+
+    def validate_decode(self, enc: Encoded) -> torch.Tensor:
+        """:meth:`Codec.validate`, then :meth:`Codec.decode` of what the check unpacked."""
         ...
 
 
@@ -137,16 +160,24 @@ def expect_non_negative(enc: Encoded, name: str) -> None:
               f"{name}: negative value {float(t.min())} (norms and scales are >= 0)")
 
 
+def decode_validated(codec: Codec, enc: Encoded) -> torch.Tensor:
+    """``enc`` decoded once ``codec`` has validated it (unpacked once where the codec can:
+    :class:`DecodesValidated`)."""
+    if isinstance(codec, DecodesValidated):
+        return codec.validate_decode(enc)
+    codec.validate(enc)
+    return codec.decode(enc)
+
+
 def checked_decode(codec: Codec, enc: Encoded, what: str) -> torch.Tensor:
     """``enc`` decoded once ``codec`` has validated it, refused as :data:`Invalid.NON_FINITE`
     when finite parts still decode to NaN or infinity (a norm times a level that overflows)."""
-    codec.validate(enc)
-    decoded = codec.decode(enc)
+    decoded = decode_validated(codec, enc)
     refuse_if(not bool(torch.isfinite(decoded).all()), Invalid.NON_FINITE,
               f"{what} decodes to non-finite values ({codec.name})")
     return decoded
 
 
-__all__ = ["Codec", "Encoded", "Invalid", "InvalidPayload", "checked_decode", "expect",
-           "expect_finite",
-           "expect_length", "expect_non_negative", "refuse_if"]
+__all__ = ["FP16_MAX", "Codec", "DecodesValidated", "Encoded", "Invalid", "InvalidPayload",
+           "checked_decode", "decode_validated", "expect", "expect_finite", "expect_length",
+           "expect_non_negative", "int64_scalar", "refuse_if", "to_float16"]

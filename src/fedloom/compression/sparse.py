@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from enum import StrEnum
@@ -43,11 +44,11 @@ from fedloom.compression.payload import (
     expect_finite,
     expect_length,
     refuse_if,
+    to_float16,
 )
 from fedloom.core.errors import ConfigError
 
 INT32, BITMAP, ELIAS_FANO = "int32", "bitmap", "elias_fano"
-FP16_MAX = 65504.0
 
 
 class Values(StrEnum):
@@ -61,9 +62,7 @@ class Values(StrEnum):
         return torch.float16 if self is Values.FLOAT16 else torch.float32
 
     def cast(self, x: torch.Tensor) -> torch.Tensor:
-        if self is Values.FLOAT16:
-            return x.clamp(-FP16_MAX, FP16_MAX).to(torch.float16)
-        return x.to(torch.float32)
+        return to_float16(x) if self is Values.FLOAT16 else x.to(torch.float32)
 
 
 def kept(ratio: float, numel: int) -> int:
@@ -81,9 +80,11 @@ def _ef_sizes(k: int, n: int, low: int) -> tuple[int, int]:
     return bits.packed_size(k, low), bits.packed_size(k + ((n - 1) >> low) + 1, 1)
 
 
+@functools.lru_cache(maxsize=256)
 def index_coding(k: int, n: int) -> tuple[str, int]:
     """The smallest encoding of ``k`` sorted distinct indices of ``n``: (name, low bits); ties
-    go to the first of bitmap, Elias-Fano (fewest low bits first), int32."""
+    go to the first of bitmap, Elias-Fano (fewest low bits first), int32. Cached: every
+    encode, check and decode of a run asks it for the same few ``(k, n)``."""
     options = [(bits.packed_size(n, 1), BITMAP, 0)]
     options += [(sum(_ef_sizes(k, n, low)), ELIAS_FANO, low) for low in range(32)]
     options.append((4 * k, INT32, 0))
@@ -164,6 +165,13 @@ def validate_indices(enc: Encoded, k: int, values: torch.dtype = torch.float32
     return idx
 
 
+def _scatter(enc: Encoded, idx: torch.Tensor) -> torch.Tensor:
+    """A sparsifier's payload as the dense float32 tensor: its values at ``idx``, 0 elsewhere."""
+    out = torch.zeros(enc.numel, dtype=torch.float32)
+    out[idx] = enc.tensors["values"].float()
+    return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopK:
     """The ``ceil(ratio * n)`` values of largest magnitude (ties broken by ``torch.topk``),
@@ -187,18 +195,24 @@ class TopK:
                        numel=n)
 
     def decode(self, enc: Encoded) -> torch.Tensor:
-        out = torch.zeros(enc.numel, dtype=torch.float32)
-        out[decode_indices(enc, kept(self.ratio, enc.numel))] = enc.tensors["values"].float()
-        return out
+        return _scatter(enc, decode_indices(enc, kept(self.ratio, enc.numel)))
 
     def nbytes(self, numel: int) -> int:
         k = kept(self.ratio, numel)
         return self.values.dtype.itemsize * k + index_bytes(k, numel)
 
     def validate(self, enc: Encoded) -> None:
+        self._checked_indices(enc)
+
+    def validate_decode(self, enc: Encoded) -> torch.Tensor:
+        return _scatter(enc, self._checked_indices(enc))
+
+    def _checked_indices(self, enc: Encoded) -> torch.Tensor:
+        """The payload's indices, once its tensors, indices and values are checked."""
         expect_length(enc, minimum=1)
-        validate_indices(enc, kept(self.ratio, enc.numel), self.values.dtype)
+        idx = validate_indices(enc, kept(self.ratio, enc.numel), self.values.dtype)
         expect_finite(enc, "values")
+        return idx
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,9 +238,7 @@ class RandK:
                        numel=x.numel())
 
     def decode(self, enc: Encoded) -> torch.Tensor:
-        out = torch.zeros(enc.numel, dtype=torch.float32)
-        out[self._indices(int(enc.tensors["seed"]), enc.numel)] = enc.tensors["values"].float()
-        return out
+        return _scatter(enc, self._indices(int(enc.tensors["seed"]), enc.numel))
 
     def nbytes(self, numel: int) -> int:
         return self.values.dtype.itemsize * kept(self.ratio, numel) + 8

@@ -59,6 +59,7 @@ from fedloom.compression.variates import (
     decode_variate,
     encode_variate,
     prefix,
+    store_variate_version,
     variate_version,
 )
 from fedloom.core.errors import ConfigError
@@ -235,7 +236,7 @@ class Compressed(Wrapped):
 
     def aggregate(self, round: int, state: ServerState,
                   results: Sequence[ClientResult]) -> ServerState:
-        plain = []
+        plain, variates = [], []
         for r in results:
             for key in CLIENT_LOCAL & set(r.extras):
                 if not self.clients_keep_state:
@@ -243,8 +244,12 @@ class Compressed(Wrapped):
             if self.variate is not None and C_FROM in r.extras:
                 name, key, size = self.variate
                 r = decode_variate(self.codec, name, key, size, self.store, r)
+                variates.append(r)
             plain.append(dataclasses.replace(r, extras=_plain(r.extras)))
-        return self.inner.aggregate(round, state, plain)
+        new = self.inner.aggregate(round, state, plain)  # stores the variates (SCAFFOLD's c_i)
+        for r in variates:  # then their versions: a failure above leaves no version behind
+            store_variate_version(self.store, r)
+        return new
 
 
 def compress(algorithm: Algorithm, cfg: CompressionConfig, *, seed: int,

@@ -33,7 +33,14 @@ from collections.abc import Mapping
 import torch
 
 from fedloom.algorithms.client_store import ClientStateStore
-from fedloom.compression.payload import Codec, Encoded, Invalid, InvalidPayload, checked_decode
+from fedloom.compression.payload import (
+    Codec,
+    Encoded,
+    Invalid,
+    InvalidPayload,
+    checked_decode,
+    int64_scalar,
+)
 from fedloom.core.packages import ClientResult, Downlink
 
 C_MIRROR = "compression_c_mirror"
@@ -47,17 +54,13 @@ STORED_EXTRAS: Mapping[str, tuple[str, str]] = {"scaffold": ("c_i", "c")}
 PURPOSE = "compression_c"
 
 __all__ = ["C_FROM", "C_MIRROR", "C_MIRROR_VERSION", "C_VERSION", "MIRROR_STATE",
-           "STORED_EXTRAS", "check_variate", "decode_variate",
-           "encode_variate", "prefix", "variate_version"]
+           "STORED_EXTRAS", "check_variate", "decode_variate", "encode_variate", "prefix",
+           "store_variate_version", "variate_version"]
 
 
 def prefix(extra: str) -> str:
     """The extras carrying ``extra``'s encoded change (``codec.<extra>/<tensor name>``)."""
     return f"codec.{extra}/"
-
-
-def _scalar(value: int) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.int64)
 
 
 def encode_variate(codec: Codec, extra: str, extras: Mapping[str, torch.Tensor],
@@ -66,7 +69,7 @@ def encode_variate(codec: Codec, extra: str, extras: Mapping[str, torch.Tensor],
     round it starts from, and the new mirror (client state)."""
     out = {k: v for k, v in extras.items() if k != extra and k not in MIRROR_STATE}
     new = extras[extra].to(torch.float32)
-    server = int(downlink.extras.get(C_VERSION, _scalar(0)))
+    server = int(downlink.extras.get(C_VERSION, int64_scalar(0)))
     mirror = downlink.extras.get(C_MIRROR)
     mirror_round = int(downlink.extras.get(C_MIRROR_VERSION, torch.tensor(0.0)))
     if mirror is None and server == 0:  # nothing stored on either side yet: both zero
@@ -75,7 +78,7 @@ def encode_variate(codec: Codec, extra: str, extras: Mapping[str, torch.Tensor],
     base = mirror if start >= 0 and mirror is not None else torch.zeros_like(new)
     enc = codec.encode(new - base, gen)
     out.update({prefix(extra) + k: t for k, t in enc.tensors.items()})
-    out[C_FROM] = _scalar(start)
+    out[C_FROM] = int64_scalar(start)
     out[C_MIRROR] = base + codec.decode(enc)
     out[C_MIRROR_VERSION] = torch.tensor(float(downlink.round))
     return out
@@ -84,7 +87,13 @@ def encode_variate(codec: Codec, extra: str, extras: Mapping[str, torch.Tensor],
 def variate_version(store: ClientStateStore, client_id: int) -> torch.Tensor:
     """The round the server last stored this client's variate (0: never), for its task."""
     kept = store.get(client_id, C_VERSION)
-    return _scalar(0 if kept is None else int(kept.reshape(-1)[0]))
+    return int64_scalar(0 if kept is None else int(kept.reshape(-1)[0]))
+
+
+def store_variate_version(store: ClientStateStore, result: ClientResult) -> None:
+    """Record that the server now stores ``result``'s variate (the algorithm has stored it:
+    a version is never written for a variate that was not)."""
+    store.put(result.client_id, C_VERSION, torch.tensor([float(result.round)]))
 
 
 def _encoded(extra: str, result: ClientResult, numel: int) -> Encoded:
@@ -101,7 +110,7 @@ def check_variate(codec: Codec, extra: str, numel: int, task: Downlink,
     start = result.extras.get(C_FROM)
     if start is None or start.dtype != torch.int64 or start.numel() != 1:
         raise InvalidPayload(Invalid.NAMES, f"{C_FROM}: missing or not one int64")
-    sent = int(task.extras.get(C_VERSION, _scalar(0)))
+    sent = int(task.extras.get(C_VERSION, int64_scalar(0)))
     if int(start) not in (-1, sent):
         raise InvalidPayload(Invalid.BAD_VALUE, f"{extra} change from round {int(start)}; "
                              f"the server holds round {sent}'s (or -1: from zero)")
@@ -111,12 +120,11 @@ def check_variate(codec: Codec, extra: str, numel: int, task: Downlink,
 def decode_variate(codec: Codec, extra: str, key: str, numel: int, store: ClientStateStore,
                    result: ClientResult) -> ClientResult:
     """``result`` with ``extra`` rebuilt from its checked change (stored value or zero plus the
-    decoded change), and the round stored for its client."""
+    decoded change); once the algorithm has stored it, :func:`store_variate_version`."""
     start = int(result.extras[C_FROM])
     stored = store.get(result.client_id, key)
     base = torch.zeros(numel) if start < 0 or stored is None else stored.to(torch.float32)
     value = base + codec.decode(_encoded(extra, result, numel))
-    store.put(result.client_id, C_VERSION, torch.tensor([float(result.round)]))
     extras = {k: v for k, v in result.extras.items()
               if not k.startswith(prefix(extra)) and k != C_FROM}
     extras[extra] = value
