@@ -29,16 +29,14 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedloom.core.errors import ConfigError, DataError
 from fedloom.data.adult_csv import AdultEncoding, AdultRows, parse_adult
-from fedloom.data.checksum import read_verified
+from fedloom.data.checksum import VerifiedCache, utf8_text
 from fedloom.data.config import DataConfig
 from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.data.locate import DatasetFiles, locate_files
@@ -55,10 +53,6 @@ DEFAULT_COLUMN = "education"
 OTHER = "other"
 NUM_CLASSES = 2
 
-# (path, sha256, mtime_ns, size) of one file; the mtime and size make a replaced file a miss.
-_FileKey = tuple[str, str, int, int]
-
-
 def load_adult(cfg: DataConfig, seed: int) -> FederatedData:
     """UCI Adult with its natural clients: the values (or groups of values) of ``cfg.column``.
 
@@ -74,8 +68,8 @@ def load_adult(cfg: DataConfig, seed: int) -> FederatedData:
     del seed
     files = ADULT_FILES
     paths = locate_files(files, cfg.dir)
-    train_rows = _parse(_key(paths[TRAIN_FILE], files.sha256[TRAIN_FILE]))
-    test_rows = _parse(_key(paths[TEST_FILE], files.sha256[TEST_FILE]))
+    train_rows = _ROWS(paths[TRAIN_FILE], files.sha256[TRAIN_FILE])
+    test_rows = _ROWS(paths[TEST_FILE], files.sha256[TEST_FILE])
     if len(train_rows) == 0:
         raise DataError(f"{paths[TRAIN_FILE]}: no data rows")
     encoding = AdultEncoding.fit(train_rows, cfg.features)
@@ -132,26 +126,14 @@ def _arrays(encoding: AdultEncoding, rows: AdultRows) -> ArrayData:
                      y=torch.from_numpy(rows.labels.copy()))
 
 
-def _key(path: Path, sha256: str) -> _FileKey:
-    resolved = path.resolve()
-    stat = resolved.stat()
-    return (str(resolved), sha256, stat.st_mtime_ns, stat.st_size)
+def _parse(raw: bytes, source: str) -> AdultRows:
+    return parse_adult(utf8_text(raw, source=source), source=source)
 
 
-@functools.lru_cache(maxsize=4)
-def _parse(key: _FileKey) -> AdultRows:
-    """The parsed rows of one verified file, cached per process (callers must not modify
-    them)."""
-    path, sha256, _, _ = key
-    raw = read_verified(Path(path), sha256)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise DataError(f"{path}, line {line}: not UTF-8 text ({exc.reason})") from None
-    return parse_adult(text, source=path)
+#: the parsed rows of each verified file (callers must not modify them)
+_ROWS = VerifiedCache(_parse, maxsize=4)
 
 
 def clear_cache() -> None:
     """Forget every parsed file (tests, or to free memory)."""
-    _parse.cache_clear()
+    _ROWS.clear()

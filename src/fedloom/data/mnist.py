@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from fedloom.core.errors import DataError
-from fedloom.data.checksum import read_verified
+from fedloom.data.checksum import VerifiedCache
 from fedloom.data.config import DatasetName
 from fedloom.data.dataset import ArrayData
 from fedloom.data.idx import parse_idx
@@ -22,9 +19,6 @@ NORMALISATION: dict[DatasetName, tuple[float, float]] = {
 }
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
-
-# (path, sha256, mtime_ns, size) of one file; the mtime and size make a replaced file a miss.
-_FileKey = tuple[str, str, int, int]
 
 
 def load_idx_dataset(name: DatasetName, data_dir: str | None) -> tuple[ArrayData, ArrayData]:
@@ -51,48 +45,41 @@ def load_idx_dataset(name: DatasetName, data_dir: str | None) -> tuple[ArrayData
     splits = []
     for split in ("train", "t10k"):
         images, labels = (f"{split}-images-idx3-ubyte", f"{split}-labels-idx1-ubyte")
-        x, y = _load_pair(
-            _key(paths[images], files.sha256[images]), _key(paths[labels], files.sha256[labels])
-        )
+        x = _IMAGES(paths[images], files.sha256[images])
+        y = _LABELS(paths[labels], files.sha256[labels])
+        if x.shape[0] != y.shape[0]:
+            raise DataError(
+                f"{paths[images]} has {x.shape[0]} images but {paths[labels]} has "
+                f"{y.shape[0]} labels"
+            )
         splits.append(ArrayData(x=x, y=y, mean=mean, std=std))
     return splits[0], splits[1]
 
 
-def _key(path: Path, sha256: str) -> _FileKey:
-    resolved = path.resolve()
-    stat = resolved.stat()
-    return (str(resolved), sha256, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=8)
-def _load_pair(images_key: _FileKey, labels_key: _FileKey) -> tuple[torch.Tensor, torch.Tensor]:
-    images = _read(images_key)
-    labels = _read(labels_key)
-    image_path, label_path = images_key[0], labels_key[0]
+def _images(raw: bytes, source: str) -> torch.Tensor:
+    images = parse_idx(raw, source=source)
     if images.dtype != np.uint8 or images.shape[1:] != IMAGE_SHAPE[1:]:
         raise DataError(
-            f"{image_path}: expected uint8 images of shape (N, 28, 28), "
+            f"{source}: expected uint8 images of shape (N, 28, 28), "
             f"got {images.dtype} {images.shape}"
         )
+    return torch.from_numpy(images).reshape(-1, *IMAGE_SHAPE)
+
+
+def _labels(raw: bytes, source: str) -> torch.Tensor:
+    labels = parse_idx(raw, source=source)
     if labels.ndim != 1:
-        raise DataError(f"{label_path}: expected a 1-d label array, got shape {labels.shape}")
-    if images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{image_path} has {images.shape[0]} images but {label_path} has "
-            f"{labels.shape[0]} labels"
-        )
+        raise DataError(f"{source}: expected a 1-d label array, got shape {labels.shape}")
     if labels.size and int(labels.max()) >= NUM_CLASSES:
-        raise DataError(f"{label_path}: label {int(labels.max())} >= {NUM_CLASSES}")
-    x = torch.from_numpy(images).reshape(-1, *IMAGE_SHAPE)
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+        raise DataError(f"{source}: label {int(labels.max())} >= {NUM_CLASSES}")
+    return torch.from_numpy(labels.astype(np.int64))
 
 
-def _read(key: _FileKey) -> np.ndarray:
-    path, sha256, _, _ = key
-    return parse_idx(read_verified(Path(path), sha256), source=path)
+_IMAGES = VerifiedCache(_images, maxsize=8)
+_LABELS = VerifiedCache(_labels, maxsize=8)
 
 
 def clear_cache() -> None:
     """Forget every decoded dataset (tests, or to free memory)."""
-    _load_pair.cache_clear()
+    _IMAGES.clear()
+    _LABELS.clear()

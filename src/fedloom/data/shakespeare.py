@@ -39,7 +39,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -48,7 +47,7 @@ import numpy as np
 import torch
 
 from fedloom.core.errors import DataError
-from fedloom.data.checksum import read_verified
+from fedloom.data.checksum import VerifiedCache, utf8_text
 from fedloom.data.config import DataConfig
 from fedloom.data.dataset import ArrayData, FederatedData, contiguous_ranges
 from fedloom.data.locate import DatasetFiles, locate_files
@@ -69,11 +68,7 @@ def parse_roles(raw: bytes, *, source: str) -> dict[str, str]:
             (truncated), a block that does not start with a ``NAME:`` line, a last speaker with
             no speech, or no speech at all.
     """
-    try:
-        text = raw.decode("utf-8").replace("\r\n", "\n")
-    except UnicodeDecodeError as err:
-        at = raw[:err.start].count(b"\n") + 1
-        raise DataError(f"{source}, line {at}: not UTF-8 text ({err.reason})") from None
+    text = utf8_text(raw, source=source).replace("\r\n", "\n")
     if not text.strip():
         raise DataError(f"{source}: empty; expected blocks of a 'NAME:' line and its speech")
     lines = text.split("\n")
@@ -137,16 +132,13 @@ def windows(codes: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tens
     return codes.unfold(0, seq_len, 1)[:-1], codes[seq_len:].long()
 
 
-@functools.lru_cache(maxsize=2)
-def _parse_file(path: str, sha256: str, mtime_ns: int, size: int) -> dict[str, str]:
-    # mtime and size are only the cache key: a replaced file is parsed again
-    return parse_roles(read_verified(Path(path), sha256), source=path)
+#: every role's text of each verified file (callers must not modify it)
+_ROLES = VerifiedCache(lambda raw, source: parse_roles(raw, source=source), maxsize=2)
 
 
 def _roles(cfg: DataConfig) -> tuple[Path, dict[str, str]]:
     path = locate_files(TEXT_FILES, cfg.dir)[FILE].resolve()
-    stat = path.stat()
-    return path, _parse_file(str(path), TEXT_FILES.sha256[FILE], stat.st_mtime_ns, stat.st_size)
+    return path, _ROLES(path, TEXT_FILES.sha256[FILE])
 
 
 def vocabulary(cfg: DataConfig) -> str:
@@ -191,8 +183,6 @@ def load_shakespeare(cfg: DataConfig, seed: int) -> FederatedData:
                          num_classes=len(vocab), input_shape=(cfg.seq_len,))
 
 
-
-
 def clear_cache() -> None:
     """Forget every parsed text (tests, or to free memory)."""
-    _parse_file.cache_clear()
+    _ROLES.clear()
