@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedloom.core.errors import DataError
-from fedloom.data.download import DOWNLOAD_TIMEOUT_S, fetch, write_atomic
+from fedloom.data.checksum import check_sha256
+from fedloom.data.download import DOWNLOAD_TIMEOUT_S, fetch, keep_verified
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def download_archive(files: ArchiveFiles, targets: Sequence[Path], *,
         except DataError as exc:
             failures.append(str(exc))
             continue
-        return _keep(files, members, targets)
+        return keep_verified(files.key, members, [t / files.folder for t in targets])
     raise DataError(f"{files.key}: download failed: " + "; ".join(failures or ["no URLs"]))
 
 
@@ -98,10 +99,7 @@ def _members(files: ArchiveFiles, url: str, data: bytes) -> dict[str, bytes]:
         raise DataError(f"{url}: {len(data)} bytes, expected {files.size}")
     check_md5(data, files.md5, source=url)
     if files.sha256 is not None:
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != files.sha256.lower():
-            raise DataError(f"{url}: checksum mismatch: expected sha256 {files.sha256}, "
-                            f"got {actual}")
+        check_sha256(data, files.sha256, source=url, what="the archive")
     out: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
@@ -120,16 +118,3 @@ def _members(files: ArchiveFiles, url: str, data: bytes) -> dict[str, bytes]:
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise DataError(f"{url}: not a readable .tar.gz archive: {exc}") from exc
     return out
-
-
-def _keep(files: ArchiveFiles, members: dict[str, bytes],
-          targets: Sequence[Path]) -> dict[str, Path]:
-    problems: list[str] = []
-    for target in targets:
-        try:
-            return {name: write_atomic(target / files.folder, name, content)
-                    for name, content in members.items()}
-        except OSError as exc:
-            problems.append(f"{target}: {exc.strerror or exc}")
-    raise DataError(f"{files.key}: downloaded and verified, but no folder is writable: "
-                    + "; ".join(problems))

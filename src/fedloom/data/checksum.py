@@ -22,13 +22,15 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def check_sha256(data: bytes, expected: str, *, source: str) -> None:
-    """Raise :class:`DataError` naming ``source`` unless ``data`` has digest ``expected``."""
+def check_sha256(data: bytes, expected: str, *, source: str,
+                 what: str = "the decompressed contents") -> None:
+    """Raise :class:`DataError` naming ``source`` unless ``data`` (``what`` it is) has digest
+    ``expected``."""
     actual = sha256_hex(data)
     if actual != expected.lower():
         raise DataError(
-            f"{source}: checksum mismatch: expected sha256 {expected.lower()} of the "
-            f"decompressed contents, got {actual}"
+            f"{source}: checksum mismatch: expected sha256 {expected.lower()} of {what}, "
+            f"got {actual}"
         )
 
 

@@ -23,7 +23,6 @@ training set by ``data.partition``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +34,10 @@ from fedloom.data.config import DataConfig
 from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.data.idx import read_bytes
 from fedloom.data.locate import (
-    DATA_ENV,
-    OFFLINE_ENV,
     download_targets,
     downloads_disabled,
+    not_found_message,
+    offline_reason,
     search_roots,
 )
 from fedloom.data.pixels import uint8_mean_std
@@ -146,16 +145,13 @@ def locate_cifar10(data_dir: str | Path | None) -> dict[str, Path]:
         if all((directory / n).is_file() for n in names):
             return {n: directory / n for n in names}
     if downloads_disabled():
-        failure = f"disabled by {OFFLINE_ENV}={os.environ[OFFLINE_ENV]}"
+        failure = offline_reason()
     else:
         try:
             return download_archive(CIFAR10_ARCHIVE, download_targets(data_dir))
         except DataError as exc:
             failure = str(exc)
-    looked = "\n".join(f"  {d}" for d in dirs)
-    raise DataError(
-        f"cifar10: cannot find {', '.join(names)} together in one folder. Looked in:\n{looked}\n"
-        f"Download: {failure}\n"
-        f"To provide the data, download {CIFAR10_ARCHIVE.urls[0]} (md5 {CIFAR10_ARCHIVE.md5}), "
-        f"unpack it so that <dir>/{CIFAR10_ARCHIVE.folder}/{names[0]} exists, then set "
-        f"data.dir=<dir> in the config or {DATA_ENV}=<dir> in the environment.")
+    raise DataError(not_found_message(
+        "cifar10", f"{', '.join(names)} together in one folder", dirs, [failure],
+        provide=f"download {CIFAR10_ARCHIVE.urls[0]} (md5 {CIFAR10_ARCHIVE.md5}), unpack it "
+                f"so that <dir>/{CIFAR10_ARCHIVE.folder}/{names[0]} exists"))

@@ -11,7 +11,7 @@ import logging
 import os
 import tempfile
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedloom.core.errors import DataError
@@ -59,7 +59,7 @@ def download_file(
             failures.append(str(exc))
             continue
         filename = f"{name}.gz" if data.startswith(_GZIP_MAGIC) else name
-        return _keep(data, filename, targets)
+        return keep_verified(filename, {filename: data}, targets)[filename]
     raise DataError(f"{name}: download failed: " + "; ".join(failures or ["no mirrors"]))
 
 
@@ -73,14 +73,21 @@ def fetch(url: str, timeout: float) -> bytes:
         raise DataError(f"{url}: {exc}") from exc
 
 
-def _keep(data: bytes, filename: str, targets: Sequence[Path]) -> Path:
+def keep_verified(what: str, files: Mapping[str, bytes],
+                  targets: Sequence[Path]) -> dict[str, Path]:
+    """Write verified ``files`` (name -> contents) atomically into the first of ``targets``
+    that takes them all; their paths, by name.
+
+    Raises:
+        DataError: naming ``what`` and why each folder refused.
+    """
     problems: list[str] = []
     for target in targets:
         try:
-            return write_atomic(target, filename, data)
+            return {name: write_atomic(target, name, data) for name, data in files.items()}
         except OSError as exc:
             problems.append(f"{target}: {exc.strerror or exc}")
-    raise DataError(f"{filename}: downloaded and verified, but no folder is writable: "
+    raise DataError(f"{what}: downloaded and verified, but no folder is writable: "
                     + "; ".join(problems))
 
 

@@ -158,7 +158,7 @@ def locate_files(
     bases = tuple(MIRRORS.get(files.key, ()) if mirrors is None else mirrors)
     failures: list[str] = []
     if downloads_disabled():
-        failures.append(f"download disabled by {OFFLINE_ENV}={os.environ[OFFLINE_ENV]}")
+        failures.append(offline_reason())
     elif not bases:
         failures.append("no download mirrors configured")
     else:
@@ -171,20 +171,26 @@ def locate_files(
                 break
             missing.remove(name)
     if missing:
-        raise DataError(_not_found_message(files, missing, dirs, failures))
+        names = ", ".join(f"{n}.gz" for n in files.sha256)
+        raise DataError(not_found_message(
+            files.key, f"{', '.join(missing)} (as .gz or uncompressed)", dirs, failures,
+            provide=f"put {names} (gzip or uncompressed) in <dir>/{files.folders[0]}/ or <dir>/"))
     return found
 
 
-def _not_found_message(
-    files: DatasetFiles, missing: Sequence[str], dirs: Sequence[Path], failures: Sequence[str]
-) -> str:
+def offline_reason() -> str:
+    """Why nothing is downloaded (when :func:`downloads_disabled`)."""
+    return f"download disabled by {OFFLINE_ENV}={os.environ.get(OFFLINE_ENV, '')}"
+
+
+def not_found_message(key: str, missing: str, dirs: Sequence[Path], failures: Sequence[str],
+                      *, provide: str) -> str:
+    """Dataset ``key``'s files (``missing``) are nowhere: the folders searched, the downloads
+    tried and how to ``provide`` them, then point ``data.dir`` (or the environment) there."""
     looked = "\n".join(f"  {d}" for d in dirs)
     tried = "\n".join(f"  {f}" for f in failures)
-    names = ", ".join(f"{n}.gz" for n in files.sha256)
     return (
-        f"{files.key}: cannot find {', '.join(missing)} (as .gz or uncompressed). Looked in:\n"
-        f"{looked}\nDownload:\n{tried}\n"
-        f"To provide the data, put {names} (gzip or uncompressed) in <dir>/{files.folders[0]}/ "
-        f"or <dir>/, then set data.dir=<dir> in the config or {DATA_ENV}=<dir> in the "
-        f"environment."
+        f"{key}: cannot find {missing}. Looked in:\n{looked}\nDownload:\n{tried}\n"
+        f"To provide the data, {provide}, then set data.dir=<dir> in the config or "
+        f"{DATA_ENV}=<dir> in the environment."
     )
