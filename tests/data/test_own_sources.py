@@ -134,6 +134,22 @@ def test_from_hf_columns_class_labels_and_client_column() -> None:
     assert data.test.x.tolist() == [[9.0, 0.0, 0.0]] and data.test.y.tolist() == [3]
 
 
+def test_from_hf_reads_the_dataset_once_with_its_client_column(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    table, read = _table(), []
+    select = datasets.Dataset.select_columns
+
+    def counted(self: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
+        read.append(list(columns))
+        return select(self, columns)
+
+    monkeypatch.setattr(datasets.Dataset, "select_columns", counted)
+    test = datasets.Dataset.from_dict({"a": [9.0], "label": [2]})
+    data = FederatedData.from_hf(table, x="a", y="label", test=test, clients="writer")
+    assert read == [["a", "label", "writer"], ["a", "label"]]  # each dataset once
+    assert [c.tolist() for c in data.client_train] == [[1, 4], [3, 5], [0, 2]]
+
+
 def test_from_hf_one_column_keeps_its_shape_and_splits_like_arrays() -> None:
     table = _table()
     data = FederatedData.from_hf(table, x="b", y="label", num_clients=2, seed=5)

@@ -203,11 +203,11 @@ class FederatedData:
         column of client ids. ``num_classes`` defaults to a ClassLabel column's count; the
         rest of ``options`` as in :meth:`from_arrays`."""
         from fedloom.data.own import federate
-        from fedloom.data.own_sources import class_label_count, from_hf, hf_columns
+        from fedloom.data.own_sources import class_label_count, from_hf
 
-        features, labels = from_hf(dataset, x, y, "dataset")
-        given = None if test is None else from_hf(test, x, y, "test")
-        if isinstance(clients, str):
-            clients = hf_columns(dataset, [clients], "dataset")[clients]
-        return federate(features, labels, test=given, clients=clients, source="from_hf",
+        named = clients if isinstance(clients, str) else None
+        features, labels, owners = from_hf(dataset, x, y, "dataset", named)
+        given = None if test is None else from_hf(test, x, y, "test")[:2]
+        return federate(features, labels, test=given,
+                        clients=clients if named is None else owners, source="from_hf",
                         options=options, class_count=class_label_count(dataset, y))

@@ -114,12 +114,13 @@ def from_torch(dataset: Dataset[object], what: str) -> tuple[torch.Tensor, torch
     return x, torch.tensor(ys, dtype=torch.int64)
 
 
-def from_hf(dataset: datasets.Dataset, x: str | Sequence[str], y: str,
-            what: str) -> tuple[torch.Tensor, torch.Tensor]:
+def from_hf(dataset: datasets.Dataset, x: str | Sequence[str], y: str, what: str,
+            clients: str | None = None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
     """Columns ``x`` (one, or several concatenated per example in the order given) and label
-    column ``y`` of a Hugging Face Dataset, as (inputs, labels)."""
+    column ``y`` of a Hugging Face Dataset, as (inputs, labels, client ids): the client ids
+    are column ``clients`` (None when not named), read in the same pass."""
     columns = [x] if isinstance(x, str) else list(x)
-    table = hf_columns(dataset, [*columns, y], what)
+    table = hf_columns(dataset, [*columns, y] + ([] if clients is None else [clients]), what)
     for c in [*columns, y]:
         if table[c].dtype.kind in "US" or isinstance(table[c][0], str):
             raise DataError(f"{what} column {c!r} holds text, not numbers: tokenize or encode "
@@ -127,7 +128,8 @@ def from_hf(dataset: datasets.Dataset, x: str | Sequence[str], y: str,
     parts = [inputs(table[c], f"{what} column {c!r}") for c in columns]
     features = parts[0] if len(parts) == 1 else torch.cat(
         [p.reshape(p.shape[0], -1) for p in _same_dtype(parts, columns, what)], dim=1)
-    return features, labels(table[y], f"{what} column {y!r}")
+    owners = None if clients is None else table[clients]
+    return features, labels(table[y], f"{what} column {y!r}"), owners
 
 
 def hf_columns(dataset: datasets.Dataset, columns: Sequence[str],
