@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedloom.data import adult
-from fedloom.data.adult_csv import CATEGORICAL, COLUMNS
+from fedloom.data.config import CATEGORICAL, COLUMNS
 from fedloom.data.locate import DatasetFiles
 
 #: three training rows whose encoding is worked out by hand in test_adult_csv.py

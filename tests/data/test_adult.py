@@ -15,8 +15,7 @@ from fedloom.app.build import build_run
 from fedloom.app.config import load_config
 from fedloom.core.errors import ConfigError, DataError
 from fedloom.data import adult
-from fedloom.data.adult_csv import FeatureSet
-from fedloom.data.config import DataConfig, DatasetName, PartitionKind
+from fedloom.data.config import DataConfig, DatasetName, FeatureSet, PartitionKind
 from fedloom.data.load import load_federated
 from tests.data.adult_rows import TEST, TRAIN, random_lines, use_files, write_adult
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedloom.core.errors import DataError
-from fedloom.data.adult_csv import NUMERIC, AdultEncoding, FeatureSet, parse_adult
+from fedloom.data.adult_csv import AdultEncoding, parse_adult
+from fedloom.data.config import NUMERIC, FeatureSet
 from tests.data.adult_rows import TEST, TEST_HEADER, TRAIN, random_lines
 
 R15, R2 = math.sqrt(1.5), math.sqrt(2.0)

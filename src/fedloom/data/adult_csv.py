@@ -25,34 +25,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 
 import numpy as np
 
 from fedloom.core.errors import DataError
+from fedloom.data.config import CATEGORICAL, COLUMNS, NUMERIC, FeatureSet
 
-#: The 14 attributes in file order (adult.names), then the label.
-COLUMNS: tuple[str, ...] = (
-    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week",
-    "native-country",
-)
-NUMERIC: tuple[str, ...] = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss",
-                            "hours-per-week")
-CATEGORICAL: tuple[str, ...] = tuple(c for c in COLUMNS if c not in NUMERIC)
 MISSING = "?"
 LABELS: dict[str, int] = {"<=50K": 0, ">50K": 1}
-
-
-class FeatureSet(StrEnum):
-    """Which columns become features (``data.features``)."""
-
-    ALL = "all"  # every column: 105 features on the real files
-    CATEGORICAL = "categorical"  # the 8 categorical columns only: 99 (the AFL and q-FFL papers')
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return COLUMNS if self == FeatureSet.ALL else CATEGORICAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

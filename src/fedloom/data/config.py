@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from fedloom.core.validate import Problems
-from fedloom.data.adult_csv import CATEGORICAL, FeatureSet
 
 
 class DatasetName(StrEnum):
@@ -46,6 +45,29 @@ class LeafDataset(StrEnum):
     SHAKESPEARE = "shakespeare"
     SENT140 = "sent140"
     SYNTHETIC = "synthetic"
+
+
+#: UCI Adult's 14 attributes in file order (adult.names; the label follows): ``data.column``
+#: names a categorical one, ``data.features`` picks which become features
+COLUMNS: tuple[str, ...] = (
+    "age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
+    "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week",
+    "native-country",
+)
+NUMERIC: tuple[str, ...] = ("age", "fnlwgt", "education-num", "capital-gain", "capital-loss",
+                            "hours-per-week")
+CATEGORICAL: tuple[str, ...] = tuple(c for c in COLUMNS if c not in NUMERIC)
+
+
+class FeatureSet(StrEnum):
+    """Which columns become features (``data.features``)."""
+
+    ALL = "all"  # every column: 105 features on the real files
+    CATEGORICAL = "categorical"  # the 8 categorical columns only: 99 (the AFL and q-FFL papers')
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return COLUMNS if self == FeatureSet.ALL else CATEGORICAL
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
