@@ -3,7 +3,8 @@
 Workload: W1's model and local work (2NN, E=1, B=10, lr 0.1, FedAvg) on real MNIST split IID
 into 1,000 clients of 60 examples, so that a cohort of 1,000 exists and every client update
 costs the same at every cohort size (6 SGD steps of 10 examples). Cohorts of 10, 100 and 1,000
-clients per round, on the vectorized fleet (``fleet.chunk`` clients stacked at a time, all cores)
+clients per round, on the vectorized fleet (``fleet.chunk`` clients stacked at a time, by default
+as many as keep each of its parts to ``PART_BYTES`` of parameters; all cores)
 and on the process fleet (2 workers, 1 thread each).
 
 A round is what the round loop does (``run_round``): sample, configure, fit, check every update,
@@ -75,7 +76,7 @@ class Side:
             out.append(sum(d[key] for d in done) / rounds)
 
 
-def fleet_configs(chunk: int, cores: int) -> dict[str, FleetConfig]:
+def fleet_configs(chunk: int | None, cores: int) -> dict[str, FleetConfig]:
     return {"vectorized": FleetConfig(kind=FleetKind.VECTORIZED, chunk=chunk, threads=cores),
             "process": FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1)}
 
@@ -100,7 +101,7 @@ def resident_mib(processes: list[int], key: str) -> tuple[float, float]:
     return (values[0] if values else 0.0), sum(values[1:])
 
 
-def peak_memory(fleet: str, k: int, clients: int, chunk: int, rounds: int = 2) -> None:
+def peak_memory(fleet: str, k: int, clients: int, chunk: int | None, rounds: int = 2) -> None:
     """In this fresh process: ``rounds`` rounds of cohort ``k`` on ``fleet``; prints as JSON the
     resident MiB before them (data, model, workers started) and the peak."""
     cores = os.cpu_count() or 1
@@ -117,13 +118,13 @@ def peak_memory(fleet: str, k: int, clients: int, chunk: int, rounds: int = 2) -
 
 
 def memory_table(fleets: list[str], cohorts: list[int], clients: int,
-                 chunk: int) -> dict[tuple[str, int], dict[str, list[float]]]:
+                 chunk: int | None) -> dict[tuple[str, int], dict[str, list[float]]]:
     """Each (fleet, cohort size) in its own interpreter: peaks of one setting only."""
     out = {}
     for fleet in fleets:
         for k in cohorts:
             cmd = [sys.executable, __file__, "--peak", fleet, str(k), str(clients),
-                   "--chunk", str(chunk)]
+                   *([] if chunk is None else ["--chunk", str(chunk)])]
             proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
             out[fleet, k] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
@@ -169,7 +170,9 @@ def measure(name: str, cfg: FleetConfig, data: FederatedData, model_fn: ModelFn,
             start = time.perf_counter()
             sim.evaluate(sim.state.params)
             evals.append(time.perf_counter() - start)
-        print(f"  {name}: done (load {os.getloadavg()[0]:.2f})", flush=True)
+        chunk = getattr(getattr(sides[cohorts[0]].sim.fleet, "trainer", None), "chunk", None)
+        print(f"  {name}: done (load {os.getloadavg()[0]:.2f})"
+              + ("" if chunk is None else f"; fleet.chunk {chunk}"), flush=True)
     return sides, statistics.median(evals)
 
 
@@ -178,7 +181,8 @@ def main() -> None:
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 100, 1000])
     parser.add_argument("--fleets", nargs="+", default=["vectorized", "process"],
                         choices=["vectorized", "process"])
-    parser.add_argument("--chunk", type=int, default=25, help="the vectorized fleet.chunk")
+    parser.add_argument("--chunk", type=int, default=None,
+                        help="the vectorized fleet.chunk (default: the fleet's own)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--updates", type=int, default=1000,
                         help="client updates per timed sample (rounds of a small cohort)")
@@ -195,7 +199,7 @@ def main() -> None:
     per_client = sorted({len(i) for i in data.client_train})
     print(f"cohort scaling: 2NN, MNIST IID {data.num_clients} clients x {per_client} examples, "
           f"E=1 B=10; {cores} cores, load {os.getloadavg()[0]:.2f}; median of {args.reps} "
-          f"samples of {args.updates} updates; vectorized fleet.chunk={args.chunk} "
+          f"samples of {args.updates} updates; vectorized fleet.chunk={args.chunk or 'auto'} "
           f"threads={cores}, process workers=2 threads=1")
     results = {name: measure(name, cfg, data, model_fn, cohorts, args.reps, cores, args.updates)
                for name, cfg in fleet_configs(args.chunk, cores).items() if name in args.fleets}

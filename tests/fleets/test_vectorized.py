@@ -160,6 +160,29 @@ def test_chunking_does_not_change_results(chunk: int) -> None:
     assert_same_as_serial(spec, tasks, chunked)
 
 
+@pytest.mark.parametrize(("part_clients", "parallel", "chunk"), [(3, 2, 6), (0.5, 2, 2),
+                                                                    (2, 1, 2)])
+def test_default_chunk_on_cpu_stacks_part_bytes_per_part(
+        monkeypatch: pytest.MonkeyPatch, part_clients: float, parallel: int,
+        chunk: int) -> None:
+    """Without ``chunk``, each part of a CPU chunk stacks about PART_BYTES of parameters (at
+    least one client): past the caches a bigger part is slower per client. Same results."""
+    from fedloom.fleets.vectorized import trainer as module
+
+    spec = make_spec(make_image_data(per_client=UNEQUAL), MODELS["mlp"])
+    layout = ParamLayout.from_module(spec.model_fn())
+    monkeypatch.setattr(module, "PART_BYTES", int(part_clients * layout.num_trainable * 4))
+    tasks = make_tasks(spec, [CONFIGS["plain"]] * 5)
+    auto = VectorizedTrainer(spec, parallel=parallel)
+    try:
+        assert auto.chunk == chunk
+        got = auto.fit_many(tasks)
+    finally:
+        auto.close()
+    assert max_diff(VectorizedTrainer(spec, chunk=5).fit_many(tasks), got) <= TOL
+    assert_same_as_serial(spec, tasks, got)
+
+
 def test_per_client_configs() -> None:
     """Each client has its own lr, momentum, weight decay, epochs or steps, and batch size."""
     spec = make_spec(make_image_data(per_client=UNEQUAL), MODELS["mlp"])

@@ -46,6 +46,11 @@ log = logging.getLogger(__name__)
 
 #: most bytes of a pass's gathered batches held at once (above it: one gather per step)
 GATHER_BYTES = 256 * 2 ** 20
+#: CPU default chunk: stacked parameters per part. A part steps all its clients' weights every
+#: step, so past the caches a bigger part is slower per client: 1,000 W1 clients of 6 steps,
+#: 1 thread, cost 1.34 ms per client at 8-10 clients (0.8 MB each) a part, 1.64 ms at 25 and
+#: 1.79 ms at 50 (benchmarks/bench_scaling.py's workload, AMD EPYC, 1 MB L2 per core)
+PART_BYTES = 8 * 2 ** 20
 _Batches = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -64,7 +69,9 @@ class VectorizedTrainer:
     Args:
         spec: what clients compute.
         device: where the stacked parameters and the data live.
-        chunk: most clients stacked at once (None: all of a group). Does not change results.
+        chunk: most clients stacked at once. Does not change results. None: on CPU, enough for
+            each part (see ``parallel``) to stack :data:`PART_BYTES` of parameters; elsewhere
+            all of a group.
         trace_after: record the batched step as a graph after this many calls of one shape
             (0: always run ``torch.func`` eagerly).
         conv: how convolutions are batched (:class:`ConvMode`); ``auto`` runs layers with few
@@ -126,6 +133,9 @@ class VectorizedTrainer:
         plain = local.before is None and local.extra_loss is None and \
             local.correct_grads is None and all(e.correct_grads is None for e in local.passes)
         self.parallel = parallel if plain and dp is None and self.compiler is None else 1
+        if chunk is None and self.device.type == "cpu":
+            per_client = self.layout.num_trainable * self.layout.dtype.itemsize
+            self.chunk = self.parallel * max(1, PART_BYTES // max(1, per_client))
         self._pool: ThreadPoolExecutor | None = None
 
     def fit_many(self, tasks: Sequence[Downlink]) -> list[Outcome]:
@@ -293,7 +303,9 @@ class VectorizedTrainer:
                 if correct is not None:
                     every = list(correct_grads(correct, params, every, tasks, act))
             sgd.step(t, [every[i] for i in stepped])
-        out = start[:real].clone(memory_format=torch.contiguous_format)  # may view a downlink
+        out = torch.empty((real, start.shape[1]), dtype=start.dtype, device=start.device)
+        for e in self.fixed:  # not trained: as they came (start may view a downlink)
+            out[:, e.offset:e.stop] = start[:real, e.offset:e.stop]
         for e, p in zip(self.params, params):
             out[:, e.offset:e.stop] = p[:real].reshape(real, -1)
         losses, seen = losses[:, :real], sched.counts[:, :real].to(torch.float64)
