@@ -74,3 +74,38 @@ def test_model_that_needs_contiguous_falls_back() -> None:
 def test_models_without_convolutions_keep_default_layout() -> None:
     model = InferenceModel(model_factory(ModelConfig(name="mlp"), (1, 28, 28), 10))
     assert not model.channels_last
+
+
+def test_open_batch_size_keeps_each_layer_output_within_the_cpu_budget() -> None:
+    """W2's CNN: the first convolution's output (32 x 28 x 28 float32 = 100,352 bytes an image)
+    is the largest, so 16 MiB hold 167 images; the 2NN's largest output is 200 floats, so it
+    keeps the 1,000 cap; other devices and an empty test set get 1,000."""
+    from fedloom.training.evaluation import EVAL_ACTIVATION_BYTES, eval_batch_size
+
+    data = _test_set(4)
+    cnn = model_factory(ModelConfig(name="cnn"), (1, 28, 28), 10)
+    mlp = model_factory(ModelConfig(name="mlp"), (1, 28, 28), 10)
+    assert EVAL_ACTIVATION_BYTES == 16 * 2 ** 20
+    assert eval_batch_size(cnn, data) == 16 * 2 ** 20 // (32 * 28 * 28 * 4) == 167
+    assert eval_batch_size(mlp, data) == 1000
+    assert eval_batch_size(cnn, data, "cuda") == 1000
+    assert eval_batch_size(cnn, None) == eval_batch_size(cnn, _test_set(0)) == 1000
+
+
+def test_an_open_batch_size_is_resolved_once_for_the_whole_run() -> None:
+    """The round's evaluator, the clients' loss pass and the fleet's spread evaluation all use
+    the resolved batch (spread slices stay on its boundaries); a given one is kept."""
+    from fedloom import FedAvg
+    from fedloom.data.dataset import FederatedData
+    from fedloom.runtime.assemble import assemble
+    from fedloom.training.evaluation import EvalConfig
+
+    images = _test_set(40)
+    data = FederatedData.from_arrays(images.x, images.y, test=(images.x[:8], images.y[:8]),
+                                     num_clients=2)
+    fn = model_factory(ModelConfig(name="cnn"), (1, 28, 28), 10)
+    parts = assemble(data=data, model_fn=fn, algorithm=FedAvg())
+    assert parts.spec.eval_batch_size == parts.central.batch_size == 167
+    given = assemble(data=data, model_fn=fn, algorithm=FedAvg(),
+                     evaluation=EvalConfig(batch_size=7))
+    assert given.spec.eval_batch_size == given.central.batch_size == 7

@@ -114,11 +114,11 @@ def build_run(cfg: RunConfig, *, fleet: FleetChoice | None = None, remote: bool 
                               f"synchronous round; {algorithm.name} is asynchronous")
         parts = dataclasses.replace(parts, fleet=attack.fleet(parts.fleet))
         evaluate = attack.evaluate(evaluate, model_fn=model_fn, data=data,
-                                   batch_size=cfg.eval.batch_size)
+                                   batch_size=parts.spec.eval_batch_size)
     background = _background_evaluate(cfg, parts, remote=remote)
     if background is not None and attack is not None:
         background = attack.evaluate(background, model_fn=model_fn, data=data,
-                                     batch_size=cfg.eval.batch_size)
+                                     batch_size=parts.spec.eval_batch_size)
     if cfg.secagg.enabled:  # the server learns only the sum of the cohort's updates
         parts = dataclasses.replace(parts, fleet=secure_fleet(parts.fleet, cfg.secagg,
                                                                seed=cfg.seed))

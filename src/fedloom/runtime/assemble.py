@@ -29,6 +29,7 @@ from fedloom.training.evaluation import (
     EvalConfig,
     PersonalFn,
     RoundEvaluator,
+    eval_batch_size,
 )
 from fedloom.training.spec import ClientSpec
 from fedloom.training.trainer import LossFn
@@ -82,15 +83,17 @@ def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, se
     evaluation = evaluation or EvalConfig()
     model = init_module(model_fn, seed)
     layout = ParamLayout.from_module(model)
+    devices = fleet.device_list if isinstance(fleet, FleetConfig) else ["cpu"]
+    batch = evaluation.batch_size or eval_batch_size(
+        model_fn, data.test, "cpu" if all(d == "cpu" for d in devices) else devices[0])
     spec = ClientSpec(model_fn=model_fn, train=data.train, client_indices=data.client_train,
                       seed=seed, local=algorithm.local, loss_fn=loss_fn, test=data.test,
-                      eval_batch_size=evaluation.batch_size,
+                      eval_batch_size=batch,
                       reducible=algorithm.reducible if reducible is None else reducible)
     built = _fleet(fleet, FleetRequest(
         spec=spec, layout=layout, algorithm=algorithm,
         client_ids=range(data.num_clients) if client_ids is None else client_ids))
-    central = CentralEvaluator(model_fn=model_fn, test=data.test,
-                               batch_size=evaluation.batch_size)
+    central = CentralEvaluator(model_fn=model_fn, test=data.test, batch_size=batch)
 
     def spread_or_server(params: torch.Tensor) -> dict[str, Mean]:
         spread = built.evaluate(params)
@@ -100,12 +103,12 @@ def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, se
         layout=layout, initial_params=layout.module_to_flat(model), spec=spec, fleet=built,
         central=central,
         evaluate=RoundEvaluator(central=spread_or_server, model_fn=model_fn, data=data,
-                                batch_size=evaluation.batch_size, train=evaluation.train,
+                                batch_size=batch, train=evaluation.train,
                                 federated=evaluation.federated,
                                 personal=personal or (algorithm.personal_params
                                                       if algorithm.personalized else None)),
         losses=ClientLosses(model_fn=model_fn, data=data, loss_fn=loss_fn,
-                            batch_size=evaluation.batch_size))
+                            batch_size=batch))
 
 
 def _fleet(choice: FleetChoice, request: FleetRequest) -> Fleet:

@@ -66,7 +66,7 @@ class Simulation(ServerLoop):
                  client: ClientConfig, rounds: int, cohort_size: int, seed: int = 0,
                  fleet: FleetChoice = "serial", sampler: Sampler | None = None,
                  min_success: int | None = None, dropout: float = 0.0, eval_every: int = 1,
-                 eval_batch_size: int = 1000, eval_train: bool = False,
+                 eval_batch_size: int | None = None, eval_train: bool = False,
                  eval_federated: bool = False, clock: ClockConfig | None = None,
                  threads: int | None = None, loss_fn: LossFn = F.cross_entropy,
                  sinks: Sequence[Sink] = ()) -> None:
@@ -97,7 +97,7 @@ class AsyncSimulation(AsyncLoop):
     def __init__(self, *, data: FederatedData, model_fn: ModelFn, algorithm: AsyncAlgorithm,
                  client: ClientConfig, versions: int, clock: ClockConfig, seed: int = 0,
                  fleet: FleetChoice = "serial", eval_every: int = 1,
-                 eval_batch_size: int = 1000, eval_train: bool = False,
+                 eval_batch_size: int | None = None, eval_train: bool = False,
                  eval_federated: bool = False, threads: int | None = None,
                  loss_fn: LossFn = F.cross_entropy, sinks: Sequence[Sink] = (),
                  selector: SelectorChoice | None = None) -> None:
