@@ -158,3 +158,20 @@ def test_fedloom_run_starts_the_fork_server_before_it_imports_torch(
     # `import fedloom` and the command line's config look load no torch; the server (which
     # imports torch itself) is up exactly when the config asks for the process fleet
     assert out.stdout.split() == ["False", str(started)]
+
+
+def tuned(index: int, device: str) -> object:
+    """A handler factory reporting whether the worker kept freed memory (core.allocator)."""
+    from fedloom.core import allocator
+
+    return lambda job: allocator._done
+
+
+@pytest.mark.skipif(sys.platform != "linux" or not os.confstr("CS_GNU_LIBC_VERSION"),
+                    reason="glibc only")
+def test_workers_keep_freed_memory_for_reuse() -> None:
+    pool = ProcessPool(tuned, workers=2, devices=["cpu"], threads=1)
+    try:
+        assert pool.map([None, None]) == [True, True]
+    finally:
+        pool.close()

@@ -18,6 +18,7 @@ from fedloom.algorithms.registry import AlgorithmConfig
 from fedloom.app.config import RunConfig, load_config
 from fedloom.compression.config import DownlinkCoding
 from fedloom.compression.uplink import CLIENT_LOCAL, compressed_local
+from fedloom.core.allocator import keep_freed_memory
 from fedloom.core.errors import ClientError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
@@ -49,6 +50,7 @@ def trainer_client(cfg: RunConfig) -> TrainerClient:
     DP-SGD: the update is noised before it leaves) and then its uplink codec (the update leaves
     encoded), training with ``fleet.threads`` torch threads (default: all cores) as the
     simulation does."""
+    keep_freed_memory()  # a client process trains from here on
     data = load_federated(cfg.data, seed=cfg.seed)
     model_fn = model_factory(cfg.model, data.input_shape, data.num_classes)
     num_examples = tuple(data.num_examples(c) for c in range(data.num_clients))

@@ -31,6 +31,7 @@ from multiprocessing.process import BaseProcess
 
 import torch
 
+from fedloom.core.allocator import keep_freed_memory
 from fedloom.core.errors import ClientError
 from fedloom.core.forking import PRELOAD, start_fork_server, worker_context
 from fedloom.fleets.pools import HandlerFactory, WorkerLost, run_job
@@ -45,6 +46,7 @@ def worker_main(index: int, device: str, threads: int, factory: HandlerFactory,
     """A worker's whole life: build the handler, then answer jobs until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     torch.set_num_threads(threads)
+    keep_freed_memory()
     try:
         handler = factory(index, device)
     except BaseException:

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from fedloom.algorithms.base import Algorithm
+from fedloom.core.allocator import keep_freed_memory
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
@@ -80,6 +81,7 @@ def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, se
     and the evaluators. ``algorithm`` is the one whose client half the clients run;
     ``reducible`` and ``personal`` override what it says (a hierarchy aggregates per
     aggregator, and its personal models live with the leaves)."""
+    keep_freed_memory()  # this process trains or evaluates from here on
     evaluation = evaluation or EvalConfig()
     model = init_module(model_fn, seed)
     layout = ParamLayout.from_module(model)

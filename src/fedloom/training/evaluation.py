@@ -27,10 +27,11 @@ CentralFn = Callable[[torch.Tensor], dict[str, Mean]]
 
 #: examples per evaluation batch where the config leaves it open and the device is not a CPU
 DEFAULT_EVAL_BATCH = 1000
-#: on CPU, evaluation batches hold at most this many bytes of any one layer's output: past the
-#: caches a bigger batch is slower. W2's CNN (100 KB of first-layer output per image)
-#: evaluates 5,000 MNIST images in 0.75 s at 64-200 per batch and 1.47 s at 1,000 (1 thread,
-#: channels-last; 2 threads: 0.41 vs 0.88 s); the 2NN is as fast at 100 as at 1,000.
+#: on CPU, evaluation batches hold at most this many bytes of any one layer's output, which
+#: bounds evaluation's memory and keeps a batch's activations within glibc's heap where its
+#: thresholds are not raised (:mod:`fedloom.core.allocator`): W2's CNN (100 KB of first-layer
+#: output per image) evaluates 5,000 MNIST images on 1 thread in 0.75 s at 64-200 per batch and
+#: 1.5 s at 1,000 with glibc's defaults; 0.75 s at either with the thresholds raised.
 EVAL_ACTIVATION_BYTES = 16 * 2 ** 20
 
 
