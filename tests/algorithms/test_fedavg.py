@@ -1,3 +1,4 @@
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -56,3 +57,25 @@ def test_weighted_mean_idempotent_and_close_to_reference(items: list[tuple[list[
     assert torch.allclose(out.double(), ref, atol=1e-3, rtol=1e-5)
     same = weighted_mean([tensors[0]] * len(items), weights)
     assert torch.allclose(same, tensors[0], atol=1e-4, rtol=1e-5)
+
+
+def test_weighted_mean_bits_do_not_depend_on_blocks_or_threads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Block by block, on 1 or 2 threads, every element sees exactly the whole-tensor
+    ``out.add_(x_k, alpha=w_k / W)`` sequence: bitwise the same result."""
+    from fedloom.algorithms import aggregate
+    from fedloom.core.threads import torch_threads
+
+    gen = torch.Generator().manual_seed(0)
+    n = 3 * aggregate.BLOCK + 77  # several blocks and a ragged end
+    tensors = [torch.randn(n, generator=gen) for _ in range(5)]
+    weights = [13.0, 600.0, 1.0, 77.0, 250.0]
+    with torch_threads(1):
+        ref = torch.zeros(n)
+        for x, w in zip(tensors, weights):
+            ref.add_(x, alpha=w / sum(weights))
+    for block in (aggregate.BLOCK, 1 << 15, 1000):
+        monkeypatch.setattr(aggregate, "BLOCK", block)
+        for threads in (1, 2):
+            with torch_threads(threads):
+                assert torch.equal(weighted_mean(tensors, weights), ref), (block, threads)

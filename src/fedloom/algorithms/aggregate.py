@@ -9,10 +9,11 @@ import torch
 from fedloom.core.errors import AggregationError
 from fedloom.core.packages import ClientResult, ServerState
 
-#: elements accumulated per block: a block of the output stays in cache while every update is
-#: added to it, and each op stays under torch's parallel grain (32768), so no thread pool is
-#: woken per operation (on a machine with other load that costs more than the arithmetic).
-BLOCK = 1 << 15
+#: elements accumulated per block: the output is written once and each update read once, and
+#: each op is big enough for torch's threads (the bits do not depend on their number). Ten W2
+#: updates (1.66M floats each): 2.3 ms on 1 thread and 1.4 ms on 2 at 2^20, against 4.1 and 3.9
+#: ms at 2^15 (per-op overhead) and 3.5 / 1.6 ms to copy the same bytes once.
+BLOCK = 1 << 20
 
 
 def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
