@@ -164,7 +164,7 @@ class Algorithm(Protocol):
             (FedProx); see :mod:`fedloom.runtime.heterogeneity`.
         reducible: ``aggregate`` reads the results only through their example-weighted mean
             ``sum_k n_k x_k / sum_k n_k``, so a fleet may hand it results that all carry that
-            mean (the distributed fleet's ``fleet.aggregation=reduce``).
+            mean (the distributed and vectorized fleets' ``fleet.aggregation=reduce``).
         personalized: clients keep models of their own (:meth:`personal_params`).
     """
 

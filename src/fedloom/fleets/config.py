@@ -18,7 +18,7 @@ class FleetKind(StrEnum):
 
 class AggregationMode(StrEnum):
     EXACT = "exact"  # gather every update, aggregate sorted by client id: bitwise reproducible
-    REDUCE = "reduce"  # a reduce collective for linear aggregations: faster, within tolerance
+    REDUCE = "reduce"  # linear aggregations summed as updates arrive: less memory, within 1e-6
 
 
 class CompileMode(StrEnum):
@@ -41,7 +41,9 @@ class FleetConfig:
         devices: comma-separated devices assigned round-robin to workers/ranks ("cpu",
             "cuda:0,cuda:1"); default cpu, or one GPU per rank under torchrun when CUDA exists.
         vectorize: the process and distributed fleets vectorize their own share of the cohort.
-        aggregation: the distributed fleet's ``exact`` gather or faster ``reduce``.
+        aggregation: ``exact`` (every update kept, aggregated in client-id order) or
+            ``reduce`` (the distributed and vectorized fleets sum a reducible algorithm's
+            updates as they arrive: :mod:`fedloom.fleets.reduce`).
         compile: the vectorized fleet's steps through ``torch.compile`` (:class:`CompileMode`).
     """
 
@@ -65,6 +67,9 @@ class FleetConfig:
                 "must be >= 1 or null (all clients at once)")
         p.check(not self.vectorize or self.kind in (FleetKind.PROCESS, FleetKind.DISTRIBUTED),
                 "vectorize", self.vectorize, "only the process and distributed fleets take it")
+        p.check(self.aggregation == AggregationMode.EXACT
+                or self.kind in (FleetKind.DISTRIBUTED, FleetKind.VECTORIZED), "aggregation",
+                self.aggregation, "reduce: only the distributed and vectorized fleets take it")
         p.raise_if_any()
 
     @property

@@ -66,14 +66,14 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 
-from fedloom.core.errors import AggregationError, TransportError
+from fedloom.core.errors import TransportError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
-from fedloom.core.packages import ClientFailure, ClientResult, Downlink, Outcome, checked
+from fedloom.core.packages import ClientFailure, Downlink, Outcome
 from fedloom.core.threads import torch_threads
 from fedloom.fleets.base import FleetBase
 from fedloom.fleets.client_worker import vectorized_trainer
-from fedloom.fleets.config import AggregationMode, FleetConfig, FleetKind
+from fedloom.fleets.config import FleetConfig, FleetKind
 from fedloom.fleets.dist_env import DistEnv, init_group, read_env
 from fedloom.fleets.dist_wire import (
     CONTROL_SIZE,
@@ -87,6 +87,7 @@ from fedloom.fleets.dist_wire import (
     pack,
     unpack,
 )
+from fedloom.fleets.reduce import WeightedSum, reduces
 from fedloom.fleets.serial import fit_one
 from fedloom.training.evaluation import CentralEvaluator
 from fedloom.training.spec import ClientSpec
@@ -139,10 +140,7 @@ class DistributedFleet(FleetBase):
         self.env: DistEnv = read_env(cfg)
         self.spec = spec
         self.is_worker = self.env.rank != 0
-        self.reduces = cfg.aggregation == AggregationMode.REDUCE and spec.reducible
-        if cfg.aggregation == AggregationMode.REDUCE and not spec.reducible:
-            log.warning("fleet.aggregation = reduce: the algorithm is not reducible (its "
-                        "aggregate is not an example-weighted mean); aggregating exactly instead")
+        self.reduces = reduces(cfg, spec)
         self.threads = cfg.threads or max(1, (os.cpu_count() or 1) // self.env.local_world_size)
         self.layout = ParamLayout.from_module(spec.model_fn())
         self._fit_share = self._share_trainer(cfg)
@@ -177,11 +175,7 @@ class DistributedFleet(FleetBase):
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
         """Train the cohort over all ranks; every outcome, sorted by client id. Reducing, each
         result's ``params`` is the one example-weighted mean of the usable updates."""
-        if not self.reduces:
-            return self._server_fit(Op.FIT, round, tasks)[0]
-        outcomes, mean = self._server_fit(Op.REDUCE, round, tasks)
-        return [dataclasses.replace(o, params=mean)
-                if isinstance(o, ClientResult) and mean is not None else o for o in outcomes]
+        return self._server_fit(Op.REDUCE if self.reduces else Op.FIT, round, tasks)[0]
 
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
         """The test metrics of ``params``, each rank evaluating a slice of the test set."""
@@ -300,15 +294,10 @@ class DistributedFleet(FleetBase):
         return sorted(own, key=lambda o: o.client_id), None
 
     def _reduce(self, outcomes: list[Outcome]) -> tuple[list[Outcome], torch.Tensor | None]:
-        size = self.layout.size
-        outcomes = [checked(o, size) for o in outcomes]
-        sums = torch.zeros(size + 1, dtype=torch.float64, device=self.env.device)
-        for r in outcomes:
-            if isinstance(r, ClientResult):
-                sums[:size].add_(r.params.to(self.env.device), alpha=r.num_examples)
-                sums[size] += r.num_examples
+        total = WeightedSum(self.layout.size, self.env.device)
+        outcomes = total.add(outcomes)
         with self._collective("reducing the updates"):
-            dist.reduce(sums, dst=0)
+            dist.reduce(total.sums, dst=0)
         bodies = self._gather(pack(encode_outcomes(outcomes, None), [], self.env.device))
         if self.is_worker:
             return [], None
@@ -316,13 +305,7 @@ class DistributedFleet(FleetBase):
         for body in bodies:
             merged += decode_outcomes(*unpack(body.cpu()))
         merged.sort(key=lambda o: o.client_id)
-        total = float(sums[size])
-        if total > 0:
-            return merged, (sums[:size] / total).to(self.layout.dtype).cpu()
-        if any(isinstance(o, ClientResult) for o in merged):
-            raise AggregationError("reduce: the results' num_examples sum to 0; the "
-                                   "example-weighted mean is undefined")
-        return merged, None
+        return total.results(merged, self.layout.dtype), None
 
     def _gather(self, body: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's body at rank 0 (padded to the longest); [] elsewhere."""

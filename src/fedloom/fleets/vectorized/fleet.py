@@ -11,6 +11,7 @@ from fedloom.core.packages import Downlink, Outcome
 from fedloom.core.threads import torch_threads
 from fedloom.fleets.base import FleetBase
 from fedloom.fleets.config import FleetConfig
+from fedloom.fleets.reduce import WeightedSum, reduces
 from fedloom.fleets.vectorized.trainer import VectorizedTrainer
 from fedloom.training.spec import ClientSpec
 
@@ -34,10 +35,20 @@ class VectorizedFleet(FleetBase):
         parallel = (cfg.threads or os.cpu_count() or 1) if device.type == "cpu" else 1
         self.trainer = VectorizedTrainer(spec, device, cfg.chunk, compile=cfg.compile,
                                          parallel=parallel)
+        self.reduces = reduces(cfg, spec)
+        self.layout = self.trainer.layout
 
     def fit(self, round: int, tasks: Sequence[Downlink]) -> list[Outcome]:
+        """Every outcome, sorted by client id; reducing (``fleet.aggregation=reduce``), each
+        chunk's updates are added to the example-weighted sum as it finishes and every result
+        carries the mean (:mod:`fedloom.fleets.reduce`), so one chunk's updates are held at a
+        time, not the cohort's."""
         with torch_threads(self.threads):
-            return self.trainer.fit_many(tasks)
+            if not self.reduces:
+                return self.trainer.fit_many(tasks)
+            total = WeightedSum(self.layout.size)
+            outcomes = [o for chunk in self.trainer.fit_chunks(tasks) for o in total.add(chunk)]
+        return total.results(sorted(outcomes, key=lambda o: o.client_id), self.layout.dtype)
 
     def close(self) -> None:
         self.trainer.close()

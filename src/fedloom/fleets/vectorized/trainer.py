@@ -18,7 +18,7 @@ order): tests/fleets/test_vectorized.py states and checks the tolerance.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -144,16 +144,19 @@ class VectorizedTrainer:
         Tasks are grouped by batch size (so no client computes on more padding than its last
         short batch) and each group is trained in chunks of at most ``chunk`` clients.
         """
-        ordered = sorted(tasks, key=lambda t: t.client_id)
+        return sorted((o for chunk in self.fit_chunks(tasks) for o in chunk),
+                      key=lambda o: o.client_id)
+
+    def fit_chunks(self, tasks: Sequence[Downlink]) -> Iterator[list[Outcome]]:
+        """The outcomes of :meth:`fit_many`, a chunk at a time as each is trained (so a caller
+        that keeps only what it needs of each holds one chunk's updates at most)."""
         groups: dict[int, list[Downlink]] = {}
-        for task in ordered:
+        for task in sorted(tasks, key=lambda t: t.client_id):
             groups.setdefault(task.config.batch_size, []).append(task)
-        outcomes: list[Outcome] = []
         for group in groups.values():
             size = self.chunk or len(group)
             for start in range(0, len(group), size):
-                outcomes += self._fit_parts(group[start:start + size])
-        return sorted(outcomes, key=lambda o: o.client_id)
+                yield self._fit_parts(group[start:start + size])
 
     def close(self) -> None:
         """Stop the threads of ``parallel`` parts (a later fit starts them again)."""
