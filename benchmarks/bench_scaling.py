@@ -4,7 +4,9 @@ Workload: W1's model and local work (2NN, E=1, B=10, lr 0.1, FedAvg) on real MNI
 into 1,000 clients of 60 examples, so that a cohort of 1,000 exists and every client update
 costs the same at every cohort size (6 SGD steps of 10 examples). Cohorts of 10, 100 and 1,000
 clients per round, on the vectorized fleet (``fleet.chunk`` clients stacked at a time, by default
-as many as keep each of its parts to ``PART_BYTES`` of parameters; all cores)
+as many as keep each of its parts to ``PART_BYTES`` of parameters; all cores), the same with
+``fleet.aggregation=reduce`` ("vec-reduce": each chunk's updates summed as it finishes, so one
+chunk's are held rather than the cohort's)
 and on the process fleet (2 workers, 1 thread each).
 
 A round is what the round loop does (``run_round``): sample, configure, fit, check every update,
@@ -39,6 +41,7 @@ from fedloom.core.packages import ServerState
 from fedloom.core.threads import torch_threads
 from fedloom.data.dataset import FederatedData
 from fedloom.fleets import FleetConfig, FleetKind
+from fedloom.fleets.config import AggregationMode
 from fedloom.fleets.process import ProcessFleet
 from fedloom.models import ModelFn, model_factory
 
@@ -78,6 +81,8 @@ class Side:
 
 def fleet_configs(chunk: int | None, cores: int) -> dict[str, FleetConfig]:
     return {"vectorized": FleetConfig(kind=FleetKind.VECTORIZED, chunk=chunk, threads=cores),
+            "vec-reduce": FleetConfig(kind=FleetKind.VECTORIZED, chunk=chunk, threads=cores,
+                                      aggregation=AggregationMode.REDUCE),
             "process": FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1)}
 
 
@@ -179,8 +184,8 @@ def measure(name: str, cfg: FleetConfig, data: FederatedData, model_fn: ModelFn,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--fleets", nargs="+", default=["vectorized", "process"],
-                        choices=["vectorized", "process"])
+    parser.add_argument("--fleets", nargs="+", default=["vectorized", "vec-reduce", "process"],
+                        choices=["vectorized", "vec-reduce", "process"])
     parser.add_argument("--chunk", type=int, default=None,
                         help="the vectorized fleet.chunk (default: the fleet's own)")
     parser.add_argument("--reps", type=int, default=3)

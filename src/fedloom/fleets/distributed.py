@@ -32,7 +32,8 @@ Aggregation (``fleet.aggregation``):
   fleet with ``threads=1``).
 * ``reduce``: for algorithms declaring ``reducible`` (the aggregate depends on the results only
   through the example-weighted mean sum_k n_k x_k / sum_k n_k; FedAvg does), each rank sums
-  n_k x_k in float64 with sum_k n_k appended, ONE ``reduce`` to rank 0 adds the ranks' sums and
+  n_k x_k (:class:`~fedloom.fleets.reduce.WeightedSum`: one float32 matrix-vector product added
+  into float64) with sum_k n_k appended, ONE ``reduce`` to rank 0 adds the ranks' sums and
   the mean is rounded to the parameter dtype once; only metadata is gathered, and every result
   rank 0 returns carries that mean as its ``params`` (one tensor, which the aggregate then
   averages to itself). It differs from exact mode by float32 rounding of the serial weighted

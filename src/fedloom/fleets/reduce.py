@@ -1,8 +1,9 @@
 """``fleet.aggregation=reduce``: a reducible algorithm's updates summed as they arrive.
 
 A reducible algorithm (FedAvg, FedProx, FedOpt) reads the cohort's updates only through their
-example-weighted mean ``sum_k n_k x_k / sum_k n_k``. A fleet in reduce mode adds each update to
-that sum, in float64, as soon as it exists, and keeps nothing of it: the K x P updates a round
+example-weighted mean ``sum_k n_k x_k / sum_k n_k``. A fleet in reduce mode adds each batch of
+updates (a chunk, a rank's share) to that sum as soon as it exists (one float32 matrix-vector
+product, accumulated in float64) and keeps nothing of them: the K x P updates a round
 would otherwise hold until aggregation (800 MB for 1,000 clients of the 2NN) never coexist.
 Every result it returns carries the mean, rounded to the parameter dtype once, as its
 ``params`` (one tensor, which the aggregate averages to itself). Only float32 rounding of the
@@ -41,7 +42,7 @@ def reduces(cfg: FleetConfig, spec: ClientSpec) -> bool:
 
 
 class WeightedSum:
-    """``sum_k n_k x_k`` (float64) and ``sum_k n_k`` of the results added so far.
+    """``sum_k n_k x_k`` and ``sum_k n_k`` (float64) of the results added so far.
 
     Args:
         size: the model's number of values.
@@ -56,15 +57,16 @@ class WeightedSum:
     def add(self, outcomes: Iterable[Outcome]) -> list[Outcome]:
         """Add each usable result's update; the outcomes back, checked, their updates dropped
         (a result's ``params`` is a placeholder until :meth:`results`)."""
-        out: list[Outcome] = []
-        for o in outcomes:
-            o = checked(o, self.size)
-            if isinstance(o, ClientResult):
-                self.sums[:self.size].add_(o.params.to(self.sums.device), alpha=o.num_examples)
-                self.sums[self.size] += o.num_examples
-                o = dataclasses.replace(o, params=_PENDING)
-            out.append(o)
-        return out
+        out = [checked(o, self.size) for o in outcomes]
+        usable = [o for o in out if isinstance(o, ClientResult)]
+        if usable:  # one matrix-vector product (float32) per call, added in float64
+            weights = torch.tensor([float(o.num_examples) for o in usable],
+                                   dtype=usable[0].params.dtype, device=self.sums.device)
+            stacked = torch.stack([o.params.to(self.sums.device) for o in usable])
+            self.sums[:self.size] += torch.mv(stacked.t(), weights)
+            self.sums[self.size] += float(sum(o.num_examples for o in usable))
+        return [dataclasses.replace(o, params=_PENDING) if isinstance(o, ClientResult) else o
+                for o in out]
 
     def mean(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The example-weighted mean in ``dtype``, on the CPU (None when nothing was added)."""
