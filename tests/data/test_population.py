@@ -13,12 +13,13 @@ from hypothesis import strategies as st
 
 from fedloom.app.build import build_run
 from fedloom.app.config import load_config
+from fedloom.core.counts import LARGE_POPULATION
 from fedloom.core.errors import ConfigError
 from fedloom.core.rng import choose
 from fedloom.data import DataConfig, load_federated
 from fedloom.data.config import DatasetName
 from fedloom.data.population import ClientRanges, GeneratedClients
-from fedloom.runtime.sampling import LARGE_POPULATION, UniformSampler
+from fedloom.runtime.sampling import UniformSampler
 
 W5 = ["data.name=generated", "model.name=logreg", "cohort.size=10", "client.steps=1",
       "client.batch_size=10", "client.lr=0.05", "fleet.threads=1"]

@@ -31,18 +31,16 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from fedloom.aggregators.rule import Combination, UpdateRule
-from fedloom.algorithms.base import Algorithm, LocalSpec, ResultNeeds, Selection
+from fedloom.algorithms.base import Algorithm, Selection
+from fedloom.algorithms.wrapped import Wrapped
 from fedloom.core.errors import AggregationError, ConfigError
-from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
 
 PREFIX = "rule/"
 
 
-class Combined:
+class Combined(Wrapped):
     """``inner`` with its mean replaced by ``rule`` (see the module docstring)."""
-
-    reducible = False  # the rule needs every update, never a fleet's pre-reduced mean
 
     def __init__(self, inner: Algorithm, rule: UpdateRule) -> None:
         if inner.asynchronous or not inner.reducible:
@@ -50,12 +48,9 @@ class Combined:
                 f"{rule.name} replaces the example-weighted mean of an averaging algorithm; "
                 f"{inner.name} does not aggregate through that mean (its server step reads "
                 "each result), so it cannot be combined with it")
-        self.inner, self.rule = inner, rule
-        self.name = inner.name
-        self.local: LocalSpec = inner.local
-        self.asynchronous = False
-        self.keeps_partial_work = inner.keeps_partial_work
-        self.personalized = inner.personalized
+        super().__init__(inner)
+        self.rule = rule
+        self.reducible = False  # the rule needs every update, never a fleet's pre-reduced mean
         self._metrics: Mapping[str, float] = {}
 
     def init(self, params: torch.Tensor) -> ServerState:
@@ -94,12 +89,6 @@ class Combined:
 
     def row_metrics(self, state: ServerState) -> Mapping[str, float]:
         return {**self.inner.row_metrics(_inner(state)), **self._metrics}
-
-    def result_needs(self, layout: ParamLayout) -> ResultNeeds:
-        return self.inner.result_needs(layout)
-
-    def personal_params(self, client_id: int, params: torch.Tensor) -> torch.Tensor:
-        return self.inner.personal_params(client_id, params)
 
 
 def round_half(x: float) -> int:

@@ -21,6 +21,11 @@ from typing import overload
 
 from fedloom.core.errors import ConfigError
 
+#: above this many registered clients, samplers and clocks draw per client on demand (Floyd's
+#: sampling, a Feistel permutation, per-client speed streams) instead of holding an array of
+#: them; at or below it every draw is the same as before those existed
+LARGE_POPULATION = 1 << 16
+
 
 class Repeated(Sequence[int]):
     """``value`` repeated ``length`` times, without a list (every client's example count)."""

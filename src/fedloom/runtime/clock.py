@@ -13,9 +13,9 @@ from enum import StrEnum
 
 import numpy as np
 
+from fedloom.core.counts import LARGE_POPULATION
 from fedloom.core.rng import SERVER, Purpose, numpy_generator
 from fedloom.core.validate import Problems
-from fedloom.runtime.sampling import LARGE_POPULATION
 
 
 class SpeedModel(StrEnum):
@@ -50,7 +50,7 @@ class ClientClock:
 
     ``constant`` holds nothing per client. The random speed models draw every client's speed
     from one seeded stream into an array (8 bytes per client) up to
-    :data:`~fedloom.runtime.sampling.LARGE_POPULATION` clients; above it ``step_time`` is None
+    :data:`~fedloom.core.counts.LARGE_POPULATION` clients; above it ``step_time`` is None
     and client ``k``'s speed is the first draw of its own stream ``(seed, k)``, made when asked
     for, so a million registered clients cost nothing here (and each keeps its speed all run).
     """

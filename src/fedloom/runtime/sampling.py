@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from fedloom.core.counts import Repeated
+from fedloom.core.counts import LARGE_POPULATION, Repeated
 from fedloom.core.errors import ConfigError
 from fedloom.core.permutation import KeyedPermutation
 from fedloom.core.rng import SERVER, Purpose, choose, derive_seed, torch_generator
@@ -40,8 +40,6 @@ class Sampler(Protocol):
         """``size`` (default :attr:`size`) clients for ``round``, seeded by (seed, round)."""
         ...
 
-
-LARGE_POPULATION = 1 << 16
 
 
 def _check_size(size: int, num_clients: int) -> None:
