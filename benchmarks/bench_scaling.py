@@ -6,8 +6,8 @@ costs the same at every cohort size (6 SGD steps of 10 examples). Cohorts of 10,
 clients per round, on the vectorized fleet (``fleet.chunk`` clients stacked at a time, by default
 as many as keep each of its parts to ``PART_BYTES`` of parameters; all cores), the same with
 ``fleet.aggregation=reduce`` ("vec-reduce": each chunk's updates summed as it finishes, so one
-chunk's are held rather than the cohort's)
-and on the process fleet (2 workers, 1 thread each).
+chunk's are held rather than the cohort's), and on the process fleet (2 workers, 1 thread each;
+"proc-reduce": each job's updates summed in its worker, one row per job sent back).
 
 A round is what the round loop does (``run_round``): sample, configure, fit, check every update,
 aggregate; its seconds give client updates per second. Central evaluation (10,000 test images,
@@ -83,7 +83,9 @@ def fleet_configs(chunk: int | None, cores: int) -> dict[str, FleetConfig]:
     return {"vectorized": FleetConfig(kind=FleetKind.VECTORIZED, chunk=chunk, threads=cores),
             "vec-reduce": FleetConfig(kind=FleetKind.VECTORIZED, chunk=chunk, threads=cores,
                                       aggregation=AggregationMode.REDUCE),
-            "process": FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1)}
+            "process": FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1),
+            "proc-reduce": FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1,
+                                       aggregation=AggregationMode.REDUCE)}
 
 
 def pids(sim: Simulation) -> list[int]:
@@ -184,8 +186,8 @@ def measure(name: str, cfg: FleetConfig, data: FederatedData, model_fn: ModelFn,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohorts", type=int, nargs="+", default=[10, 100, 1000])
-    parser.add_argument("--fleets", nargs="+", default=["vectorized", "vec-reduce", "process"],
-                        choices=["vectorized", "vec-reduce", "process"])
+    names = ["vectorized", "vec-reduce", "process", "proc-reduce"]
+    parser.add_argument("--fleets", nargs="+", default=names, choices=names)
     parser.add_argument("--chunk", type=int, default=None,
                         help="the vectorized fleet.chunk (default: the fleet's own)")
     parser.add_argument("--reps", type=int, default=3)

@@ -99,5 +99,35 @@ def test_not_reducible_aggregates_exactly_with_a_warning(
 
 
 def test_reduce_is_refused_where_no_fleet_implements_it() -> None:
-    with pytest.raises(ConfigError, match="aggregation"):
-        FleetConfig(kind=FleetKind.PROCESS, aggregation=AggregationMode.REDUCE)
+    for kind in (FleetKind.SERIAL, FleetKind.THREAD):
+        with pytest.raises(ConfigError, match="aggregation"):
+            FleetConfig(kind=kind, aggregation=AggregationMode.REDUCE)
+
+
+def test_process_reduce_is_the_exact_mean_and_leaves_dead_jobs_out() -> None:
+    """Two workers each sum their jobs' updates; the parent adds the jobs' sums. A job whose
+    worker died (client 1 exits, client 2 is killed: tests/fleets/test_process.py's hook)
+    contributes failures, never its row."""
+    from tests.fleets.test_process import DEATH_ROUND, MODEL_FN, SPEC, serial_outcomes, tasks_for
+
+    spec = dataclasses.replace(SPEC, reducible=True)
+    fleet = make_fleet(FleetConfig(kind=FleetKind.PROCESS, workers=2, threads=1,
+                                   aggregation=AggregationMode.REDUCE), spec)
+    try:
+        assert fleet.reduces  # type: ignore[attr-defined]
+        params = fleet.layout.flatten(MODEL_FN().state_dict())  # type: ignore[attr-defined]
+        for rnd in (1, DEATH_ROUND):
+            tasks = tasks_for(rnd, range(5), params)
+            expected = [o for o in serial_outcomes(tasks).values()
+                        if isinstance(o, ClientResult)]
+            got = fleet.fit(rnd, tasks)
+            ok = [o for o in got if isinstance(o, ClientResult)]
+            dead = {o.client_id for o in got if isinstance(o, ClientFailure)}
+            keep = [o for o in expected if o.client_id not in dead]
+            mean = weighted_mean([o.params for o in keep], [o.num_examples for o in keep])
+            assert {o.client_id for o in ok} == {o.client_id for o in keep}
+            assert all(o.params is ok[0].params for o in ok)
+            assert torch.allclose(ok[0].params, mean, rtol=1e-5, atol=1e-6)
+            assert dead == (set() if rnd == 1 else {1, 2})
+    finally:
+        fleet.close()

@@ -19,6 +19,7 @@ from fedloom.core.errors import ConfigError
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientFailure, ClientResult, Downlink, Outcome
 from fedloom.data.dataset import ArrayData, Examples
+from fedloom.fleets.reduce import WeightedSum
 from fedloom.fleets.serial import fit_one
 from fedloom.fleets.shm import SharedArena, SharedRef
 from fedloom.training.evaluation import CentralEvaluator
@@ -142,10 +143,16 @@ class FitItem:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FitJob:
+    """Train ``items`` from rows of ``down``; each update goes to its slot of ``up``, or, with
+    ``sums`` (``fleet.aggregation=reduce``), into the job's example-weighted sum, written to row
+    ``sums_row`` of ``sums`` (:class:`~fedloom.fleets.reduce.WeightedSum`'s layout)."""
+
     round: int
     down: SharedRef
     up: SharedRef
     items: tuple[FitItem, ...]
+    sums: SharedRef | None = None
+    sums_row: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -221,13 +228,21 @@ class ClientWorker:
         return tensor
 
     def _fit_job(self, job: FitJob) -> list[Uplink | ClientFailure]:
-        down, up = self._open("down", job.down), self._open("up", job.up)
+        down = self._open("down", job.down)
         tasks = [Downlink(round=i.round, client_id=i.client_id, params=down[i.row],
                           config=i.config, extras=i.extras) for i in job.items]
-        return [self._uplink(o, up, item) for o, item in zip(self.fit(tasks), job.items)]
+        outcomes = self.fit(tasks)
+        if job.sums is not None:  # reduce: only the job's weighted sum leaves, in its row
+            sums = self._open("sums", job.sums)
+            total = WeightedSum(sums.shape[1] - 1)
+            outcomes = total.add(outcomes)
+            sums[job.sums_row].copy_(total.sums)
+            return [_uplink(o) if isinstance(o, ClientResult) else o for o in outcomes]
+        up = self._open("up", job.up)
+        return [self._slotted(o, up, item) for o, item in zip(outcomes, job.items)]
 
     @staticmethod
-    def _uplink(o: Outcome, up: torch.Tensor, item: FitItem) -> Uplink | ClientFailure:
+    def _slotted(o: Outcome, up: torch.Tensor, item: FitItem) -> Uplink | ClientFailure:
         if isinstance(o, ClientFailure):
             return o
         try:
@@ -235,8 +250,12 @@ class ClientWorker:
         except RuntimeError as exc:
             return ClientFailure(round=o.round, client_id=o.client_id, stage="fit",
                                  message=f"update does not fit the layout: {exc}")
-        return Uplink(client_id=o.client_id, num_examples=o.num_examples,
-                      num_steps=o.num_steps, metrics=o.metrics, extras=o.extras)
+        return _uplink(o)
+
+
+def _uplink(o: ClientResult) -> Uplink:
+    return Uplink(client_id=o.client_id, num_examples=o.num_examples, num_steps=o.num_steps,
+                  metrics=o.metrics, extras=o.extras)
 
 
 def as_result(round: int, uplink: Uplink, params: torch.Tensor) -> ClientResult:

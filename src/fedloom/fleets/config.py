@@ -42,8 +42,8 @@ class FleetConfig:
             "cuda:0,cuda:1"); default cpu, or one GPU per rank under torchrun when CUDA exists.
         vectorize: the process and distributed fleets vectorize their own share of the cohort.
         aggregation: ``exact`` (every update kept, aggregated in client-id order) or
-            ``reduce`` (the distributed and vectorized fleets sum a reducible algorithm's
-            updates as they arrive: :mod:`fedloom.fleets.reduce`).
+            ``reduce`` (the distributed, vectorized and process fleets sum a reducible
+            algorithm's updates as they arrive: :mod:`fedloom.fleets.reduce`).
         compile: the vectorized fleet's steps through ``torch.compile`` (:class:`CompileMode`).
     """
 
@@ -68,8 +68,9 @@ class FleetConfig:
         p.check(not self.vectorize or self.kind in (FleetKind.PROCESS, FleetKind.DISTRIBUTED),
                 "vectorize", self.vectorize, "only the process and distributed fleets take it")
         p.check(self.aggregation == AggregationMode.EXACT
-                or self.kind in (FleetKind.DISTRIBUTED, FleetKind.VECTORIZED), "aggregation",
-                self.aggregation, "reduce: only the distributed and vectorized fleets take it")
+                or self.kind in (FleetKind.DISTRIBUTED, FleetKind.VECTORIZED, FleetKind.PROCESS),
+                "aggregation", self.aggregation,
+                "reduce: only the distributed, vectorized and process fleets take it")
         p.raise_if_any()
 
     @property

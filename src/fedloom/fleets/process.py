@@ -11,6 +11,11 @@ client) and each worker writes its clients' flat parameters into their slots of 
 slab. Nothing model-sized is pickled. A worker that dies mid-round turns its job's clients into
 :class:`ClientFailure` values (stage ``worker``) and is replaced; the run goes on.
 
+With ``fleet.aggregation=reduce`` (a reducible algorithm) no slab of updates exists: each job
+adds its clients' updates to its own example-weighted sum (:mod:`fedloom.fleets.reduce`), the
+worker writes that one row, the parent adds the rows of the jobs that came back and every result
+carries the mean, so the fleet's memory no longer grows with the cohort.
+
 **Results are views.** ``params`` of the results ``fit`` returns are rows of the slab, which the
 aggregator reads in place. The next ``fit`` writes into the same slab only if none of those
 results is still referenced (the round loop drops them after aggregating); if any is kept (an
@@ -55,6 +60,7 @@ from fedloom.fleets.client_worker import (
 )
 from fedloom.fleets.config import FleetConfig, FleetKind
 from fedloom.fleets.process_pool import ProcessPool
+from fedloom.fleets.reduce import PENDING, WeightedSum, reduces
 from fedloom.fleets.shm import SharedArena, Slab
 from fedloom.training.spec import ClientSpec
 
@@ -105,6 +111,7 @@ class _Session:
             factory = SharedSpec.share(spec, self.arena, vectorized=vectorized, chunk=cfg.chunk)
             self.down = Slab(self.arena, layout.size, layout.dtype)
             self.up = Slab(self.arena, layout.size, layout.dtype)
+            self.sums = Slab(self.arena, layout.size + 1, torch.float64)  # reduce: one per job
             self.pool = ProcessPool(factory, workers=workers, devices=cfg.device_list,
                                     threads=cfg.threads or 1)
         except BaseException:
@@ -127,6 +134,7 @@ class ProcessFleet(FleetBase):
         self.spec = spec
         self.workers = self.cfg.workers or os.cpu_count() or 1
         self.layout = ParamLayout.from_module(spec.model_fn())
+        self.reduces = reduces(self.cfg, spec)
         self.last_fit: FitStats | None = None
         self._session: _Session | None = None
         self._lent: list[weakref.ref[torch.Tensor]] = []  # params of the last fit's results
@@ -152,15 +160,20 @@ class ProcessFleet(FleetBase):
         s.down.ensure(len(rows))
         for r, params in enumerate(rows.values()):
             s.down.tensor[r].copy_(params)
-        s.up.ensure(len(ordered), fresh=any(ref() is not None for ref in self._lent))
+        if not self.reduces:
+            s.up.ensure(len(ordered), fresh=any(ref() is not None for ref in self._lent))
         items = [FitItem(slot=k, client_id=t.client_id, round=t.round, row=row_of[id(t.params)],
                          config=t.config, extras=dict(t.extras)) for k, t in enumerate(ordered)]
-        jobs = [FitJob(round=round, down=s.down.ref, up=s.up.ref, items=part)
-                for part in self._split(items)]
+        parts = self._split(items)
+        if self.reduces:
+            s.sums.ensure(len(parts))
+        jobs = [FitJob(round=round, down=s.down.ref, up=s.up.ref, items=part,
+                       sums=s.sums.ref if self.reduces else None, sums_row=j)
+                for j, part in enumerate(parts)]
         broadcast = time.perf_counter()
         replies = self._map(s, jobs)
-        out = [o for job, reply in zip(jobs, replies)
-               for o in self._outcomes(job, reply, s.up.tensor)]
+        out = self._reduced(jobs, replies, s.sums.tensor) if self.reduces else [
+            o for job, reply in zip(jobs, replies) for o in self._outcomes(job, reply, s.up.tensor)]
         self._lent = [weakref.ref(o.params) for o in out if isinstance(o, ClientResult)]
         self.last_fit = FitStats(broadcast - start, time.perf_counter() - start,
                                  tuple(b[0] for b in s.pool.busy),
@@ -184,14 +197,26 @@ class ProcessFleet(FleetBase):
         bounds = list(itertools.accumulate([q + (w < r) for w in range(self.workers)], initial=0))
         return [tuple(items[a:b]) for a, b in itertools.pairwise(bounds) if a < b]
 
+    def _reduced(self, jobs: Sequence[FitJob], replies: Sequence[object],
+                 sums: torch.Tensor) -> list[Outcome]:
+        """Reducing: the jobs' sums added up (a failed job's row is never read), and every
+        result carrying the mean (:mod:`fedloom.fleets.reduce`)."""
+        total = WeightedSum(self.layout.size)
+        out: list[Outcome] = []
+        for job, reply in zip(jobs, replies):
+            if isinstance(reply, list):
+                total.sums += sums[job.sums_row]
+            out += self._outcomes(job, reply, sums)
+        return total.results(out, self.layout.dtype)
+
     @staticmethod
     def _outcomes(job: FitJob, reply: object, up: torch.Tensor) -> list[Outcome]:
         if not isinstance(reply, list):  # WorkerLost or JobError: the whole job failed
             message = getattr(reply, "message", repr(reply))
             return [ClientFailure(round=i.round, client_id=i.client_id, stage="worker",
                                   message=message) for i in job.items]
-        return [as_result(i.round, u, up[i.slot]) if isinstance(u, Uplink) else u
-                for u, i in zip(reply, job.items)]
+        return [as_result(i.round, u, up[i.slot] if job.sums is None else PENDING)
+                if isinstance(u, Uplink) else u for u, i in zip(reply, job.items)]
 
     def evaluate(self, params: torch.Tensor) -> dict[str, Mean] | None:
         """Central evaluation, each worker taking a contiguous slice of the test set."""

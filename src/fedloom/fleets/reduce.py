@@ -27,7 +27,7 @@ from fedloom.training.spec import ClientSpec
 log = logging.getLogger(__name__)
 
 #: what a result carries between being added and the mean (its own update is dropped)
-_PENDING = torch.empty(0)
+PENDING = torch.empty(0)
 
 
 def reduces(cfg: FleetConfig, spec: ClientSpec) -> bool:
@@ -65,7 +65,7 @@ class WeightedSum:
             stacked = torch.stack([o.params.to(self.sums.device) for o in usable])
             self.sums[:self.size] += torch.mv(stacked.t(), weights)
             self.sums[self.size] += float(sum(o.num_examples for o in usable))
-        return [dataclasses.replace(o, params=_PENDING) if isinstance(o, ClientResult) else o
+        return [dataclasses.replace(o, params=PENDING) if isinstance(o, ClientResult) else o
                 for o in out]
 
     def mean(self, dtype: torch.dtype) -> torch.Tensor | None:
