@@ -53,6 +53,27 @@ def test_weighted_sum_with_nothing_added_or_no_examples() -> None:
         zero.results(zero.add([_result(0, [1.0], 0)]), torch.float32)
 
 
+def test_weighted_sum_reads_a_chunks_rows_in_place_and_does_not_overflow() -> None:
+    from fedloom.fleets.reduce import _matrices
+
+    a, b = torch.arange(12.0).view(3, 4), torch.arange(8.0).view(2, 4) + 100
+    rows = [*a, b[1], *b]  # a run of a, a lone row, a run of b: three views, nothing copied
+    pieces = _matrices(rows)
+    assert [(i, m.shape[0]) for i, m in pieces] == [(0, 3), (3, 1), (4, 2)]
+    assert pieces[0][1].data_ptr() == a.data_ptr() and pieces[2][1].data_ptr() == b.data_ptr()
+    assert torch.equal(torch.cat([m for _, m in pieces]), torch.stack(rows))
+    total = WeightedSum(4)  # the mean over the pieces is the mean over the rows
+    results = [ClientResult(round=1, client_id=k, params=r, num_examples=k + 1, num_steps=1)
+               for k, r in enumerate(rows)]  # the views themselves
+    got = total.results(total.add(results), torch.float32)
+    expected = sum((k + 1) * r for k, r in enumerate(rows)) / sum(range(1, 7))
+    assert torch.allclose(got[0].params, expected)  # type: ignore[union-attr]
+    big = WeightedSum(2)  # n_k x_k would overflow float32; the mean does not
+    out = big.results(big.add([_result(0, [3e38, 1.0], 600), _result(1, [3e38, 3.0], 600)]),
+                      torch.float32)
+    assert torch.equal(out[0].params, torch.tensor([3e38, 2.0]))  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("chunk", [2, None])
 def test_vectorized_reduce_is_the_exact_mean_within_float_rounding(chunk: int | None) -> None:
     spec = make_spec(make_image_data(per_client=UNEQUAL), MODELS["mlp"])

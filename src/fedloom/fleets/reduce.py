@@ -20,7 +20,8 @@ from collections.abc import Iterable
 import torch
 
 from fedloom.core.errors import AggregationError
-from fedloom.core.packages import ClientResult, Outcome, checked
+from fedloom.core.finite import all_finite
+from fedloom.core.packages import ClientFailure, ClientResult, Outcome, checked
 from fedloom.fleets.config import AggregationMode, FleetConfig
 from fedloom.training.spec import ClientSpec
 
@@ -28,6 +29,33 @@ log = logging.getLogger(__name__)
 
 #: what a result carries between being added and the mean (its own update is dropped)
 PENDING = torch.empty(0)
+
+
+def _matrices(rows: list[torch.Tensor]) -> list[tuple[int, torch.Tensor]]:
+    """``rows`` as (first index, (n, P) matrix) pieces: each run of consecutive rows of one
+    tensor (a vectorized chunk's part, a process job's slab rows) a view of it, any other row
+    a one-row view of itself. Nothing is copied."""
+    out: list[tuple[int, torch.Tensor]] = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i < len(rows) and _follows(rows[i - 1], rows[i]):
+            continue
+        first = rows[start]
+        size = first.numel()
+        if all(r.dim() == 1 and r.is_contiguous() for r in rows[start:i]):
+            out.append((start, first.as_strided((i - start, size), (size, 1))))
+        else:
+            out.append((start, torch.stack(rows[start:i])))
+        start = i
+    return out
+
+
+def _follows(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``b`` is the row right after ``a`` in one tensor's memory."""
+    return (a.dim() == b.dim() == 1 and a.is_contiguous() and b.is_contiguous()
+            and a.numel() == b.numel() and a.dtype == b.dtype
+            and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+            and b.storage_offset() == a.storage_offset() + a.numel())
 
 
 def reduces(cfg: FleetConfig, spec: ClientSpec) -> bool:
@@ -56,17 +84,39 @@ class WeightedSum:
 
     def add(self, outcomes: Iterable[Outcome]) -> list[Outcome]:
         """Add each usable result's update; the outcomes back, checked, their updates dropped
-        (a result's ``params`` is a placeholder until :meth:`results`)."""
-        out = [checked(o, self.size) for o in outcomes]
-        usable = [o for o in out if isinstance(o, ClientResult)]
-        if usable:  # one matrix-vector product (float32) per call, added in float64
-            weights = torch.tensor([float(o.num_examples) for o in usable],
-                                   dtype=usable[0].params.dtype, device=self.sums.device)
-            stacked = torch.stack([o.params.to(self.sums.device) for o in usable])
-            self.sums[:self.size] += torch.mv(stacked.t(), weights)
-            self.sums[self.size] += float(sum(o.num_examples for o in usable))
+        (a result's ``params`` is a placeholder until :meth:`results`).
+
+        One pass over the updates: their weighted sum is computed first, and only when it is
+        not finite (a NaN or infinity in some update always reaches it) is each update checked
+        and the sum taken again without the bad ones."""
+        out = [o if isinstance(o, ClientFailure) or o.params.shape == (self.size,)
+               else checked(o, self.size) for o in outcomes]
+        part = self._weighted([o for o in out if isinstance(o, ClientResult)])
+        if part is not None and not all_finite(part):
+            out = [checked(o, self.size) for o in out]
+            part = self._weighted([o for o in out if isinstance(o, ClientResult)])
+        if part is not None:
+            count = float(sum(o.num_examples for o in out if isinstance(o, ClientResult)))
+            self.sums[:self.size].add_(part, alpha=count)
+            self.sums[self.size] += count
         return [dataclasses.replace(o, params=PENDING) if isinstance(o, ClientResult) else o
                 for o in out]
+
+    def _weighted(self, usable: list[ClientResult]) -> torch.Tensor | None:
+        """``usable``'s example-weighted mean (weights <= 1, so no float32 overflow that the
+        updates themselves do not have), one matrix-vector product per run of rows that lie
+        together in memory; None if there are none or their counts sum to 0 (nothing added)."""
+        counts = [float(o.num_examples) for o in usable]
+        if not usable or sum(counts) <= 0:
+            return None
+        weights = torch.tensor(counts, dtype=torch.float64, device=self.sums.device)
+        weights = (weights / weights.sum()).to(usable[0].params.dtype)
+        rows = [o.params.to(self.sums.device) for o in usable]
+        total: torch.Tensor | None = None
+        for i, m in _matrices(rows):
+            piece = torch.mv(m.t(), weights[i:i + m.shape[0]])
+            total = piece if total is None else total.add_(piece)
+        return total
 
     def mean(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The example-weighted mean in ``dtype``, on the CPU (None when nothing was added)."""

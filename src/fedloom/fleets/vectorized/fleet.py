@@ -47,7 +47,10 @@ class VectorizedFleet(FleetBase):
             if not self.reduces:
                 return self.trainer.fit_many(tasks)
             total = WeightedSum(self.layout.size)
-            outcomes = [o for chunk in self.trainer.fit_chunks(tasks) for o in total.add(chunk)]
+            outcomes: list[Outcome] = []
+            for chunk in self.trainer.fit_chunks(tasks):
+                with torch_threads(1):  # no OpenMP team left spinning beside the next chunk
+                    outcomes += total.add(chunk)
         return total.results(sorted(outcomes, key=lambda o: o.client_id), self.layout.dtype)
 
     def close(self) -> None:
