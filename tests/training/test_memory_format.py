@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -180,29 +181,29 @@ def gn_cnn() -> nn.Module:
                          nn.Flatten(), nn.Linear(4 * 6 * 6, 4))
 
 
+def fit_channels_last(model_fn: Callable[[], nn.Module], local: LocalSpec | None = None) -> None:
+    """Client 0 fitting one round asked for channels-last."""
+    spec = ClientSpec(model_fn=model_fn, train=DATA.train, client_indices=DATA.client_train,
+                      seed=0, local=local or LocalSpec())
+    trainer = spec.trainer()
+    trainer.fit(Downlink(round=1, client_id=0,
+                         params=trainer.layout.module_to_flat(trainer.model),
+                         config=ClientConfig(memory_format=MemoryFormat.CHANNELS_LAST)))
+
+
 def test_layers_auto_does_not_trust_stay_contiguous() -> None:
     """GroupNorm's CPU backward is wrong in channels-last (torch 2.13): auto keeps such a model
     contiguous (bitwise the contiguous run) and asking for channels-last is refused by name."""
     assert torch.equal(run("auto", model_fn=gn_cnn), run("contiguous", model_fn=gn_cnn))
-    spec = ClientSpec(model_fn=gn_cnn, train=DATA.train, client_indices=DATA.client_train,
-                      seed=0)
-    trainer = spec.trainer()
-    down = Downlink(round=1, client_id=0, params=trainer.layout.module_to_flat(trainer.model),
-                    config=ClientConfig(memory_format=MemoryFormat.CHANNELS_LAST))
     with pytest.raises(ConfigError, match="GroupNorm computes wrong gradients"):
-        trainer.fit(down)
+        fit_channels_last(gn_cnn)
 
 
 def test_dp_sgd_trains_contiguous_and_refuses_channels_last() -> None:
     dp = sample_dp(LocalSpec(), clip=1.0, noise_multiplier=0.5, seed=9)
     assert torch.equal(run("auto", local=dp), run("contiguous", local=dp))
-    spec = ClientSpec(model_fn=small_cnn, train=DATA.train, client_indices=DATA.client_train,
-                      seed=0, local=dp)
-    trainer = spec.trainer()
-    down = Downlink(round=1, client_id=0, params=trainer.layout.module_to_flat(trainer.model),
-                    config=ClientConfig(memory_format=MemoryFormat.CHANNELS_LAST))
     with pytest.raises(ConfigError, match="DP-SGD"):
-        trainer.fit(down)
+        fit_channels_last(small_cnn, dp)
 
 
 def test_an_unknown_memory_format_is_a_config_error() -> None:

@@ -24,22 +24,20 @@ import torch
 
 from fedloom.core.errors import ClientError, ConfigError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink
-from fedloom.runtime.clients import Client
+from fedloom.runtime.clients import Client, WrappedClient
 from fedloom.secagg import PROTOCOL_STAGES, ClientSession, Stage, encode
 from fedloom.transport.handlers import Handlers, Message, Reply
-from fedloom.transport.messages import Scalar
 
 PREFIX = "secagg."
 PARAMS = "params"
 
 
-class SecAggClient(Client):
+class SecAggClient(WrappedClient):
     """``client`` (its answers unchanged) that can also take part in secure aggregation."""
 
     def __init__(self, client: Client) -> None:
-        self.client = client
+        super().__init__(client)
         self.layout: ParamLayout | None = None
         self._rounds: dict[int, tuple[int, torch.Tensor, int, ClientSession]] = {}
         self._lock = threading.Lock()
@@ -69,7 +67,7 @@ class SecAggClient(Client):
             raise ClientError(f"secagg.train: bad client config: {err}",
                               stage="secagg/train") from None
         cid = message.receiver
-        result = self.client.run_fit(Downlink(round=message.state, client_id=cid,
+        result = self.inner.run_fit(Downlink(round=message.state, client_id=cid,
                                               params=params, config=config), layout)
         update = result.params.to(torch.float64) - params.to(torch.float64)
         with self._lock:
@@ -94,26 +92,14 @@ class SecAggClient(Client):
                 self._rounds.pop(message.receiver, None)
         return reply
 
-    # -- the wrapped client -----------------------------------------------------------------
+    # -- the wrapped client: answers unchanged (the layout kept for the protocol) --------------
 
     def on_welcome(self, layout: ParamLayout, run_config: str) -> None:
         self.layout = layout
-        self.client.on_welcome(layout, run_config)
-
-    def get_properties(self, config: dict[str, Scalar]) -> dict[str, Scalar]:
-        return self.client.get_properties(config)
-
-    def run_get_parameters(self, layout: ParamLayout,
-                           config: dict[str, Scalar]) -> torch.Tensor:
-        return self.client.run_get_parameters(layout, config)
+        super().on_welcome(layout, run_config)
 
     def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
-        return self.client.run_fit(downlink, layout)
-
-    def run_evaluate(self, params: torch.Tensor, config: ClientConfig, layout: ParamLayout,
-                     *, round: int, client_id: int) -> tuple[dict[str, Mean], int]:
-        return self.client.run_evaluate(params, config, layout, round=round,
-                                        client_id=client_id)
+        return self.inner.run_fit(downlink, layout)
 
 
 __all__ = ["SecAggClient"]
