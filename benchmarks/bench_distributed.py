@@ -19,6 +19,8 @@ timed (fit only). Run::
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import json
 import os

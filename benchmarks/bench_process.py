@@ -16,6 +16,8 @@ contiguous format, for the per-client ratio of the two. Run:
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import dataclasses
 import os

@@ -25,6 +25,8 @@ Run:
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import dataclasses
 import itertools

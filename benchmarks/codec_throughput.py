@@ -14,6 +14,8 @@ copy's time over the codec's (1.0 = as fast as copying the input once).
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import os
 import statistics

@@ -7,6 +7,8 @@ Run with ``make bench`` (or ``python benchmarks/overhead.py --workloads W1 --rep
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import os
 import resource

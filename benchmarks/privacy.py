@@ -15,6 +15,8 @@ Run:
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import statistics
 import time

@@ -13,6 +13,8 @@ per run on one core.
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import dataclasses
 import statistics

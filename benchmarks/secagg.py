@@ -9,6 +9,8 @@ shares). Usage: ``python benchmarks/secagg.py [--clients 10 50 100] [--out FILE]
 
 from __future__ import annotations
 
+import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
+
 import argparse
 import math
 import time

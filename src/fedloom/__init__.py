@@ -16,6 +16,10 @@ The pieces of a run, each usable on its own::
 import importlib
 from typing import TYPE_CHECKING
 
+from fedloom.core.openmp import spin_briefly
+
+spin_briefly()  # before torch loads its OpenMP runtime (see fedloom.core.openmp)
+
 if TYPE_CHECKING:
     from fedloom.algorithms import Algorithm, FedAvg, FedAvgOptions, LocalSpec
     from fedloom.app.client import ConfigClient, trainer_client

@@ -20,6 +20,7 @@ from fedloom.core.allocator import keep_freed_memory
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
+from fedloom.core.openmp import note_if_too_late
 from fedloom.data.dataset import FederatedData
 from fedloom.fleets import Fleet, FleetConfig, FleetKind, make_fleet
 from fedloom.fleets.base import FleetBase
@@ -82,6 +83,7 @@ def assemble(*, data: FederatedData, model_fn: ModelFn, algorithm: Algorithm, se
     ``reducible`` and ``personal`` override what it says (a hierarchy aggregates per
     aggregator, and its personal models live with the leaves)."""
     keep_freed_memory()  # this process trains or evaluates from here on
+    note_if_too_late()
     evaluation = evaluation or EvalConfig()
     model = init_module(model_fn, seed)
     layout = ParamLayout.from_module(model)
