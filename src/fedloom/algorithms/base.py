@@ -20,6 +20,7 @@ from typing import Protocol, TypeGuard
 
 import torch
 
+from fedloom.algorithms.client_store import ClientStateStore
 from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, ClientResult, Downlink, ServerState
@@ -166,6 +167,8 @@ class Algorithm(Protocol):
             ``sum_k n_k x_k / sum_k n_k``, so a fleet may hand it results that all carry that
             mean (the distributed and vectorized fleets' ``fleet.aggregation=reduce``).
         personalized: clients keep models of their own (:meth:`personal_params`).
+        store: the client-state store ``aggregate`` writes, or None. The round loop keeps
+            what a round's attempt writes there only when it adopts the attempt's aggregate.
     """
 
     name: str
@@ -174,6 +177,9 @@ class Algorithm(Protocol):
     keeps_partial_work: bool
     reducible: bool
     personalized: bool
+
+    @property
+    def store(self) -> ClientStateStore | None: ...
 
     def init(self, params: torch.Tensor) -> ServerState: ...
 
@@ -231,6 +237,7 @@ class Base:
     keeps_partial_work: bool = False
     reducible: bool = False
     personalized: bool = False
+    store: ClientStateStore | None = None
 
     def init(self, params: torch.Tensor) -> ServerState:
         return ServerState(round=0, params=params.clone(), extras=self.init_extras(params))

@@ -3,6 +3,11 @@
 ``MemoryStore`` keeps tensors in a dict (small runs). ``DiskStore`` keeps one sparse
 ``num_clients x size`` file per key, read and written a client's row at a time, so a million
 registered clients cost neither RAM nor disk until they have state.
+
+Both hold writes back while a round's attempt is open (:meth:`~Staged.begin`): the round loop
+commits them when it adopts the aggregate and discards them when the attempt fails and the
+round is retried, so a failed attempt leaves no client state behind (SCAFFOLD's ``c_i`` would
+otherwise no longer sum to the server's ``c``, and could be non-finite).
 """
 
 from __future__ import annotations
@@ -35,17 +40,69 @@ class ClientStateStore(Protocol):
         """Forget every entry."""
         ...
 
+    def begin(self) -> None:
+        """Hold later writes back until :meth:`commit` or :meth:`discard` (reads see them)."""
+        ...
 
-class MemoryStore:
+    def commit(self) -> None:
+        """Write what was held back."""
+        ...
+
+    def discard(self) -> None:
+        """Forget what was held back."""
+        ...
+
+
+class Staged:
+    """Writes held back between :meth:`begin` and :meth:`commit` / :meth:`discard`; written
+    through otherwise. Subclasses read and write with ``_read`` and ``_write`` and check a write
+    in ``_check_put`` (at :meth:`put`, so a bad one fails where it is made)."""
+
+    _pending: dict[tuple[str, int], torch.Tensor] | None = None
+
+    def _read(self, client_id: int, key: str) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def _write(self, client_id: int, key: str, value: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def _check_put(self, client_id: int, key: str, value: torch.Tensor) -> None:
+        """Raise for a write the store could not take."""
+
+    def get(self, client_id: int, key: str) -> torch.Tensor | None:
+        if self._pending is not None and (key, client_id) in self._pending:
+            return self._pending[(key, client_id)]
+        return self._read(client_id, key)
+
+    def put(self, client_id: int, key: str, value: torch.Tensor) -> None:
+        self._check_put(client_id, key, value)
+        if self._pending is None:
+            self._write(client_id, key, value)
+        else:
+            self._pending[(key, client_id)] = value.detach().clone()
+
+    def begin(self) -> None:
+        self._pending = {}
+
+    def commit(self) -> None:
+        pending, self._pending = self._pending or {}, None
+        for (key, cid), value in sorted(pending.items(), key=lambda kv: kv[0]):
+            self._write(cid, key, value)
+
+    def discard(self) -> None:
+        self._pending = None
+
+
+class MemoryStore(Staged):
     """Client state in memory: ``{(key, client_id): tensor}``."""
 
     def __init__(self) -> None:
         self._data: dict[tuple[str, int], torch.Tensor] = {}
 
-    def get(self, client_id: int, key: str) -> torch.Tensor | None:
+    def _read(self, client_id: int, key: str) -> torch.Tensor | None:
         return self._data.get((key, client_id))
 
-    def put(self, client_id: int, key: str, value: torch.Tensor) -> None:
+    def _write(self, client_id: int, key: str, value: torch.Tensor) -> None:
         self._data[(key, client_id)] = value.detach().clone()
 
     def items(self) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
@@ -54,9 +111,10 @@ class MemoryStore:
 
     def clear(self) -> None:
         self._data.clear()
+        self.discard()
 
 
-class DiskStore:
+class DiskStore(Staged):
     """Client state in float32 files under ``directory``, one pair per key.
 
     ``KEY.f32`` holds ``num_clients`` rows of the key's length, ``KEY.has`` one byte per client
@@ -108,7 +166,7 @@ class DiskStore:
             raise IndexError(f"client {client_id}: the state store holds clients "
                              f"0..{self.num_clients - 1}")
 
-    def get(self, client_id: int, key: str) -> torch.Tensor | None:
+    def _read(self, client_id: int, key: str) -> torch.Tensor | None:
         self._check(client_id)
         files = self._open(key, None)
         if files is None or os.pread(files[1], 1, client_id) != b"\x01":
@@ -117,14 +175,16 @@ class DiskStore:
         row = bytearray(os.pread(values, 4 * length, 4 * length * client_id))
         return torch.frombuffer(row, dtype=torch.float32)
 
-    def put(self, client_id: int, key: str, value: torch.Tensor) -> None:
+    def _check_put(self, client_id: int, key: str, value: torch.Tensor) -> None:
         self._check(client_id)
         files = self._open(key, int(value.numel()))
         assert files is not None  # opened, or created for rows of this length
-        values, flags, length = files
-        if value.numel() != length:
+        if value.numel() != files[2]:
             raise ValueError(f"client state {key!r}: {value.numel()} values for client "
-                             f"{client_id}, the store's rows hold {length}")
+                             f"{client_id}, the store's rows hold {files[2]}")
+
+    def _write(self, client_id: int, key: str, value: torch.Tensor) -> None:
+        values, flags, length = self._files[key]
         row = value.detach().cpu().reshape(-1).to(torch.float32).numpy().tobytes()
         os.pwrite(values, row, 4 * length * client_id)
         os.pwrite(flags, b"\x01", client_id)
@@ -140,7 +200,7 @@ class DiskStore:
             for start in range(0, self.num_clients, SCAN):  # the flags a block at a time
                 block = np.frombuffer(os.pread(files[1], SCAN, start), dtype=np.uint8)
                 for cid in (np.flatnonzero(block) + start).tolist():
-                    value = self.get(int(cid), key)
+                    value = self._read(int(cid), key)
                     if value is not None:
                         yield (key, int(cid)), value
 
@@ -150,6 +210,7 @@ class DiskStore:
             if files is not None:  # every flag back to 0, the file sparse again
                 os.ftruncate(files[1], 0)
                 os.ftruncate(files[1], self.num_clients)
+        self.discard()
 
 
 def make_store(state_dir: str | None, num_clients: int) -> ClientStateStore:

@@ -23,6 +23,7 @@ class Wrapped:
         self.keeps_partial_work = inner.keeps_partial_work
         self.reducible = inner.reducible
         self.personalized = inner.personalized
+        self.store = inner.store
 
     def init(self, params: torch.Tensor) -> ServerState:
         return self.inner.init(params)

@@ -197,7 +197,8 @@ class Compressed(Wrapped):
         super().__init__(inner, dataclasses.replace(inner.local, finish=_Encode(
             codec=codec, feedback=feedback, seed=seed, inner=inner.local.finish,
             variate=None if stored is None else stored[0])))
-        self.codec, self.feedback, self.store = codec, feedback, store
+        self.codec, self.feedback = codec, feedback
+        self.store: ClientStateStore = store
         self.clients_keep_state = clients_keep_state
         # client state (a residual, warm factors) is per result; otherwise the mean will do
         self.reducible = inner.reducible and not feedback and not isinstance(codec, WarmStarted)

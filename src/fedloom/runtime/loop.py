@@ -159,7 +159,13 @@ class ServerLoop:
         self.layout, self.initial_params, self.seed = layout, initial_params, seed
         self.min_success, self.dropout, self.eval_every = min_success, dropout, eval_every
         self.clock, self.threads, self.sinks = clock, threads, list(sinks)
-        self.losses, self.store, self.checkpointer = losses, store, checkpointer
+        self.losses, self.checkpointer = losses, checkpointer
+        #: what a checkpoint saves besides the state: the store given, else the algorithm's
+        self.store = store if store is not None else algorithm.store
+        #: held back during a round's attempt (the algorithm's and the given one)
+        self._staged = [] if self.store is None else [self.store]
+        if algorithm.store is not None and algorithm.store is not self.store:
+            self._staged.append(algorithm.store)
         self.sim_time = 0.0
         self.rows: list[Row] = []  # every row of the run, restored ones included
         self.state = algorithm.init(initial_params)
@@ -272,7 +278,22 @@ class ServerLoop:
         return state, row
 
     def _attempt(self, rnd: int, state: ServerState, attempt: int) -> _Done | _Failed:
-        """Select, configure, fit and aggregate once; what came of it."""
+        """Select, configure, fit and aggregate once; what came of it. The client state the
+        attempt stores is kept only when its aggregate is adopted (see ``client_store``)."""
+        for store in self._staged:
+            store.begin()
+        outcome: _Done | _Failed | None = None
+        try:
+            outcome = self._try(rnd, state, attempt)
+            return outcome
+        finally:
+            for store in self._staged:
+                if isinstance(outcome, _Done):
+                    store.commit()
+                else:
+                    store.discard()
+
+    def _try(self, rnd: int, state: ServerState, attempt: int) -> _Done | _Failed:
         key = rnd + attempt * RETRY_STRIDE
         cohort = self.algorithm.select(rnd, state, RoundSelection(
             sampler=self.sampler, round=key, params=state.params, fleet=self.fleet,
