@@ -6,7 +6,8 @@ multipliers (and without privacy), on a 100-client population (10 per round) and
 one (100 per round, so the noise on the mean is 10x smaller), and prints the final test accuracy
 with the epsilon spent (RDP, delta 1e-5). ``--part cost`` times one W1 round (10 clients of 600
 examples, E=1, B=10: 60 steps each) with and without DP-SGD, interleaved, median of ``--reps``
-(the first round warms up and lets the vectorized fleet record its step).
+(the first round warms up and lets the vectorized fleet record its step). The vectorized sides
+train in ``--threads`` parts on threads, as the fleet does.
 
 Run:
     python benchmarks/privacy.py --part cost --reps 5
@@ -18,6 +19,7 @@ from __future__ import annotations
 import fedloom  # noqa: F401  # isort: skip  (before torch: fedloom.core.openmp)
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -43,14 +45,14 @@ def cost(reps: int, threads: int, clip: float, z: float) -> None:
     sim = Simulation(data=data, model_fn=model_fn, algorithm=FedAvg(), client=client,
                      rounds=reps + 1, cohort_size=10, seed=0)
     plain_spec = sim.spec
-    import dataclasses
-
     dp_spec = dataclasses.replace(plain_spec, local=sample_dp(
         plain_spec.local, clip=clip, noise_multiplier=z, seed=0))
     tasks = sim.algorithm.configure(1, sim.algorithm.init(sim.initial_params),
                                     list(range(10)), client)
     serial_plain, serial_dp = plain_spec.trainer(), dp_spec.trainer()
-    vec_plain, vec_dp = VectorizedTrainer(plain_spec), VectorizedTrainer(dp_spec)
+    # as the vectorized fleet builds them: one part per thread, each drawing its clients' noise
+    vec_plain, vec_dp = (VectorizedTrainer(plain_spec, parallel=threads),
+                         VectorizedTrainer(dp_spec, parallel=threads))
     sides: dict[str, Callable[[], object]] = {
         "serial": lambda: [serial_plain.fit(t) for t in tasks],
         "serial DP-SGD": lambda: [serial_dp.fit(t) for t in tasks],

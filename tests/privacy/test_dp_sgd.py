@@ -120,6 +120,21 @@ def test_vectorized_agrees_with_serial(cfg: ClientConfig) -> None:
     assert max_diff(plain, want) > 1e-3  # the private run really differs from plain SGD
 
 
+@pytest.mark.parametrize("parallel", [2, 3])
+def test_parts_on_threads_draw_the_same_noise(parallel: int) -> None:
+    """DP-SGD in parts on threads (each part's clients drawing their own noise there) gives the
+    models of one batched chunk bit for bit, from the eager transforms and the recorded graph."""
+    spec = make_spec(make_image_data(per_client=UNEQUAL), MLP, local=private(0.5, 1.0))
+    tasks = make_tasks(spec, [ClientConfig(epochs=2, batch_size=10, lr=0.1)] * 5)
+    for trace_after in (0, 1):
+        whole = VectorizedTrainer(spec, trace_after=trace_after).fit_many(tasks)
+        trainer = VectorizedTrainer(spec, trace_after=trace_after, parallel=parallel)
+        assert trainer.parallel == parallel
+        for _ in range(2):  # recorded under the lock, then replayed on both threads
+            assert max_diff(whole, trainer.fit_many(tasks)) == 0.0
+        trainer.close()
+
+
 def test_vectorized_agrees_with_serial_on_a_cnn() -> None:
     """Convolutions get vmap's per-example gradients, the linear layers ghost clipping, in one
     per-example norm: serial and vectorized (recorded graph) still agree."""

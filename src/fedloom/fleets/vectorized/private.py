@@ -6,11 +6,14 @@ client's own noise as the serial trainer adds it.
 
 The padding of a short batch has weight 0, so it is neither clipped into the sum nor counted;
 the sum is divided by the client's real examples at that step. After a shape's first few calls
-the batched computation is recorded with ``make_fx`` and replayed, as :mod:`.kernel` does.
+the batched computation is recorded with ``make_fx`` and replayed, as :mod:`.kernel` does, and
+as there only the replay runs outside the kernel's lock (parts of a chunk on threads share it:
+each part's clients draw their own noise on its thread, where most of a DP-SGD step goes).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -48,16 +51,24 @@ class PrivateKernel:
         self.trace_after = trace_after
         self.graphs: dict[tuple[object, ...], GradFn] = {}
         self.calls: dict[tuple[object, ...], int] = {}
+        self.lock = threading.Lock()
 
     def __call__(self, params: Sequence[torch.Tensor], fixed: Sequence[torch.Tensor],
                  x: torch.Tensor, y: torch.Tensor,
                  w: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
         """Every client's clipped gradient sum (stacked like ``params``) and mean loss."""
-        if self.eager is None:
-            one = (tuple(p[0] for p in params), tuple(q[0] for q in fixed), x[0], y[0], w[0])
-            self.eager = self._batched(choose(self.ghost, self.reference, one, self.dp.clip))
         args = (*params, *fixed, x, y, w)
-        out = self._fn(args, self.eager)(*args)
+        with self.lock:
+            if self.eager is None:
+                one = (tuple(p[0] for p in params), tuple(q[0] for q in fixed), x[0], y[0],
+                       w[0])
+                self.eager = self._batched(choose(self.ghost, self.reference, one,
+                                                  self.dp.clip))
+            fn = self._fn(args, self.eager)
+            if fn is self.eager:  # the transforms are not safe on two threads at once
+                out = fn(*args)
+        if fn is not self.eager:
+            out = fn(*args)
         return out[:-1], out[-1]
 
     def _batched(self, fn: ClientFn) -> GradFn:

@@ -82,7 +82,8 @@ class VectorizedTrainer:
         parallel: train a chunk as this many parts at once, each on its own thread with one
             torch thread (CPU: two 1-thread batched matmuls keep two cores busier than one
             2-thread matmul of a small model). Only for plain local SGD (no per-step hooks,
-            ``before`` pass or DP-SGD) and uncompiled steps; results do not depend on it.
+            ``before`` pass) and uncompiled steps; results do not depend on it. DP-SGD runs in
+            parts too: each part's clients draw their noise on its thread.
 
     Raises:
         ConfigError: the model has a layer that cannot be vectorized (named in the message).
@@ -132,7 +133,7 @@ class VectorizedTrainer:
         local = spec.local
         plain = local.before is None and local.extra_loss is None and \
             local.correct_grads is None and all(e.correct_grads is None for e in local.passes)
-        self.parallel = parallel if plain and dp is None and self.compiler is None else 1
+        self.parallel = parallel if plain and self.compiler is None else 1
         if chunk is None and self.device.type == "cpu":
             per_client = self.layout.num_trainable * self.layout.dtype.itemsize
             self.chunk = self.parallel * max(1, PART_BYTES // max(1, per_client))
