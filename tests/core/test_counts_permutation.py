@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedloom.core.counts import ExampleShares, Repeated, total_examples
+from fedloom.core.counts import ExampleShares, Excluding, Repeated, total_examples
 from fedloom.core.errors import ConfigError
 from fedloom.core.permutation import KeyedPermutation, mix64
 from fedloom.data.population import Repeated as ReExported
@@ -79,3 +79,15 @@ def test_keyed_permutation_of_a_billion_positions() -> None:
         p[10**9]
     with pytest.raises(ValueError, match="n = 0"):
         KeyedPermutation(0, 1)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 60), st.sets(st.integers(-5, 70), max_size=40))
+def test_excluding_is_the_list_it_replaces(n: int, excluded: set[int]) -> None:
+    view, kept = Excluding(n, excluded), [c for c in range(n) if c not in excluded]
+    assert len(view) == len(kept) and list(view) == kept
+    assert [view[i] for i in range(len(kept))] == kept == list(view[:])
+    assert [view[-1 - i] for i in range(len(kept))] == kept[::-1]
+    assert all((c in view) == (c in kept) for c in range(-2, n + 2))
+    with pytest.raises(IndexError):
+        view[len(kept)]

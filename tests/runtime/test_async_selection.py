@@ -11,6 +11,7 @@ import torch
 
 from fedloom import ClientConfig, DataConfig, ModelConfig, load_federated, model_factory
 from fedloom.algorithms.asynchronous import FedAsync
+from fedloom.core.counts import Excluding
 from fedloom.core.errors import ConfigError
 from fedloom.core.packages import ClientConfig as Cfg
 from fedloom.core.packages import Downlink
@@ -19,6 +20,7 @@ from fedloom.runtime.async_selection import (
     AsyncUserSelectorFactory,
     AsyncUserSelectorInfo,
     AsyncUserSelectorType,
+    ClientsProvider,
     RandomAsyncUserSelector,
     RoundRobinAsyncUserSelector,
 )
@@ -119,11 +121,51 @@ def test_simulated_clock_orders_ties_by_start_and_holds_starts_until_they_are_co
                            clock=ClientClock(ClockConfig(), num_clients=3, seed=0))
     for cid in (2, 0):
         clock.submit(Downlink(round=1, client_id=cid, params=torch.zeros(1), config=Cfg(steps=3)))
-    assert clock.idle_clients() == [1]
+    assert list(clock.idle_clients()) == [1]
     clock._queue[0].outcome = clock._queue[1].outcome = object()  # type: ignore[assignment]
     first = clock.collect(0.0)
     assert first is not None and first.task_id == 1 and clock.now() == 3.0
-    assert clock.idle_clients() == []  # client 0 also finished at 3.0: collect it first
+    assert list(clock.idle_clients()) == []  # client 0 also finished at 3.0: collect it first
     second = clock.collect(0.0)
     assert second is not None and second.task_id == 2
-    assert clock.idle_clients() == [0, 1, 2]
+    assert list(clock.idle_clients()) == [0, 1, 2]
+
+
+def test_selectors_over_a_million_idle_clients_hold_nothing_per_client() -> None:
+    """A population's idle clients are every registered one but the busy few, as a view; the
+    selectors draw from it in O(count): distinct, idle, reproducible, and uniform enough."""
+    idle = Excluding(1_000_000, {5, 7, 999_999})
+    random = RandomAsyncUserSelector(ClientsProvider(1_000_000))
+    picks = random.select(idle, 50, torch.Generator().manual_seed(3))
+    assert len(set(picks)) == 50 and all(p in idle for p in picks)
+    assert picks == random.select(idle, 50, torch.Generator().manual_seed(3))
+    many = [c for s in range(200)
+            for c in random.select(idle, 50, torch.Generator().manual_seed(s))]
+    assert 0.45 < sum(c < 500_000 for c in many) / len(many) < 0.55
+    robin = RoundRobinAsyncUserSelector(ClientsProvider(1_000_000))
+    assert robin.select(idle, 6, torch.Generator()) == [0, 1, 2, 3, 4, 6]
+    robin.restore(999_998)
+    assert robin.select(idle, 3, torch.Generator()) == [999_998, 0, 1]
+
+
+def test_small_populations_draw_as_before() -> None:
+    """Up to LARGE_POPULATION idle clients the random selector is a seeded permutation (the
+    numbers of earlier runs), whether the idle clients come as a list or a view."""
+    idle = Excluding(100, {4})
+    want = [list(idle)[i] for i in torch.randperm(99, generator=torch.Generator().manual_seed(1))
+            .tolist()[:5]]
+    got = RandomAsyncUserSelector(ClientsProvider(100)).select(
+        idle, 5, torch.Generator().manual_seed(1))
+    assert got == want
+
+
+def test_a_million_client_async_run_hands_out_from_a_view() -> None:
+    """An async simulation over a generated million-client population runs, and its simulated
+    clock's idle clients are a view, not a list of every registered client."""
+    data = load_federated(DataConfig(name="generated", num_clients=1_000_000), seed=0)
+    model_fn = model_factory(ModelConfig(name="logreg"), data.input_shape, data.num_classes)
+    sim = AsyncSimulation(data=data, model_fn=model_fn, algorithm=FedAsync(),
+                          client=ClientConfig(lr=0.01, steps=1, batch_size=10), versions=5,
+                          threads=1, clock=ClockConfig(concurrency=20), eval_every=100)
+    assert isinstance(sim.fleet.idle_clients(), Excluding)
+    assert len(sim.run().rows) == 5

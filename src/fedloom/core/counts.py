@@ -16,7 +16,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
 from typing import overload
 
 from fedloom.core.errors import ConfigError
@@ -87,3 +88,48 @@ class ExampleShares:
 
     def __getitem__(self, client_id: int) -> float:
         return self.num_examples[client_id] / self.total
+
+
+class Excluding(Sequence[int]):
+    """``range(n)`` without the ids in ``excluded``, ascending, without a list of them: the idle
+    clients of a population where a few are busy. Length and membership cost O(1), an element
+    O(log b) for b excluded ids in range (and O(b log b) once to sort them).
+
+    Example:
+        >>> idle = Excluding(1_000_000, {3, 5})
+        >>> len(idle), idle[2], idle[3], idle[4], 5 in idle, list(Excluding(6, {0, 5}))
+        (999998, 2, 4, 6, False, [1, 2, 3, 4])
+    """
+
+    def __init__(self, n: int, excluded: Iterable[int]) -> None:
+        self.n = n
+        self.excluded = frozenset(c for c in excluded if 0 <= c < n)
+        self._sorted = sorted(self.excluded)
+
+    def __len__(self) -> int:
+        return self.n - len(self.excluded)
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, int) and 0 <= value < self.n and value not in self.excluded
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        # the i-th kept id x satisfies x = i + (excluded ids <= x): iterate to the fixed point
+        x, before = i, -1
+        while (skipped := bisect.bisect_right(self._sorted, x)) != before:
+            before, x = skipped, i + skipped
+        return x
+
+    def __iter__(self) -> Iterator[int]:
+        return (c for c in range(self.n) if c not in self.excluded)

@@ -147,7 +147,7 @@ class AsyncFleet(Protocol):
     simulated: bool
     is_worker: bool
 
-    def idle_clients(self) -> list[int]:
+    def idle_clients(self) -> Sequence[int]:
         """Clients that could take a task now, sorted."""
         ...
 

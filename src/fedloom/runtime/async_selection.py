@@ -24,13 +24,14 @@ Example:
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 import torch
 
+from fedloom.core.counts import LARGE_POPULATION, Excluding
 from fedloom.core.errors import ConfigError
 
 
@@ -85,16 +86,33 @@ class AsyncUserSelector(abc.ABC):
         """Continue from a checkpoint's :meth:`position`."""
 
 
+class _Free:
+    """The idle clients not chosen yet: membership without a set of all of them when ``idle``
+    answers it itself (a population's :class:`~fedloom.core.counts.Excluding`)."""
+
+    def __init__(self, idle: Sequence[int]) -> None:
+        self.idle: Container[int] = idle if isinstance(idle, Excluding) else set(idle)
+        self.left = len(idle)
+        self.taken: set[int] = set()
+
+    def take(self, index: int) -> bool:
+        """Whether ``index`` was free (it is taken now)."""
+        if index in self.taken or index not in self.idle:
+            return False
+        self.taken.add(index)
+        self.left -= 1
+        return True
+
+
 def draw_idle(draw: Callable[[], AsyncUserSelectorInfo], idle: Sequence[int],
               count: int) -> list[int]:
     """Draw users until ``count`` distinct idle ones came up (or a bounded number of draws)."""
-    free, chosen = set(idle), list[int]()
+    free, chosen = _Free(idle), list[int]()
     for _ in range(4 * len(idle) + 16 * count):
-        if len(chosen) == min(count, len(free) + len(chosen)):
+        if len(chosen) == count or not free.left:
             break
         index = int(draw().user_index)
-        if index in free:
-            free.discard(index)
+        if free.take(index):
             chosen.append(index)
     return chosen
 
@@ -112,8 +130,17 @@ class RandomAsyncUserSelector(AsyncUserSelector):
         return AsyncUserSelectorInfo(self.data_provider[index], index)
 
     def select(self, idle: Sequence[int], count: int, generator: torch.Generator) -> list[int]:
-        order = torch.randperm(len(idle), generator=generator).tolist()
-        return [idle[i] for i in order[:count]]
+        """Up to :data:`LARGE_POPULATION` idle clients, the first ``count`` of a seeded
+        permutation; above it, ``count`` positions drawn one by one (duplicates drawn again):
+        uniform too, in O(count) rather than O(idle clients)."""
+        n = len(idle)
+        if n <= LARGE_POPULATION:
+            order = torch.randperm(n, generator=generator).tolist()
+            return [idle[i] for i in order[:count]]
+        picked: dict[int, None] = {}
+        while len(picked) < min(count, n):
+            picked.setdefault(int(torch.randint(0, n, (), generator=generator)))
+        return [idle[i] for i in picked]
 
 
 class RoundRobinAsyncUserSelector(AsyncUserSelector):
@@ -129,14 +156,12 @@ class RoundRobinAsyncUserSelector(AsyncUserSelector):
         return AsyncUserSelectorInfo(self.data_provider[index], index)
 
     def select(self, idle: Sequence[int], count: int, generator: torch.Generator) -> list[int]:
-        free, chosen = set(idle), list[int]()
-        n = self.data_provider.num_users()
-        for _ in range(n):
-            if len(chosen) == count or not free:
+        free, chosen = _Free(idle), list[int]()
+        for _ in range(self.data_provider.num_users()):
+            if len(chosen) == count or not free.left:
                 break
             index = self.get_random_user().user_index
-            if index in free:
-                free.discard(index)
+            if free.take(index):
                 chosen.append(index)
         return chosen
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedloom.core.counts import Excluding
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import ClientConfig, Downlink, Outcome
 from fedloom.fleets.base import Arrival, Fleet
@@ -62,13 +63,14 @@ class SimulatedClock:
         self._busy: dict[int, int] = {}  # client id -> task id
         self._ids = 0
 
-    def idle_clients(self) -> list[int]:
-        """Idle clients; none while a task finishes at the current instant: as in FLSim, every
-        device that finishes at a time is collected before any device starts at it (ties in
-        finish time go in the order the tasks started)."""
+    def idle_clients(self) -> Sequence[int]:
+        """Idle clients (every registered one but the busy few, without a list of them); none
+        while a task finishes at the current instant: as in FLSim, every device that finishes
+        at a time is collected before any device starts at it (ties in finish time go in the
+        order the tasks started)."""
         if self._queue and self._queue[0].finish <= self._now:
             return []
-        return [c for c in range(self.num_clients) if c not in self._busy]
+        return Excluding(self.num_clients, self._busy)
 
     def submit(self, task: Downlink) -> int | None:
         if task.client_id in self._busy:
