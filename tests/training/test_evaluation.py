@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -109,3 +110,61 @@ def test_an_open_batch_size_is_resolved_once_for_the_whole_run() -> None:
     given = assemble(data=data, model_fn=fn, algorithm=FedAvg(),
                      evaluation=EvalConfig(batch_size=7))
     assert given.spec.eval_batch_size == given.central.batch_size == 7
+
+
+def _flat(module: nn.Module) -> torch.Tensor:
+    return ParamLayout.from_module(module).flatten(module.state_dict())
+
+
+def test_a_load_evaluated_in_batches_runs_a_onednn_copy_of_the_loaded_weights() -> None:
+    """W2's CNN: the first batch after a load runs channels-last, later ones a oneDNN copy made
+    from the loaded weights (checked against channels-last once); a new load makes a new copy."""
+    fn = model_factory(ModelConfig(name="cnn"), (1, 28, 28), 10)
+    torch.manual_seed(0)
+    a, b = fn().eval(), fn().eval()
+    model = InferenceModel(fn)
+    x = torch.randn(6, 1, 28, 28)
+    with torch.inference_mode():
+        for ref in (a, b, a):
+            model.load(_flat(ref))
+            torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+            assert model._fast is None  # one batch after a load: no copy
+            for _ in range(2):
+                torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+            assert model.onednn is True and model._fast is not None
+
+
+def test_models_onednn_cannot_run_keep_the_dense_forward() -> None:
+    """Local response norm (a ``view`` inside) has no oneDNN form: the CIFAR CNN falls back on
+    its first oneDNN batch and returns the dense forward's output from then on."""
+    fn = model_factory(ModelConfig(name="cifar_cnn"), (3, 32, 32), 10)
+    torch.manual_seed(0)
+    ref = fn().eval()
+    model = InferenceModel(fn)
+    model.load(_flat(ref))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        outs = [model(x) for _ in range(3)]
+        assert model.onednn is False and model.channels_last
+        for out in outs:
+            torch.testing.assert_close(out, ref(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_onednn_copy_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedloom.training import inference
+
+    class Wrong(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x.shape[0], 10).to_mkldnn()
+
+    monkeypatch.setattr(inference, "_to_onednn", lambda module: Wrong())
+    fn = model_factory(ModelConfig(name="cnn"), (1, 28, 28), 10)
+    ref = fn().eval()
+    model = InferenceModel(fn)
+    model.load(_flat(ref))
+    x = torch.randn(3, 1, 28, 28)
+    with torch.inference_mode():
+        outs = [model(x) for _ in range(3)]
+    assert model.onednn is False
+    for out in outs:
+        torch.testing.assert_close(out, ref(x), rtol=1e-4, atol=1e-5)

@@ -8,18 +8,17 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedloom.core.errors import ConfigError
-from fedloom.core.layout import ParamLayout
 from fedloom.core.metrics import Mean
 from fedloom.core.validate import Problems
 from fedloom.data.dataset import ArrayData, FederatedData
 from fedloom.models import ModelFn
+from fedloom.training.inference import InferenceModel
 
 log = logging.getLogger(__name__)
 
@@ -68,59 +67,6 @@ def _tensors(out: object) -> list[torch.Tensor]:
         return [t for o in out for t in _tensors(o)]
     return []
 PersonalFn = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-class InferenceModel:
-    """A model for evaluation, loaded from flat parameters by copying.
-
-    Unlike training (where the model's tensors are views into the flat vector), evaluation owns
-    its tensors, so it can keep them in the layout inference runs fastest in: on CPU, models with
-    4-d weights (convolutions) are kept ``channels_last``, which oneDNN runs about 1.5x faster
-    than the default layout (W2's CNN on 10,000 MNIST images, 1 thread: 1.7 s vs 2.6 s). A model
-    whose forward cannot take channels-last tensors (``.view`` on a non-contiguous activation)
-    falls back to the default layout on its first batch. Only rounding differs between the two.
-    """
-
-    def __init__(self, model_fn: ModelFn, device: str | torch.device = "cpu") -> None:
-        module = model_fn().to(device)
-        self.layout = ParamLayout.from_module(module)
-        self.channels_last = (torch.device(device).type == "cpu"
-                              and any(p.dim() == 4 for p in module.parameters()))
-        self._tried = not self.channels_last
-        if self.channels_last:
-            module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.module = module.eval()
-        named = dict(module.named_parameters()) | dict(module.named_buffers())
-        self._targets = [named[e.name] for e in self.layout.entries]
-
-    def load(self, flat: torch.Tensor) -> None:
-        """Copy flat parameters (in :attr:`layout` order) into the model."""
-        with torch.no_grad():
-            for e, target in zip(self.layout.entries, self._targets, strict=True):
-                target.copy_(flat[e.offset:e.stop].view(e.shape))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.channels_last or x.dim() != 4:
-            return cast(torch.Tensor, self.module(x))
-        last = x.contiguous(memory_format=torch.channels_last)
-        if self._tried:
-            return cast(torch.Tensor, self.module(last))
-        try:
-            out = self.module(last)
-        except RuntimeError as exc:
-            log.debug("evaluating in the default layout: channels_last failed (%s)", exc)
-            self.channels_last = False
-            self._to_contiguous()
-            return cast(torch.Tensor, self.module(x))
-        self._tried = True
-        return cast(torch.Tensor, out)
-
-    def _to_contiguous(self) -> None:
-        with torch.no_grad():
-            for target in self._targets:
-                if target.dim() == 4:  # fresh strides: size-1 dims make contiguous() a no-op
-                    target.data = torch.empty(target.shape, dtype=target.dtype,
-                                              device=target.device).copy_(target.data)
 
 
 class CentralEvaluator:
