@@ -3,6 +3,8 @@ keeps (bounded), the update moved onto the server's float32 model, and the refus
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -117,3 +119,34 @@ def test_refusals_name_the_downlink_key(extra: str, why: str) -> None:
     with pytest.raises(ConfigError, match=r"compression\.downlink = 'delta'.*" + why):
         load_config(None, ["data.name=synthetic", "data.num_clients=6", "cohort.size=3",
                            "compression.downlink=delta", extra])
+
+
+def test_a_client_keeps_its_models_in_its_state_store_and_survives_a_restart(
+        tmp_path: Path) -> None:
+    """ReceivingClient keeps each client id's last model in a client-state store: on disk the
+    chain rebuilds bit for bit as in memory, and a restarted process continues it."""
+    from fedloom.algorithms.client_store import DiskStore
+    from fedloom.runtime.clients import Client
+    from fedloom.runtime.downlink_client import ReceivingClient
+
+    class Echo(Client):
+        def run_fit(self, downlink: Downlink, layout: ParamLayout) -> ClientResult:
+            return _result(downlink, downlink.params)
+
+    algo = Downlinked(FedAvg(), DownlinkCoding.DELTA, seed=3, history=3, block=4)
+    layout = ParamLayout.from_module(torch.nn.Linear(7, 7))
+    gen = torch.Generator().manual_seed(0)
+    state = ServerState(round=0, params=torch.randn(layout.size, generator=gen))
+    memory = ReceivingClient(Echo(), block=4)
+    disk = ReceivingClient(Echo(), block=4, store=DiskStore(tmp_path, 3))
+    for rnd in range(1, 6):
+        if rnd == 4:  # the process restarts: a new client on the same directory
+            disk = ReceivingClient(Echo(), block=4, store=DiskStore(tmp_path, 3))
+        tasks = algo.configure(rnd, state, [0, 1, 2], CFG)
+        got = [c.run_fit(t, layout).params for t in tasks for c in (memory, disk)]
+        for a, b, t in zip(got[::2], got[1::2], tasks):
+            assert torch.equal(a, b) and torch.equal(a, t.params)
+        assert rnd == 1 or all(BASE in t.extras for t in tasks)  # changes after round 1
+        state = algo.aggregate(rnd, state, [_result(t, t.params + 0.01) for t in tasks])
+    kept = disk.kept(0)
+    assert kept is not None and kept[0] == 5

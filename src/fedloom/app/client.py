@@ -75,12 +75,11 @@ def config_client(cfg: RunConfig) -> Client:
     ``compression.downlink`` it rebuilds the model it is sent (and keeps the last one)."""
     trainer = trainer_client(cfg)
     inner: Client = trainer
+    store = make_store(cfg.state_dir, len(trainer.trainer.client_indices))
     if cfg.compression.downlink is not DownlinkCoding.NONE:  # the model arrives encoded
-        inner = ReceivingClient(inner, block=cfg.compression.block)
+        inner = ReceivingClient(inner, block=cfg.compression.block, store=store)
     if not cfg.compression.enabled:
         return inner
-    store = (None if cfg.state_dir is None
-             else make_store(cfg.state_dir, len(trainer.trainer.client_indices)))
     return StatefulClient(inner, keys=CLIENT_LOCAL, store=store)
 
 
