@@ -30,9 +30,8 @@ from fedloom.compression.downlink import Downlinked
 from fedloom.compression.uplink import Compressed, CompressedSizes, compress
 from fedloom.core.errors import ConfigError
 from fedloom.core.layout import ParamLayout
-from fedloom.core.threads import torch_threads
 from fedloom.data import load_federated
-from fedloom.fleets.base import AsyncFleet, FleetBase
+from fedloom.fleets.base import AsyncFleet, FleetBase, serve_as_worker
 from fedloom.fleets.decoding import DecodingFleet
 from fedloom.fleets.secagg_setup import check_secagg_algorithm, secure_fleet
 from fedloom.models import model_factory
@@ -172,8 +171,4 @@ def _background_evaluate(cfg: RunConfig, parts: Parts, *, remote: bool) -> Evalu
 def serve_worker(run: Run) -> None:
     """On a process that serves another's fleet (a torchrun rank other than 0): answer it
     until it says stop, under the run's torch thread count."""
-    with torch_threads(run.threads):
-        try:
-            run.fleet.serve()
-        finally:
-            run.fleet.close()
+    serve_as_worker(run.fleet, run.threads)  # what run.run() does on such a process

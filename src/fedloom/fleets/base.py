@@ -17,6 +17,7 @@ import torch
 
 from fedloom.core.metrics import Mean
 from fedloom.core.packages import Downlink, Outcome
+from fedloom.core.threads import torch_threads
 from fedloom.core.traffic import Traffic
 
 
@@ -176,3 +177,22 @@ class AsyncFleet(Protocol):
     def serve(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Serving(Protocol):
+    """A fleet a worker process serves (:meth:`Fleet.serve`) and then closes."""
+
+    def serve(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def serve_as_worker(fleet: Serving, threads: int | None) -> None:
+    """Answer the owner of ``fleet`` until it says stop, under ``threads`` torch threads, then
+    close it: the whole run of a process that serves another's fleet (a torchrun rank other
+    than 0)."""
+    with torch_threads(threads):
+        try:
+            fleet.serve()
+        finally:
+            fleet.close()

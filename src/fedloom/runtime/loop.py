@@ -32,7 +32,7 @@ from fedloom.core.packages import (
 )
 from fedloom.core.threads import torch_threads
 from fedloom.core.traffic import Float32Sizes, Traffic, WireSizes, simulated_traffic
-from fedloom.fleets.base import Fleet, meter_of
+from fedloom.fleets.base import Fleet, meter_of, serve_as_worker
 from fedloom.runtime import heterogeneity
 from fedloom.runtime.checkpoint import (
     Checkpoint,
@@ -171,7 +171,12 @@ class ServerLoop:
         self.state = algorithm.init(initial_params)
 
     def run(self) -> History:
-        """Run the rounds after the current state's; returns the rows of this call."""
+        """Run the rounds after the current state's; returns the rows of this call. On a
+        process that serves another's fleet (a torchrun rank other than 0) it serves instead
+        until that fleet stops, and returns no rows."""
+        if self.fleet.is_worker:
+            serve_as_worker(self.fleet, self.threads)
+            return History(rows=(), final=self.state, layout=self.layout)
         start = len(self.rows)
         pool = None if self.background_evaluate is None else ThreadPoolExecutor(
             1, thread_name_prefix="fedloom-eval")
