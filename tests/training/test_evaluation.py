@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
@@ -137,17 +139,22 @@ def test_a_load_evaluated_in_batches_runs_a_onednn_copy_of_the_loaded_weights() 
 def test_models_onednn_cannot_run_keep_the_dense_forward() -> None:
     """Local response norm (a ``view`` inside) has no oneDNN form: the CIFAR CNN falls back on
     its first oneDNN batch and returns the dense forward's output from then on."""
-    fn = model_factory(ModelConfig(name="cifar_cnn"), (3, 32, 32), 10)
+    model = _three_batches_agree(model_factory(ModelConfig(name="cifar_cnn"), (3, 32, 32), 10),
+                                 torch.randn(4, 3, 32, 32))
+    assert model.onednn is False and model.channels_last
+
+
+def _three_batches_agree(fn: Callable[[], nn.Module], x: torch.Tensor) -> InferenceModel:
+    """A model from ``fn`` loaded into an InferenceModel, evaluated on ``x`` three times (so
+    the oneDNN copy is tried): every output as the plain module's."""
     torch.manual_seed(0)
     ref = fn().eval()
     model = InferenceModel(fn)
     model.load(_flat(ref))
-    x = torch.randn(4, 3, 32, 32)
     with torch.inference_mode():
-        outs = [model(x) for _ in range(3)]
-        assert model.onednn is False and model.channels_last
-        for out in outs:
-            torch.testing.assert_close(out, ref(x), rtol=1e-4, atol=1e-5)
+        for _ in range(3):
+            torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+    return model
 
 
 def test_a_onednn_copy_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -158,13 +165,6 @@ def test_a_onednn_copy_that_disagrees_is_not_used(monkeypatch: pytest.MonkeyPatc
             return torch.zeros(x.shape[0], 10).to_mkldnn()
 
     monkeypatch.setattr(inference, "_to_onednn", lambda module: Wrong())
-    fn = model_factory(ModelConfig(name="cnn"), (1, 28, 28), 10)
-    ref = fn().eval()
-    model = InferenceModel(fn)
-    model.load(_flat(ref))
-    x = torch.randn(3, 1, 28, 28)
-    with torch.inference_mode():
-        outs = [model(x) for _ in range(3)]
+    model = _three_batches_agree(model_factory(ModelConfig(name="cnn"), (1, 28, 28), 10),
+                                 torch.randn(3, 1, 28, 28))
     assert model.onednn is False
-    for out in outs:
-        torch.testing.assert_close(out, ref(x), rtol=1e-4, atol=1e-5)

@@ -28,7 +28,29 @@ from fedloom.core.errors import ConfigError
 LARGE_POPULATION = 1 << 16
 
 
-class Repeated(Sequence[int]):
+class _Ints(Sequence[int]):
+    """A sequence of ints computed per position: subclasses give ``__len__`` and ``_at`` (for
+    0 <= i < len); indexing with negatives and slices works as on a list."""
+
+    def _at(self, i: int) -> int:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[int]: ...
+
+    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
+        n = len(self)
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(n))]
+        if not -n <= i < n:
+            raise IndexError(i)
+        return self._at(i + n if i < 0 else i)
+
+
+class Repeated(_Ints):
     """``value`` repeated ``length`` times, without a list (every client's example count)."""
 
     def __init__(self, value: int, length: int) -> None:
@@ -42,17 +64,7 @@ class Repeated(Sequence[int]):
     def __len__(self) -> int:
         return self.length
 
-    @overload
-    def __getitem__(self, i: int) -> int: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[int]: ...
-
-    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
-        if isinstance(i, slice):
-            return [self.value] * len(range(*i.indices(self.length)))
-        if not -self.length <= i < self.length:
-            raise IndexError(i)
+    def _at(self, i: int) -> int:
         return self.value
 
     def __iter__(self) -> Iterator[int]:
@@ -90,7 +102,7 @@ class ExampleShares:
         return self.num_examples[client_id] / self.total
 
 
-class Excluding(Sequence[int]):
+class Excluding(_Ints):
     """``range(n)`` without the ids in ``excluded``, ascending, without a list of them: the idle
     clients of a population where a few are busy. Length and membership cost O(1), an element
     O(log b) for b excluded ids in range (and O(b log b) once to sort them).
@@ -112,19 +124,7 @@ class Excluding(Sequence[int]):
     def __contains__(self, value: object) -> bool:
         return isinstance(value, int) and 0 <= value < self.n and value not in self.excluded
 
-    @overload
-    def __getitem__(self, i: int) -> int: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[int]: ...
-
-    def __getitem__(self, i: int | slice) -> int | Sequence[int]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
+    def _at(self, i: int) -> int:
         # the i-th kept id x satisfies x = i + (excluded ids <= x): iterate to the fixed point
         x, before = i, -1
         while (skipped := bisect.bisect_right(self._sorted, x)) != before:
