@@ -144,6 +144,7 @@ print("torch" in sys.modules, forkserver._forkserver._forkserver_pid is not None
     ("fleet: {kind: process}\n", [], True),
     ("fleet: {kind: serial}\n", ["fleet.kind=process"], True),
     ("fleet: {kind: process}\n", ["fleet.kind=serial", "rounds=2"], False),
+    ("rounds: 2\n", ["fleet={kind: process, workers: 2}"], True),  # the whole group overridden
     ("rounds: 2\n", [], False),  # the default fleet is serial
     ("fleet: [unclosed\n", [], False),  # broken YAML: load_config reports it later
 ])

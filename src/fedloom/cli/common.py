@@ -27,9 +27,10 @@ def start_workers_early(args: argparse.Namespace) -> None:
     config asks for the process fleet: the server's imports then run beside this process's own
     instead of after them (about a second of a short run's start-up on 2 cores).
 
-    Only the YAML and the ``fleet.kind`` override are read here (no torch); anything this look
-    cannot read is left for :func:`run_config` to report, and the server is then started where
-    it always is (:func:`fedloom.app.experiment.run_experiment`) or not at all.
+    Only the YAML and the overrides of ``fleet`` or ``fleet.kind`` are read here (no torch);
+    anything this look cannot read is left for :func:`run_config` to report, and the server is
+    then started where it always is (:func:`fedloom.app.experiment.run_experiment`) or not at
+    all.
     """
     from omegaconf import OmegaConf
 
@@ -37,7 +38,7 @@ def start_workers_early(args: argparse.Namespace) -> None:
         return
     try:
         merged = OmegaConf.merge(OmegaConf.load(_config_path(args)), OmegaConf.from_dotlist(
-            [o for o in args.overrides if o.split("=", 1)[0].strip() == "fleet.kind"]))
+            [o for o in args.overrides if o.split("=", 1)[0].strip() in ("fleet", "fleet.kind")]))
         kind = OmegaConf.select(merged, "fleet.kind")
     except Exception:  # a broken config is run_config's to report, with its own message
         return
