@@ -88,3 +88,20 @@ def test_a_bad_write_fails_where_it_is_made_even_while_staged(tmp_path: Path) ->
         store.put(1, "c", torch.zeros(3))
     with pytest.raises(IndexError, match="client 9"):
         store.put(9, "c", torch.zeros(2))
+
+
+def test_a_disk_store_holds_an_attempts_rows_on_disk(tmp_path: Path) -> None:
+    """DiskStore keeps what an open attempt wrote in a sparse staging file, not in memory, and
+    frees it again (the file sparse) once the attempt is committed or discarded."""
+    store = DiskStore(tmp_path, 1000)
+    store.put(3, "c", torch.zeros(4096))
+    store.begin()
+    for cid in range(100):
+        store.put(cid, "c", torch.full((4096,), float(cid)))
+    assert store._pending is not None and set(store._pending.values()) == {None}
+    staged = tmp_path / "c.staged.f32"
+    assert staged.stat().st_blocks * 512 >= 100 * 4096 * 4
+    assert _values(store.get(7, "c"))[:2] == [7.0, 7.0]
+    store.commit()
+    assert staged.stat().st_blocks == 0 and _values(store.get(99, "c"))[0] == 99.0
+    assert [k for k, _ in store.items()] == [("c", cid) for cid in range(100)]

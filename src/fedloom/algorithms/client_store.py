@@ -55,10 +55,12 @@ class ClientStateStore(Protocol):
 
 class Staged:
     """Writes held back between :meth:`begin` and :meth:`commit` / :meth:`discard`; written
-    through otherwise. Subclasses read and write with ``_read`` and ``_write`` and check a write
-    in ``_check_put`` (at :meth:`put`, so a bad one fails where it is made)."""
+    through otherwise. Subclasses read and write with ``_read`` and ``_write``, check a write in
+    ``_check_put`` (at :meth:`put`, so a bad one fails where it is made), and may keep what is
+    held elsewhere than in memory (``_hold``, ``_held``, ``_release``)."""
 
-    _pending: dict[tuple[str, int], torch.Tensor] | None = None
+    #: while an attempt is open, what it wrote: the value, or None where ``_held`` has it
+    _pending: dict[tuple[str, int], torch.Tensor | None] | None = None
 
     def _read(self, client_id: int, key: str) -> torch.Tensor | None:
         raise NotImplementedError
@@ -69,9 +71,22 @@ class Staged:
     def _check_put(self, client_id: int, key: str, value: torch.Tensor) -> None:
         """Raise for a write the store could not take."""
 
+    def _hold(self, client_id: int, key: str, value: torch.Tensor) -> None:
+        assert self._pending is not None
+        self._pending[(key, client_id)] = value.detach().clone()
+
+    def _held(self, client_id: int, key: str) -> torch.Tensor:
+        assert self._pending is not None
+        value = self._pending[(key, client_id)]
+        assert value is not None
+        return value
+
+    def _release(self) -> None:
+        """Free what held the attempt's writes (after commit or discard)."""
+
     def get(self, client_id: int, key: str) -> torch.Tensor | None:
         if self._pending is not None and (key, client_id) in self._pending:
-            return self._pending[(key, client_id)]
+            return self._held(client_id, key)
         return self._read(client_id, key)
 
     def put(self, client_id: int, key: str, value: torch.Tensor) -> None:
@@ -79,18 +94,19 @@ class Staged:
         if self._pending is None:
             self._write(client_id, key, value)
         else:
-            self._pending[(key, client_id)] = value.detach().clone()
+            self._hold(client_id, key, value)
 
     def begin(self) -> None:
         self._pending = {}
 
     def commit(self) -> None:
-        pending, self._pending = self._pending or {}, None
-        for (key, cid), value in sorted(pending.items(), key=lambda kv: kv[0]):
-            self._write(cid, key, value)
+        for key, cid in sorted(self._pending or {}):
+            self._write(cid, key, self._held(cid, key))
+        self.discard()
 
     def discard(self) -> None:
         self._pending = None
+        self._release()
 
 
 class MemoryStore(Staged):
@@ -104,6 +120,11 @@ class MemoryStore(Staged):
 
     def _write(self, client_id: int, key: str, value: torch.Tensor) -> None:
         self._data[(key, client_id)] = value.detach().clone()
+
+    def commit(self) -> None:
+        """The held copies become the entries (no second copy)."""
+        self._data.update((k, v) for k, v in (self._pending or {}).items() if v is not None)
+        self.discard()
 
     def items(self) -> Iterator[tuple[tuple[str, int], torch.Tensor]]:
         for entry in sorted(self._data):
@@ -132,9 +153,11 @@ class DiskStore(Staged):
             raise ConfigError(f"state_dir = {str(directory)!r}: cannot create it ({err})") from None
         self.num_clients = num_clients
         self._files: dict[str, tuple[int, int, int]] = {}  # key -> values fd, flags fd, length
+        self._staging: dict[str, int] = {}  # key -> fd of its rows written by an open attempt
 
     def __getstate__(self) -> dict[str, object]:  # another process opens the files itself
-        return {"directory": self.directory, "num_clients": self.num_clients, "_files": {}}
+        return {"directory": self.directory, "num_clients": self.num_clients, "_files": {},
+                "_staging": {}}
 
     def __setstate__(self, state: dict[str, object]) -> None:
         for name, value in state.items():
@@ -144,6 +167,8 @@ class DiskStore(Staged):
         for values, flags, _ in getattr(self, "_files", {}).values():
             os.close(values)
             os.close(flags)
+        for staged in getattr(self, "_staging", {}).values():
+            os.close(staged)
 
     def _open(self, key: str, length: int | None) -> tuple[int, int, int] | None:
         """The key's files (created for rows of ``length`` if missing and ``length`` given)."""
@@ -185,9 +210,30 @@ class DiskStore(Staged):
 
     def _write(self, client_id: int, key: str, value: torch.Tensor) -> None:
         values, flags, length = self._files[key]
-        row = value.detach().cpu().reshape(-1).to(torch.float32).numpy().tobytes()
-        os.pwrite(values, row, 4 * length * client_id)
+        os.pwrite(values, _row(value), 4 * length * client_id)
         os.pwrite(flags, b"\x01", client_id)
+
+    def _hold(self, client_id: int, key: str, value: torch.Tensor) -> None:
+        """Into ``KEY.staged.f32`` (sparse, a row per client like ``KEY.f32``): an attempt's
+        writes cost disk, not memory, as the store's own rows do."""
+        assert self._pending is not None
+        length = self._files[key][2]
+        if key not in self._staging:
+            fd = os.open(self.directory / f"{key}.staged.f32", os.O_RDWR | os.O_CREAT, 0o644)
+            os.ftruncate(fd, 4 * length * self.num_clients)
+            self._staging[key] = fd
+        os.pwrite(self._staging[key], _row(value), 4 * length * client_id)
+        self._pending[(key, client_id)] = None
+
+    def _held(self, client_id: int, key: str) -> torch.Tensor:
+        length = self._files[key][2]
+        row = bytearray(os.pread(self._staging[key], 4 * length, 4 * length * client_id))
+        return torch.frombuffer(row, dtype=torch.float32)
+
+    def _release(self) -> None:
+        for key, fd in self._staging.items():  # the staging files sparse again
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, 4 * self._files[key][2] * self.num_clients)
 
     def _keys(self) -> list[str]:
         return sorted({p.stem for p in self.directory.glob("*.has")} | set(self._files))
@@ -211,6 +257,10 @@ class DiskStore(Staged):
                 os.ftruncate(files[1], 0)
                 os.ftruncate(files[1], self.num_clients)
         self.discard()
+
+
+def _row(value: torch.Tensor) -> bytes:
+    return value.detach().cpu().reshape(-1).to(torch.float32).numpy().tobytes()
 
 
 def make_store(state_dir: str | None, num_clients: int) -> ClientStateStore:
