@@ -74,9 +74,12 @@ def config_client(cfg: RunConfig) -> Client:
     process, per client id, on disk under ``state_dir`` when the config sets one; with
     ``compression.downlink`` it rebuilds the model it is sent (and keeps the last one)."""
     trainer = trainer_client(cfg)
+    downlink = cfg.compression.downlink is not DownlinkCoding.NONE  # the model arrives encoded
+    if not (downlink or cfg.compression.enabled):
+        return trainer
     inner: Client = trainer
     store = make_store(cfg.state_dir, len(trainer.trainer.client_indices))
-    if cfg.compression.downlink is not DownlinkCoding.NONE:  # the model arrives encoded
+    if downlink:
         inner = ReceivingClient(inner, block=cfg.compression.block, store=store)
     if not cfg.compression.enabled:
         return inner

@@ -38,6 +38,9 @@ from fedloom.core.layout import ParamLayout
 from fedloom.core.packages import ClientResult, Downlink
 from fedloom.runtime.clients import Client, WrappedClient
 
+#: the store's keys (versions are float32 there: exact up to 2**24 rounds)
+KEPT_MODEL, KEPT_VERSION = "downlink.model", "downlink.version"
+
 
 class ReceivingClient(WrappedClient):
     """``inner`` given the model each task's wire form decodes to (see the module docstring).
@@ -75,8 +78,5 @@ class ReceivingClient(WrappedClient):
         return self.inner.run_fit(dataclasses.replace(downlink, params=params, extras=plain),
                                   layout)
 
-
-#: the store's keys (versions are float32 there: exact up to 2**24 rounds)
-KEPT_MODEL, KEPT_VERSION = "downlink.model", "downlink.version"
 
 __all__ = ["KEPT_MODEL", "KEPT_VERSION", "ReceivingClient"]

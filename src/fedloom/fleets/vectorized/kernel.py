@@ -19,7 +19,7 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import cast
 
 import torch
@@ -121,17 +121,8 @@ class GradKernel:
                 return out[-1]
             return fn(*args)[0]
 
-    @contextmanager
-    def _guarded(self, args: Tensors, lr: float | None) -> Iterator[GradFn]:
-        """The step for ``args``, held under the lock unless it is a recorded graph: the
-        transforms, recording and compiling are not safe to run on two threads at once,
-        replaying a graph of aten ops is."""
-        with self.lock:
-            fn = self._fn(args, lr)
-            if not isinstance(fn, GraphModule | torch.jit.ScriptModule):
-                yield fn
-                return
-        yield fn
+    def _guarded(self, args: Tensors, lr: float | None) -> AbstractContextManager[GradFn]:
+        return guarded(self.lock, lambda: self._fn(args, lr))
 
     def _fn(self, args: Tensors, lr: float | None) -> GradFn:
         if not self.trace_after:
@@ -154,6 +145,19 @@ class GradKernel:
                 interpreted(graph, args, self.n_trained if lr is not None else 0)
         self.graphs[key] = fn
         return fn
+
+
+@contextmanager
+def guarded(lock: threading.Lock, pick: Callable[[], GradFn]) -> Iterator[GradFn]:
+    """The step ``pick`` chooses, held under ``lock`` unless it is a recorded graph: the
+    transforms, recording and compiling are not safe to run on two threads at once (parts of a
+    chunk on threads share a kernel), replaying a graph of aten ops is."""
+    with lock:
+        fn = pick()
+        if not isinstance(fn, GraphModule | torch.jit.ScriptModule):
+            yield fn
+            return
+    yield fn
 
 
 def record(fn: GradFn, args: Tensors) -> GraphModule | None:

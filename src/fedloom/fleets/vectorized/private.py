@@ -24,7 +24,7 @@ from fedloom.algorithms.base import PerExampleClip
 from fedloom.core.packages import Downlink
 from fedloom.core.rng import torch_generator
 from fedloom.fleets.vectorized.check import LossFn
-from fedloom.fleets.vectorized.kernel import GradFn, Tensors, record
+from fedloom.fleets.vectorized.kernel import GradFn, Tensors, guarded, record
 from fedloom.privacy.ghost import choose, ghost_fn
 from fedloom.privacy.sample import ClientFn, client_fn
 
@@ -58,16 +58,7 @@ class PrivateKernel:
                  w: torch.Tensor) -> tuple[Tensors, torch.Tensor]:
         """Every client's clipped gradient sum (stacked like ``params``) and mean loss."""
         args = (*params, *fixed, x, y, w)
-        with self.lock:
-            if self.eager is None:
-                one = (tuple(p[0] for p in params), tuple(q[0] for q in fixed), x[0], y[0],
-                       w[0])
-                self.eager = self._batched(choose(self.ghost, self.reference, one,
-                                                  self.dp.clip))
-            fn = self._fn(args, self.eager)
-            if fn is self.eager:  # the transforms are not safe on two threads at once
-                out = fn(*args)
-        if fn is not self.eager:
+        with guarded(self.lock, lambda: self._fn(args)) as fn:
             out = fn(*args)
         return out[:-1], out[-1]
 
@@ -80,7 +71,16 @@ class PrivateKernel:
 
         return sums
 
-    def _fn(self, args: Tensors, eager: GradFn) -> GradFn:
+    def _fn(self, args: Tensors) -> GradFn:
+        """The step for ``args``: the transforms (chosen on the first call) or, once a shape
+        was seen ``trace_after`` times, its recorded graph."""
+        if self.eager is None:
+            one = tuple(a[0] for a in args)  # the first client, to choose ghost clipping on
+            p, q = self.n_trained, self.n_trained + self.n_fixed
+            x, y, w = one[q:]
+            self.eager = self._batched(choose(self.ghost, self.reference,
+                                              (one[:p], one[p:q], x, y, w), self.dp.clip))
+        eager = self.eager
         if not self.trace_after:
             return eager
         key = tuple((a.shape, a.dtype, a.device) for a in args)
